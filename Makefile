@@ -1,0 +1,127 @@
+# smtpguard - one non-recursive Makefile.
+#
+#   make              build policyd/smtpguard (CC=clang make works too)
+#   make check        cmocka unit tests
+#   make integration  tests against real redis-server and a real Postfix
+#   make test         everything CI runs: gcc + clang builds, unit,
+#                     integration, the suite again under ASan+UBSan, fuzzers
+#   make asan         build the ASan+UBSan variant into build/asan
+#   make fuzz         build the libFuzzer targets (clang) into build/fuzz
+#   make install PREFIX=/usr/local DESTDIR=
+#
+# Objects go to build/<variant>/; the daemon of the default variant is
+# linked to policyd/smtpguard.
+
+VARIANT ?= release
+CC      ?= cc
+PKGS    := libuv hiredis libcares yaml-0.1 libpcre2-8
+PKG_CFLAGS := $(shell pkg-config --cflags $(PKGS))
+PKG_LIBS   := $(shell pkg-config --libs $(PKGS)) -lm
+CMOCKA_LIBS := $(shell pkg-config --libs cmocka)
+
+WARN    := -Wall -Wextra -Werror -Wstrict-prototypes -Wmissing-prototypes \
+           -Wshadow -Wformat=2 -Wwrite-strings -fno-common
+BASEFLAGS := -std=c11 -D_DEFAULT_SOURCE $(WARN) $(PKG_CFLAGS) -Ipolicyd -Ibuild/$(VARIANT)/gen
+
+ifeq ($(VARIANT),asan)
+OPTFLAGS := -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+LDSAN    := -fsanitize=address,undefined
+else
+OPTFLAGS := -O2 -g
+LDSAN    :=
+endif
+CFLAGS  ?=
+CFLAGS  += $(BASEFLAGS) $(OPTFLAGS)
+LDFLAGS += $(LDSAN)
+
+B := build/$(VARIANT)
+
+# Everything but main.c goes into libpolicyd.a.
+SRCS += policyd/xalloc.c
+SRCS += policyd/log.c
+SRCS += policyd/request.c
+SRCS += policyd/protocol.c
+SRCS += policyd/cidr.c
+SRCS += policyd/list.c
+SRCS += policyd/decay.c
+SRCS += policyd/template.c
+SRCS += policyd/config.c
+SRCS += policyd/rules.c
+SRCS += policyd/actions.c
+SRCS += policyd/store.c
+SRCS += policyd/store_memory.c
+SRCS += policyd/store_redis.c
+SRCS += policyd/conn.c
+SRCS += policyd/listener.c
+SRCS += policyd/server.c
+
+OBJS := $(SRCS:%.c=$(B)/%.o)
+LIB  := $(B)/libpolicyd.a
+BIN  := $(B)/smtpguard
+
+UNIT_SRCS := $(wildcard test/unit/test_*.c)
+UNIT_BINS := $(UNIT_SRCS:test/unit/%.c=$(B)/unit/%)
+
+.PHONY: all check integration test asan fuzz bench install clean
+all: policyd/smtpguard
+
+policyd/smtpguard: $(BIN)
+	ln -sf ../$(BIN) $@
+
+$(B)/gen/store_redis_lua.h: policyd/store_redis.lua scripts/embed-text
+	@mkdir -p $(dir $@)
+	sh scripts/embed-text store_redis_lua $< > $@.tmp && mv $@.tmp $@
+
+$(B)/policyd/store_redis.o: $(B)/gen/store_redis_lua.h
+
+$(B)/%.o: %.c
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) -MMD -MP -c $< -o $@
+
+$(LIB): $(OBJS)
+	rm -f $@
+	ar rcs $@ $^
+
+$(BIN): $(B)/policyd/main.o $(LIB)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+# Unit tests: each test_<module>.c links the archive; fakes, if any,
+# come before it so the real member is never pulled in.
+$(B)/unit/%: $(B)/test/unit/%.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(CMOCKA_LIBS)
+
+$(B)/test/unit/%.o: CFLAGS += -DUNIT_TESTING -Itest/unit
+
+check: $(UNIT_BINS)
+	@sh scripts/run-unit $(UNIT_BINS)
+
+integration: $(BIN)
+	python3 test/integration/run.py --bin $(BIN)
+
+test:
+	sh scripts/test-all
+
+asan:
+	$(MAKE) VARIANT=asan CC=$(CC) $(if $(filter asan,$(VARIANT)),,build/asan/smtpguard)
+
+fuzz:
+	$(MAKE) -f test/fuzz/Makefile.fuzz
+
+bench: all
+	sh scripts/bench
+
+PREFIX  ?= /usr/local
+DESTDIR ?=
+install: all
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/etc/smtpguard/rules.d \
+	    $(DESTDIR)$(PREFIX)/share/smtpguard/contrib
+	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/sbin/smtpguard
+	install -m 0644 smtpguard.yaml.example $(DESTDIR)$(PREFIX)/etc/smtpguard/smtpguard.yaml.example
+	install -m 0644 rules.d/*.yaml $(DESTDIR)$(PREFIX)/etc/smtpguard/rules.d/
+	cp -R contrib/. $(DESTDIR)$(PREFIX)/share/smtpguard/contrib/
+
+clean:
+	rm -rf build policyd/smtpguard
+
+-include $(OBJS:.o=.d) $(B)/policyd/main.d $(UNIT_SRCS:test/unit/%.c=$(B)/test/unit/%.d)

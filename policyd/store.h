@@ -1,0 +1,115 @@
+/*
+ * store - where counters live: one interface, two backends.
+ *
+ *   store_memory.c  the embedded default: a hash in this process, a cap
+ *                   on keys, expired keys swept incrementally.
+ *   store_redis.c   Redis shared by every MTA: all updates of one request
+ *                   in one EVALSHA of store_redis.lua, time from Redis
+ *                   TIME, keys expire when their score has decayed away.
+ *
+ * A backend is a const struct store_ops chosen by name (OpenSMTPD's
+ * table_* shape); callers hold an opaque struct store.
+ *
+ * Guarantees to callers:
+ * - every callback runs exactly once, and never from inside the call that
+ *   started the work (the memory store completes from a uv_check), so a
+ *   caller may start work while holding state it changes afterwards;
+ * - a failure is STORE_TEMPFAIL, never a score of 0: the caller answers
+ *   with the configured on_error verdict;
+ * - the redis backend answers within timeout_ms (TEMPFAIL after that, a
+ *   late reply is dropped); store_close() fails what is pending with
+ *   TEMPFAIL, deferred as well.
+ * Scores passed to a callback are valid only during the callback.
+ */
+#ifndef SMTPGUARD_STORE_H
+#define SMTPGUARD_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <uv.h>
+
+#include "decay.h"
+
+enum store_backend {
+    STORE_BACKEND_MEMORY,
+    STORE_BACKEND_REDIS
+};
+
+struct store_config {
+    enum store_backend backend;
+    char *redis_address;        /* "host:port", "[v6]:port" or "unix:/path" */
+    int redis_db;               /* SELECT index, 0-15 typically */
+    char *redis_password;       /* from password_file or $SMTPGUARD_REDIS_PASSWORD; never logged */
+    char *prefix;               /* prepended to every key, e.g. "sg:" */
+    unsigned timeout_ms;        /* per request and per connect attempt */
+    size_t memory_max_keys;     /* memory backend: keys held at most */
+};
+
+/* One counter update: the key (without the store prefix), its decay
+ * model and the points to add. points == 0 only reads (a missing key is
+ * not created). */
+struct store_update {
+    const char *key;            /* e.g. "ip:192.0.2.7" */
+    size_t key_len;             /* bytes */
+    struct decay decay;
+    double points;              /* may be negative (a whitelist rule subtracting) */
+};
+
+enum store_status {
+    STORE_OK = 0,
+    STORE_TEMPFAIL = -1         /* store down, slow or closed */
+};
+
+/* scores[i] is the new score of updates[i] (unrounded). now is the
+ * store's clock in seconds since the epoch. */
+typedef void (*store_done_cb)(void *arg, int status, const double *scores, size_t n, double now);
+/* For resets. */
+typedef void (*store_reset_cb)(void *arg, int status);
+
+struct store;
+
+struct store_ops {
+    const char *name;
+    int (*open)(struct store **out, const struct store_config *cfg, uv_loop_t *loop,
+                char *err, size_t errlen);
+    void (*apply)(struct store *st, const struct store_update *u, size_t n,
+                  store_done_cb cb, void *arg);
+    /* reset - delete keys; cb may be NULL. */
+    void (*reset)(struct store *st, const char *const *keys, const size_t *key_lens, size_t n,
+                  store_reset_cb cb, void *arg);
+    /* is_up - false while the backend knows it cannot answer. */
+    bool (*is_up)(const struct store *st);
+    /* close - fail pending work (deferred), free when all is done. */
+    void (*close)(struct store *st);
+};
+
+extern const struct store_ops store_memory_ops;
+extern const struct store_ops store_redis_ops;
+
+/* Updates in one apply call at most (one request's counters). */
+#define STORE_MAX_UPDATES 64
+
+/* The generic handle every backend's struct store starts with. */
+struct store_base {
+    const struct store_ops *ops;
+};
+
+/* store_open - the backend named by cfg->backend. */
+int store_open(struct store **out, const struct store_config *cfg, uv_loop_t *loop,
+               char *err, size_t errlen);
+void store_apply(struct store *st, const struct store_update *u, size_t n,
+                 store_done_cb cb, void *arg);
+void store_reset(struct store *st, const char *const *keys, const size_t *key_lens, size_t n,
+                 store_reset_cb cb, void *arg);
+bool store_is_up(const struct store *st);
+void store_close(struct store *st);
+const char *store_name(const struct store *st);
+
+/* store_config_equal - same backend settings (reload keeps the store). */
+bool store_config_equal(const struct store_config *a, const struct store_config *b);
+void store_config_fini(struct store_config *cfg);
+
+/* Memory backend clock, injectable for tests: seconds since the epoch. */
+extern double (*store_memory_clock)(void);
+
+#endif
