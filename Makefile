@@ -49,6 +49,7 @@ SRCS += policyd/config.c
 SRCS += policyd/rules.c
 SRCS += policyd/actions.c
 SRCS += policyd/store.c
+SRCS += policyd/sha1.c
 SRCS += policyd/store_memory.c
 SRCS += policyd/store_redis.c
 SRCS += policyd/conn.c
@@ -63,7 +64,13 @@ UNIT_SRCS := $(wildcard test/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:test/unit/%.c=$(B)/unit/%)
 
 .PHONY: all check integration test asan fuzz bench install clean
+# Only the default variant is linked to policyd/smtpguard; the others
+# (VARIANT=asan, VARIANT=clang ...) stay in build/<variant>/.
+ifeq ($(VARIANT),release)
 all: policyd/smtpguard
+else
+all: $(BIN)
+endif
 
 policyd/smtpguard: $(BIN)
 	ln -sf ../$(BIN) $@
@@ -91,19 +98,24 @@ $(B)/unit/%: $(B)/test/unit/%.o $(LIB)
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(CMOCKA_LIBS)
 
-$(B)/test/unit/%.o: CFLAGS += -DUNIT_TESTING -Itest/unit
+$(B)/test/unit/%.o: CFLAGS += -Itest/unit
 
 check: $(UNIT_BINS)
 	@sh scripts/run-unit $(UNIT_BINS)
 
-integration: $(BIN)
-	python3 test/integration/run.py --bin $(BIN)
+integration: $(BIN) $(B)/itest/test_store_redis
+	scripts/with-redis $(B)/itest/test_store_redis
+	python3 test/run.py --bin $(BIN)
+
+$(B)/itest/test_store_redis: $(B)/test/integration/test_store_redis.o $(LIB)
+	@mkdir -p $(dir $@)
+	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(CMOCKA_LIBS)
 
 test:
 	sh scripts/test-all
 
 asan:
-	$(MAKE) VARIANT=asan CC=$(CC) $(if $(filter asan,$(VARIANT)),,build/asan/smtpguard)
+	$(MAKE) VARIANT=asan all check
 
 fuzz:
 	$(MAKE) -f test/fuzz/Makefile.fuzz
@@ -125,3 +137,4 @@ clean:
 	rm -rf build policyd/smtpguard
 
 -include $(OBJS:.o=.d) $(B)/policyd/main.d $(UNIT_SRCS:test/unit/%.c=$(B)/test/unit/%.d)
+.SECONDARY:

@@ -198,7 +198,7 @@ const char *log_quote(const char *s, size_t len, char *buf, size_t cap)
         if (ch == '"' || ch == '\\') {
             buf[o++] = '\\';
             buf[o++] = (char)ch;
-        } else if (ch > 0x20 && ch < 0x7f) {
+        } else if (ch >= 0x20 && ch < 0x7f) {
             buf[o++] = (char)ch;
         } else {
             buf[o++] = '\\';

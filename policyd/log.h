@@ -72,7 +72,7 @@ void log_warn_every(struct log_limiter *lim, unsigned interval_s, const char *fm
 #define LOG_QUOTE_MAX 100
 
 /* log_quote - escape s for a log line into buf (cap >= 4*LOG_QUOTE_MAX+8
- * is always enough): printable ASCII kept, '"', '\\' and spaces escaped,
+ * is always enough): printable ASCII and spaces kept, '"' and '\\' escaped,
  * other bytes as \xNN, cut at LOG_QUOTE_MAX input bytes with "...".
  * Returns buf. NULL prints as "-". */
 const char *log_quote(const char *s, size_t len, char *buf, size_t cap);

@@ -19,6 +19,8 @@
  * - the redis backend answers within timeout_ms (TEMPFAIL after that, a
  *   late reply is dropped); store_close() fails what is pending with
  *   TEMPFAIL, deferred as well.
+ * - apply and reset consume their arguments during the call: the caller
+ *   may reuse the update array and the key memory as soon as it returns;
  * Scores passed to a callback are valid only during the callback.
  */
 #ifndef SMTPGUARD_STORE_H
@@ -111,5 +113,9 @@ void store_config_fini(struct store_config *cfg);
 
 /* Memory backend clock, injectable for tests: seconds since the epoch. */
 extern double (*store_memory_clock)(void);
+
+/* store_memory_stats - keys held now, and keys the cap evicted before
+ * they expired (since open); for metrics and tests. Memory backend only. */
+void store_memory_stats(const struct store *st, size_t *keys, unsigned long long *evictions);
 
 #endif

@@ -1,0 +1,335 @@
+/*
+ * actions - see actions.h.
+ *
+ * The log line follows Postfix's shape so that operators can grep it
+ * beside the maillog: "c=1a r=3 RCPT client=host[192.0.2.7]
+ * helo=<h> sender=<s> recipient=<r> sasl_username=u queue_id=Q
+ * rule=flood verdict=reject score.ip=512 action=\"550 5.7.1 ...\"".
+ * Peer-supplied values go through log_quote().
+ */
+#include "actions.h"
+
+#include <errno.h>
+#include <stdio.h>
+#include <string.h>
+#include <time.h>
+
+#include "log.h"
+#include "template.h"
+
+static FILE *actions_json;
+
+/* Append with bounds; out is always NUL-terminated. */
+struct outbuf {
+    char *p;
+    size_t len;                 /* bytes written */
+    size_t cap;                 /* bytes available including the NUL */
+};
+
+static void out_add(struct outbuf *o, const char *s, size_t n)
+{
+    if (o->cap == 0)
+        return;
+    size_t room = o->cap - 1 - o->len;
+    if (n > room)
+        n = room;
+    memcpy(o->p + o->len, s, n);
+    o->len += n;
+    o->p[o->len] = '\0';
+}
+
+static void out_str(struct outbuf *o, const char *s)
+{
+    out_add(o, s, strlen(s));
+}
+
+static bool actions_has_code(const char *s, size_t len)
+{
+    return len >= 4 && s[0] >= '2' && s[0] <= '5' && s[1] >= '0' && s[1] <= '9' && s[2] >= '0' &&
+           s[2] <= '9' && s[3] == ' ';
+}
+
+size_t actions_format(const struct rules *r, const struct action_rule *ar, struct request *req,
+                      const struct eval *ev, char *out, size_t cap)
+{
+    struct outbuf o = {out, 0, cap};
+    if (cap)
+        out[0] = '\0';
+    if (!ar) {
+        out_str(&o, "DUNNO");
+        return o.len;
+    }
+    struct rules_template_ctx ctx = {.rules = r, .req = req, .ev = ev, .rule = ar->name};
+    char text[ACTIONS_MAX_ANSWER];
+    size_t tlen = 0;
+    if (ar->message)
+        tlen = template_expand(ar->message, rules_template_value, &ctx, text, sizeof text);
+    char arg[ACTIONS_MAX_ANSWER];
+    size_t alen = 0;
+    if (ar->arg)
+        alen = template_expand(ar->arg, rules_template_value, &ctx, arg, sizeof arg);
+
+    switch (ar->verdict) {
+    case VERDICT_DUNNO:
+        out_str(&o, "DUNNO");
+        return o.len;
+    case VERDICT_PERMIT:
+        out_str(&o, "OK");
+        break;
+    case VERDICT_DEFER:
+        if (tlen && actions_has_code(text, tlen)) {
+            out_add(&o, text, tlen);
+            return o.len;
+        }
+        out_str(&o, "DEFER");
+        if (!tlen)
+            out_str(&o, " 4.7.1 Too much mail from you, try again later");
+        break;
+    case VERDICT_REJECT:
+        if (tlen && actions_has_code(text, tlen)) {
+            out_add(&o, text, tlen);
+            return o.len;
+        }
+        out_str(&o, "REJECT");
+        if (!tlen)
+            out_str(&o, " 5.7.1 Message rejected by policy");
+        break;
+    case VERDICT_HOLD:
+        out_str(&o, "HOLD");
+        break;
+    case VERDICT_DISCARD:
+        out_str(&o, "DISCARD");
+        break;
+    case VERDICT_WARN:
+        out_str(&o, "WARN");
+        break;
+    case VERDICT_REDIRECT:
+        out_str(&o, "REDIRECT ");
+        out_add(&o, arg, alen);
+        return o.len;
+    case VERDICT_FILTER:
+        out_str(&o, "FILTER ");
+        out_add(&o, arg, alen);
+        return o.len;
+    case VERDICT_PREPEND:
+        out_str(&o, "PREPEND ");
+        if (alen)
+            out_add(&o, arg, alen);
+        else
+            out_add(&o, text, tlen);
+        return o.len;
+    case VERDICT_SLEEP: {
+        char num[32];
+        snprintf(num, sizeof num, "SLEEP %u", ar->sleep);
+        out_str(&o, num);
+        return o.len;
+    }
+    }
+    if (tlen) {
+        out_str(&o, " ");
+        out_add(&o, text, tlen);
+    }
+    return o.len;
+}
+
+bool actions_log_wanted(const struct decision *d)
+{
+    const struct eval *ev = d->ev;
+    if (d->store_failed || ev->n_would || ev->n_would_points)
+        return true;
+    if (ev->stopped_by)
+        return ev->stopped_by->then == VERDICT_PERMIT;
+    if (!ev->decided)
+        return false;
+    return ev->decided->side_log || ev->decided->verdict != VERDICT_DUNNO;
+}
+
+/* The attributes a decision line shows, in Postfix's order. */
+static const struct {
+    enum attr attr;
+    const char *label;
+    bool angle;                 /* shown as <value> like Postfix */
+} actions_fields[] = {
+    {ATTR_HELO_NAME, "helo", true},
+    {ATTR_SENDER, "sender", true},
+    {ATTR_RECIPIENT, "recipient", true},
+    {ATTR_SASL_USERNAME, "sasl_username", false},
+    {ATTR_QUEUE_ID, "queue_id", false},
+};
+
+static void actions_add_scores(struct outbuf *o, const struct decision *d)
+{
+    const struct eval *ev = d->ev;
+    for (size_t u = 0; u < ev->n_updates; u++) {
+        int ci = ev->update_counter[u];
+        if (!ev->have_score[ci])
+            continue;
+        char num[96];
+        snprintf(num, sizeof num, " score.%s=%.*f", d->rules->counters[ci].name,
+                 d->rules->counters[ci].precision, ev->score[ci]);
+        out_str(o, num);
+    }
+}
+
+static void actions_log_line(const struct decision *d)
+{
+    char line[3072];
+    struct outbuf o = {line, 0, sizeof line};
+    char q[LOG_QUOTE_BUF], q2[LOG_QUOTE_BUF];
+    char head[128];
+    size_t len, len2;
+    const char *state = request_get(d->req, ATTR_PROTOCOL_STATE, &len);
+    snprintf(head, sizeof head, "c=%lx r=%lu ", d->conn_id, d->req_no);
+    out_str(&o, head);
+    out_str(&o, log_quote(state, state ? len : 0, q, sizeof q));
+    const char *name = request_get(d->req, ATTR_CLIENT_NAME, &len);
+    const char *addr = request_get(d->req, ATTR_CLIENT_ADDRESS, &len2);
+    out_str(&o, " client=");
+    out_str(&o, name ? log_quote(name, len, q, sizeof q) : "unknown");
+    out_str(&o, "[");
+    out_str(&o, log_quote(addr, addr ? len2 : 0, q2, sizeof q2));
+    out_str(&o, "]");
+    for (size_t i = 0; i < sizeof actions_fields / sizeof actions_fields[0]; i++) {
+        const char *v = request_get(d->req, actions_fields[i].attr, &len);
+        if (!v || (!len && !actions_fields[i].angle))
+            continue;
+        out_str(&o, " ");
+        out_str(&o, actions_fields[i].label);
+        out_str(&o, actions_fields[i].angle ? "=<" : "=");
+        out_str(&o, log_quote(v, len, q, sizeof q));
+        if (actions_fields[i].angle)
+            out_str(&o, ">");
+    }
+    const struct eval *ev = d->ev;
+    if (d->store_failed) {
+        out_str(&o, " rule=- verdict=on_error");
+    } else if (ev->stopped_by) {
+        out_str(&o, " rule=");
+        out_str(&o, ev->stopped_by->name);
+        out_str(&o, ev->stopped_by->then == VERDICT_PERMIT ? " verdict=permit" : " verdict=dunno");
+    } else if (ev->decided) {
+        out_str(&o, " rule=");
+        out_str(&o, ev->decided->name);
+        out_str(&o, " verdict=");
+        out_str(&o, verdict_name(ev->decided->verdict));
+    } else {
+        out_str(&o, " rule=- verdict=dunno");
+    }
+    for (size_t i = 0; i < ev->n_would; i++) {
+        out_str(&o, " would=");
+        out_str(&o, verdict_name(ev->would[i]->verdict));
+        out_str(&o, " would_rule=");
+        out_str(&o, ev->would[i]->name);
+    }
+    for (size_t i = 0; i < ev->n_would_points; i++) {
+        out_str(&o, " would_points=");
+        out_str(&o, ev->would_points[i]->name);
+    }
+    actions_add_scores(&o, d);
+    out_str(&o, " action=\"");
+    out_str(&o, log_quote(d->answer, strlen(d->answer), q, sizeof q));
+    out_str(&o, "\"");
+    log_write(LOG_LEVEL_INFO, "%s", line);
+}
+
+/* JSON string escaping for the decision log (values are arbitrary bytes
+ * from the peer: escape controls, quote and backslash; sanitize UTF-8). */
+static void json_str(FILE *fp, const char *s, size_t len)
+{
+    char clean[2048];
+    size_t n = template_sanitize(s, len, clean, sizeof clean);
+    fputc('"', fp);
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)clean[i];
+        if (ch == '"' || ch == '\\')
+            fprintf(fp, "\\%c", ch);
+        else if (ch < 0x20)
+            fprintf(fp, "\\u%04x", ch);
+        else
+            fputc(ch, fp);
+    }
+    fputc('"', fp);
+}
+
+static void json_field(FILE *fp, const char *name, const char *v, size_t len)
+{
+    fprintf(fp, ",\"%s\":", name);
+    json_str(fp, v, len);
+}
+
+static void actions_log_json(const struct decision *d)
+{
+    FILE *fp = actions_json;
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    fprintf(fp, "{\"time\":%lld.%03ld,\"conn\":\"%lx\",\"req\":%lu", (long long)ts.tv_sec,
+            ts.tv_nsec / 1000000, d->conn_id, d->req_no);
+    static const enum attr shown[] = {ATTR_PROTOCOL_STATE, ATTR_CLIENT_ADDRESS, ATTR_CLIENT_NAME,
+                                      ATTR_HELO_NAME,      ATTR_SENDER,         ATTR_RECIPIENT,
+                                      ATTR_SASL_USERNAME,  ATTR_QUEUE_ID,       ATTR_INSTANCE,
+                                      ATTR_SIZE,           ATTR_RECIPIENT_COUNT};
+    for (size_t i = 0; i < sizeof shown / sizeof shown[0]; i++) {
+        size_t len;
+        const char *v = request_get(d->req, shown[i], &len);
+        if (v)
+            json_field(fp, attr_name(shown[i]), v, len);
+    }
+    const struct eval *ev = d->ev;
+    const char *rule = ev->stopped_by ? ev->stopped_by->name : ev->decided ? ev->decided->name : NULL;
+    if (rule)
+        json_field(fp, "rule", rule, strlen(rule));
+    const char *verdict = d->store_failed ? "on_error"
+                          : ev->stopped_by ? (ev->stopped_by->then == VERDICT_PERMIT ? "permit" : "dunno")
+                          : ev->decided    ? verdict_name(ev->decided->verdict)
+                                           : "dunno";
+    json_field(fp, "verdict", verdict, strlen(verdict));
+    json_field(fp, "action", d->answer, strlen(d->answer));
+    fputs(",\"scores\":{", fp);
+    bool first = true;
+    for (size_t u = 0; u < ev->n_updates; u++) {
+        int ci = ev->update_counter[u];
+        if (!ev->have_score[ci])
+            continue;
+        fprintf(fp, "%s\"%s\":%.*f", first ? "" : ",", d->rules->counters[ci].name,
+                d->rules->counters[ci].precision, ev->score[ci]);
+        first = false;
+    }
+    fputs("},\"points\":[", fp);
+    for (size_t i = 0; i < ev->n_matched; i++) {
+        fputs(i ? "," : "", fp);
+        json_str(fp, ev->matched[i]->name, strlen(ev->matched[i]->name));
+    }
+    fputs("],\"would\":[", fp);
+    for (size_t i = 0; i < ev->n_would; i++) {
+        fputs(i ? "," : "", fp);
+        json_str(fp, ev->would[i]->name, strlen(ev->would[i]->name));
+    }
+    fprintf(fp, "],\"elapsed_ms\":%.3f}\n", d->elapsed_ms);
+    fflush(fp);
+}
+
+void actions_log(const struct decision *d)
+{
+    if (actions_log_wanted(d))
+        actions_log_line(d);
+    if (actions_json)
+        actions_log_json(d);
+}
+
+int actions_json_open(const char *path)
+{
+    actions_json_close();
+    if (!path)
+        return 0;
+    actions_json = fopen(path, "a");
+    if (!actions_json)
+        return -errno;
+    return 0;
+}
+
+void actions_json_close(void)
+{
+    if (actions_json)
+        fclose(actions_json);
+    actions_json = NULL;
+}

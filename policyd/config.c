@@ -1,0 +1,1984 @@
+/*
+ * config - YAML to a validated, immutable struct config. See config.h.
+ *
+ * How it works: every file (main, then includes) is parsed into a libyaml
+ * document and kept until the end, because rules in one file may use
+ * counters and lists defined in another. Pass one reads the settings of
+ * the main file and the counters and lists of every file; pass two
+ * compiles the points and action rules of every file. Each diagnostic
+ * names file:line:col (libyaml counts from 0; we add 1) and the setting's
+ * path ("points[2].when.client_address"), and loading carries on after an
+ * error so that all of them are reported at once.
+ */
+#define PCRE2_CODE_UNIT_WIDTH 8
+#include "config.h"
+
+#include <errno.h>
+#include <glob.h>
+#include <limits.h>
+#include <math.h>
+#include <pcre2.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+#include <sys/stat.h>
+#include <yaml.h>
+
+#include "decay.h"
+#include "list.h"
+#include "template.h"
+#include "xalloc.h"
+
+#define CONFIG_MAX_FILES 256
+#define CONFIG_MAX_DEPTH 16         /* nesting of when: conditions */
+
+struct config_file {
+    char *name;                 /* as shown in diagnostics */
+    yaml_document_t doc;
+    bool loaded;                /* doc must be deleted */
+};
+
+struct loader {
+    struct config_errors *errs;
+    struct config *cfg;
+    struct rules *r;
+    struct config_file files[CONFIG_MAX_FILES];
+    size_t n_files;
+    struct config_file *cur;    /* file being read */
+    char *basedir;              /* directory of the main file, for relative paths */
+};
+
+/* ---- diagnostics ---- */
+
+static void config_error_add(struct config_errors *errs, char *msg)
+{
+    errs->msgs = xreallocarray(errs->msgs, errs->n + 1, sizeof *errs->msgs);
+    errs->msgs[errs->n++] = msg;
+}
+
+void config_errors_fini(struct config_errors *errs)
+{
+    for (size_t i = 0; i < errs->n; i++)
+        free(errs->msgs[i]);
+    free(errs->msgs);
+    errs->msgs = NULL;
+    errs->n = 0;
+}
+
+__attribute__((format(printf, 4, 5))) static void
+config_err(struct loader *ld, const yaml_node_t *node, const char *path, const char *fmt, ...)
+{
+    char what[1024];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(what, sizeof what, fmt, ap);
+    va_end(ap);
+    unsigned long line = node ? (unsigned long)node->start_mark.line + 1 : 1;
+    unsigned long col = node ? (unsigned long)node->start_mark.column + 1 : 1;
+    const char *file = ld->cur ? ld->cur->name : ld->cfg->path;
+    if (path && *path)
+        config_error_add(ld->errs, xasprintf("%s:%lu:%lu: %s: %s", file, line, col, path, what));
+    else
+        config_error_add(ld->errs, xasprintf("%s:%lu:%lu: %s", file, line, col, what));
+}
+
+/* ---- YAML node helpers ---- */
+
+static yaml_node_t *config_node(struct loader *ld, int index)
+{
+    return yaml_document_get_node(&ld->cur->doc, index);
+}
+
+static bool config_is_scalar(const yaml_node_t *n)
+{
+    return n && n->type == YAML_SCALAR_NODE;
+}
+
+static const char *config_scalar(const yaml_node_t *n)
+{
+    return (const char *)n->data.scalar.value;
+}
+
+/* A plain (unquoted) empty, "~" or "null" scalar is YAML's null. */
+static bool config_is_null(const yaml_node_t *n)
+{
+    if (!config_is_scalar(n))
+        return false;
+    if (n->data.scalar.style != YAML_PLAIN_SCALAR_STYLE)
+        return false;
+    const char *s = config_scalar(n);
+    return !*s || strcmp(s, "~") == 0 || strcmp(s, "null") == 0 || strcmp(s, "Null") == 0;
+}
+
+static const char *config_node_kind(const yaml_node_t *n)
+{
+    switch (n->type) {
+    case YAML_SCALAR_NODE:
+        return "a scalar";
+    case YAML_SEQUENCE_NODE:
+        return "a list";
+    case YAML_MAPPING_NODE:
+        return "a mapping";
+    default:
+        return "nothing";
+    }
+}
+
+static bool config_expect(struct loader *ld, const yaml_node_t *n, yaml_node_type_t type,
+                          const char *path)
+{
+    if (n && n->type == type)
+        return true;
+    static const char *const want[] = {"nothing", "a scalar", "a list", "a mapping"};
+    config_err(ld, n, path, "expected %s, got %s", want[type], n ? config_node_kind(n) : "nothing");
+    return false;
+}
+
+static char *config_path(const char *base, const char *key)
+{
+    if (!base || !*base)
+        return xstrdup(key);
+    return xasprintf("%s.%s", base, key);
+}
+
+static char *config_path_index(const char *base, size_t i)
+{
+    return xasprintf("%s[%zu]", base, i);
+}
+
+static bool config_parse_bool(struct loader *ld, const yaml_node_t *n, const char *path, bool *out)
+{
+    if (config_is_scalar(n)) {
+        const char *s = config_scalar(n);
+        if (!strcasecmp(s, "true") || !strcasecmp(s, "yes") || !strcasecmp(s, "on")) {
+            *out = true;
+            return true;
+        }
+        if (!strcasecmp(s, "false") || !strcasecmp(s, "no") || !strcasecmp(s, "off")) {
+            *out = false;
+            return true;
+        }
+    }
+    config_err(ld, n, path, "expected true or false");
+    return false;
+}
+
+static bool config_parse_uint(struct loader *ld, const yaml_node_t *n, const char *path,
+                              unsigned long min, unsigned long max, unsigned long *out)
+{
+    if (!config_expect(ld, n, YAML_SCALAR_NODE, path))
+        return false;
+    const char *s = config_scalar(n);
+    char *end;
+    errno = 0;
+    unsigned long v = strtoul(s, &end, 10);
+    if (!*s || *end || errno || s[0] == '-' || v < min || v > max) {
+        config_err(ld, n, path, "expected a whole number from %lu to %lu, got \"%s\"", min, max, s);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+static bool config_parse_duration(struct loader *ld, const yaml_node_t *n, const char *path,
+                                  double min, double *out)
+{
+    if (!config_expect(ld, n, YAML_SCALAR_NODE, path))
+        return false;
+    double v;
+    if (decay_parse_duration(config_scalar(n), &v) < 0) {
+        config_err(ld, n, path, "expected a duration such as 500ms, 30s, 10m, 1h or 2d, got \"%s\"",
+                   config_scalar(n));
+        return false;
+    }
+    if (v < min) {
+        config_err(ld, n, path, "duration must be at least %gs", min);
+        return false;
+    }
+    *out = v;
+    return true;
+}
+
+/* Resolve a path from the config relative to the main file's directory. */
+static char *config_resolve_path(struct loader *ld, const char *p)
+{
+    if (p[0] == '/' || !ld->basedir)
+        return xstrdup(p);
+    return xasprintf("%s/%s", ld->basedir, p);
+}
+
+/* Iterate a mapping: calls fn(key, value node, key node) for each pair. */
+#define CONFIG_FOR_PAIRS(ld, map, pair)                                                            \
+    for (yaml_node_pair_t *pair = (map)->data.mapping.pairs.start;                                 \
+         pair < (map)->data.mapping.pairs.top; pair++)
+#define CONFIG_FOR_ITEMS(ld, seq, item)                                                            \
+    for (yaml_node_item_t *item = (seq)->data.sequence.items.start;                                \
+         item < (seq)->data.sequence.items.top; item++)
+
+/* The key of a pair as a string, or NULL (with an error) if not a scalar. */
+static const char *config_pair_key(struct loader *ld, yaml_node_pair_t *pair, const char *path,
+                                   yaml_node_t **key_node)
+{
+    yaml_node_t *k = config_node(ld, pair->key);
+    *key_node = k;
+    if (!config_is_scalar(k)) {
+        config_err(ld, k, path, "keys must be plain names");
+        return NULL;
+    }
+    return config_scalar(k);
+}
+
+static void config_unknown_key(struct loader *ld, yaml_node_t *k, const char *path,
+                               const char *key, const char *known)
+{
+    config_err(ld, k, path, "unknown setting \"%s\" (known: %s)", key, known);
+}
+
+/* ---- file loading ---- */
+
+static int config_parse_yaml(struct loader *ld, struct config_file *f, const char *text, size_t len)
+{
+    yaml_parser_t parser;
+    yaml_parser_initialize(&parser);
+    yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
+    int ok = yaml_parser_load(&parser, &f->doc);
+    if (!ok) {
+        config_error_add(ld->errs,
+                         xasprintf("%s:%lu:%lu: YAML syntax error: %s%s%s", f->name,
+                                   (unsigned long)parser.problem_mark.line + 1,
+                                   (unsigned long)parser.problem_mark.column + 1,
+                                   parser.problem ? parser.problem : "unknown problem",
+                                   parser.context ? " " : "", parser.context ? parser.context : ""));
+        yaml_parser_delete(&parser);
+        return -EINVAL;
+    }
+    f->loaded = true;
+    yaml_parser_delete(&parser);
+    return 0;
+}
+
+static char *config_read_file(const char *path, size_t *len, int *err)
+{
+    FILE *fp = fopen(path, "rb");
+    if (!fp) {
+        *err = errno;
+        return NULL;
+    }
+    size_t cap = 4096, n = 0;
+    char *buf = xmalloc(cap);
+    for (;;) {
+        size_t got = fread(buf + n, 1, cap - n, fp);
+        n += got;
+        if (n < cap)
+            break;
+        if (cap >= (size_t)64 << 20) { /* a 64 MiB config is a mistake */
+            free(buf);
+            fclose(fp);
+            *err = EFBIG;
+            return NULL;
+        }
+        cap *= 2;
+        buf = xrealloc(buf, cap);
+    }
+    if (ferror(fp)) {
+        *err = errno ? errno : EIO;
+        free(buf);
+        fclose(fp);
+        return NULL;
+    }
+    fclose(fp);
+    *len = n;
+    return buf;
+}
+
+static struct config_file *config_add_file(struct loader *ld, const char *name, const char *text,
+                                           size_t len)
+{
+    if (ld->n_files >= CONFIG_MAX_FILES) {
+        config_error_add(ld->errs, xasprintf("%s: more than %d included files", name,
+                                             CONFIG_MAX_FILES));
+        return NULL;
+    }
+    struct config_file *f = &ld->files[ld->n_files++];
+    memset(f, 0, sizeof *f);
+    f->name = xstrdup(name);
+    if (config_parse_yaml(ld, f, text, len) < 0)
+        return NULL;
+    return f;
+}
+
+static struct config_file *config_load_file(struct loader *ld, const char *path,
+                                            const yaml_node_t *from, const char *from_path)
+{
+    size_t len;
+    int err = 0;
+    char *text = config_read_file(path, &len, &err);
+    if (!text) {
+        if (from)
+            config_err(ld, from, from_path, "cannot read %s: %s", path, strerror(err));
+        else
+            config_error_add(ld->errs, xasprintf("%s: cannot read: %s", path, strerror(err)));
+        return NULL;
+    }
+    struct config_file *f = config_add_file(ld, path, text, len);
+    free(text);
+    return f;
+}
+
+/* The root mapping of the current file, or NULL for an empty file. */
+static yaml_node_t *config_root(struct loader *ld)
+{
+    yaml_node_t *root = yaml_document_get_root_node(&ld->cur->doc);
+    if (!root || config_is_null(root))
+        return NULL;
+    if (!config_expect(ld, root, YAML_MAPPING_NODE, ""))
+        return NULL;
+    return root;
+}
+
+/* ---- settings of the main file ---- */
+
+static void config_parse_listen(struct loader *ld, yaml_node_t *n, const char *path)
+{
+    struct config *cfg = ld->cfg;
+    if (config_is_scalar(n)) {
+        /* One address may be written without a list. */
+        cfg->n_listen = 0;
+    } else if (!config_expect(ld, n, YAML_SEQUENCE_NODE, path)) {
+        return;
+    }
+    yaml_node_t *single = config_is_scalar(n) ? n : NULL;
+    size_t count = single ? 1 : (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+    if (count == 0) {
+        config_err(ld, n, path, "at least one address is needed");
+        return;
+    }
+    if (count > CONFIG_MAX_LISTEN) {
+        config_err(ld, n, path, "at most %d addresses", CONFIG_MAX_LISTEN);
+        return;
+    }
+    for (size_t i = 0; i < cfg->n_listen; i++)
+        free(cfg->listen[i]);
+    cfg->n_listen = 0;
+    for (size_t i = 0; i < count; i++) {
+        yaml_node_t *item = single ? single : config_node(ld, n->data.sequence.items.start[i]);
+        char *ipath = config_path_index(path, i);
+        if (config_expect(ld, item, YAML_SCALAR_NODE, ipath)) {
+            const char *s = config_scalar(item);
+            bool ok;
+            if (strncmp(s, "unix:", 5) == 0) {
+                ok = s[5] == '/' && strlen(s + 5) < 100; /* sun_path */
+            } else {
+                const char *colon = strrchr(s, ':');
+                struct ipaddr ip;
+                ok = colon && colon[1];
+                if (ok) {
+                    char *end;
+                    long port = strtol(colon + 1, &end, 10);
+                    ok = !*end && port > 0 && port < 65536 &&
+                         ipaddr_parse(s, (size_t)(colon - s), &ip) == 0;
+                }
+            }
+            if (ok)
+                cfg->listen[cfg->n_listen++] = xstrdup(s);
+            else
+                config_err(ld, item, ipath,
+                           "expected \"IP:PORT\", \"[IPv6]:PORT\" or \"unix:/absolute/path\", got \"%s\"",
+                           s);
+        }
+        free(ipath);
+    }
+}
+
+static void config_parse_clients(struct loader *ld, yaml_node_t *n, const char *path)
+{
+    if (!config_expect(ld, n, YAML_SEQUENCE_NODE, path))
+        return;
+    struct cidr_set *set = cidr_set_new();
+    size_t i = 0;
+    CONFIG_FOR_ITEMS(ld, n, it) {
+        yaml_node_t *item = config_node(ld, *it);
+        char *ipath = config_path_index(path, i++);
+        if (config_expect(ld, item, YAML_SCALAR_NODE, ipath)) {
+            struct cidr net;
+            bool host_bits = false;
+            const char *s = config_scalar(item);
+            if (cidr_parse(s, strlen(s), &net, &host_bits) < 0)
+                config_err(ld, item, ipath, "expected an IP address or network, got \"%s\"", s);
+            else
+                cidr_set_add(set, &net);
+            if (host_bits)
+                log_warn("%s:%lu: %s: host bits set in \"%s\"", ld->cur->name,
+                         (unsigned long)item->start_mark.line + 1, ipath, s);
+        }
+        free(ipath);
+    }
+    cidr_set_finish(set);
+    if (ld->cfg->clients)
+        cidr_set_free(ld->cfg->clients);
+    ld->cfg->clients = set;
+}
+
+/* A row of the scalar-settings table of limits. */
+struct config_limit_row {
+    const char *name;
+    enum { LIMIT_SIZE, LIMIT_UINT, LIMIT_DURATION } type;
+    size_t offset;              /* into struct config_limits */
+    unsigned long min;
+    unsigned long max;
+};
+
+static const struct config_limit_row config_limit_rows[] = {
+    {"max_line", LIMIT_SIZE, offsetof(struct config_limits, protocol.max_line), 64, 1 << 20},
+    {"max_request", LIMIT_SIZE, offsetof(struct config_limits, protocol.max_request), 256, 16 << 20},
+    {"max_attrs", LIMIT_UINT, offsetof(struct config_limits, protocol.max_attrs), 8, 10000},
+    {"idle_timeout", LIMIT_DURATION, offsetof(struct config_limits, idle_timeout), 1, 86400},
+    {"max_connections", LIMIT_UINT, offsetof(struct config_limits, max_connections), 1, 1000000},
+};
+
+static void config_parse_limits(struct loader *ld, yaml_node_t *n, const char *path)
+{
+    if (!config_expect(ld, n, YAML_MAPPING_NODE, path))
+        return;
+    CONFIG_FOR_PAIRS(ld, n, pair) {
+        yaml_node_t *k;
+        const char *key = config_pair_key(ld, pair, path, &k);
+        if (!key)
+            continue;
+        yaml_node_t *v = config_node(ld, pair->value);
+        char *kpath = config_path(path, key);
+        const struct config_limit_row *row = NULL;
+        for (size_t i = 0; i < sizeof config_limit_rows / sizeof config_limit_rows[0]; i++)
+            if (!strcmp(config_limit_rows[i].name, key))
+                row = &config_limit_rows[i];
+        char *field = row ? (char *)&ld->cfg->limits + row->offset : NULL;
+        unsigned long u;
+        double d;
+        if (!row)
+            config_unknown_key(ld, k, path, key,
+                               "max_line, max_request, max_attrs, idle_timeout, max_connections");
+        else if (row->type == LIMIT_SIZE && config_parse_uint(ld, v, kpath, row->min, row->max, &u))
+            *(size_t *)(void *)field = u;
+        else if (row->type == LIMIT_UINT && config_parse_uint(ld, v, kpath, row->min, row->max, &u))
+            *(unsigned *)(void *)field = (unsigned)u;
+        else if (row->type == LIMIT_DURATION && config_parse_duration(ld, v, kpath, (double)row->min, &d)) {
+            if (d > (double)row->max)
+                config_err(ld, v, kpath, "at most %lus", row->max);
+            else
+                *(double *)(void *)field = d;
+        }
+        free(kpath);
+    }
+    if (ld->cfg->limits.protocol.max_line + 1 > ld->cfg->limits.protocol.max_request)
+        config_err(ld, n, path, "max_line must be smaller than max_request");
+}
+
+static char *config_read_password(struct loader *ld, yaml_node_t *n, const char *path)
+{
+    char *file = config_resolve_path(ld, config_scalar(n));
+    struct stat st;
+    char *pw = NULL;
+    if (stat(file, &st) < 0) {
+        config_err(ld, n, path, "cannot read %s: %s", file, strerror(errno));
+    } else if (st.st_mode & S_IRWXO) {
+        config_err(ld, n, path,
+                   "%s is accessible to other users; chmod o-rwx it (a password must stay secret)",
+                   file);
+    } else {
+        size_t len;
+        int err = 0;
+        pw = config_read_file(file, &len, &err);
+        if (!pw) {
+            config_err(ld, n, path, "cannot read %s: %s", file, strerror(err));
+        } else {
+            /* The first line is the password; a trailing newline is not part of it. */
+            pw = xrealloc(pw, len + 1);
+            pw[len] = '\0';
+            pw[strcspn(pw, "\r\n")] = '\0';
+        }
+    }
+    free(file);
+    return pw;
+}
+
+static void config_parse_redis(struct loader *ld, yaml_node_t *n, const char *path)
+{
+    struct store_config *sc = &ld->cfg->store;
+    if (!config_expect(ld, n, YAML_MAPPING_NODE, path))
+        return;
+    const char *password_env = NULL;
+    CONFIG_FOR_PAIRS(ld, n, pair) {
+        yaml_node_t *k;
+        const char *key = config_pair_key(ld, pair, path, &k);
+        if (!key)
+            continue;
+        yaml_node_t *v = config_node(ld, pair->value);
+        char *kpath = config_path(path, key);
+        unsigned long u;
+        double d;
+        if (!strcmp(key, "address")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
+                const char *s = config_scalar(v);
+                if ((strncmp(s, "unix:/", 6) != 0 && !strchr(s, ':')) || !*s)
+                    config_err(ld, v, kpath, "expected \"host:port\" or \"unix:/path\", got \"%s\"", s);
+                free(sc->redis_address);
+                sc->redis_address = xstrdup(s);
+            }
+        } else if (!strcmp(key, "db")) {
+            if (config_parse_uint(ld, v, kpath, 0, 1000000, &u))
+                sc->redis_db = (int)u;
+        } else if (!strcmp(key, "password_file")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
+                char *pw = config_read_password(ld, v, kpath);
+                if (pw) {
+                    free(sc->redis_password);
+                    sc->redis_password = pw;
+                }
+            }
+        } else if (!strcmp(key, "password_env")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath))
+                password_env = config_scalar(v);
+        } else if (!strcmp(key, "prefix")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
+                free(sc->prefix);
+                sc->prefix = xstrdup(config_scalar(v));
+            }
+        } else if (!strcmp(key, "timeout")) {
+            if (config_parse_duration(ld, v, kpath, 0.001, &d)) {
+                if (d > 60)
+                    config_err(ld, v, kpath, "at most 60s (Postfix waits for the answer)");
+                sc->timeout_ms = (unsigned)ceil(d * 1000);
+            }
+        } else {
+            config_unknown_key(ld, k, path, key,
+                               "address, db, password_file, password_env, prefix, timeout");
+        }
+        free(kpath);
+    }
+    if (!sc->redis_password) {
+        const char *env = getenv(password_env ? password_env : "SMTPGUARD_REDIS_PASSWORD");
+        if (env && *env)
+            sc->redis_password = xstrdup(env);
+        else if (password_env)
+            config_err(ld, n, path, "password_env: environment variable %s is not set", password_env);
+    }
+}
+
+/* on_error: a verdict word or a Postfix action text with a 4xx code. */
+static void config_parse_on_error(struct loader *ld, yaml_node_t *n, const char *path)
+{
+    if (!config_expect(ld, n, YAML_SCALAR_NODE, path))
+        return;
+    const char *s = config_scalar(n);
+    char *action = NULL;
+    if (!strcasecmp(s, "dunno"))
+        action = xstrdup("DUNNO");
+    else if (!strcasecmp(s, "defer"))
+        action = xstrdup("DEFER_IF_PERMIT 4.3.0 Policy service temporarily unavailable");
+    else if (!strcasecmp(s, "permit") || !strcasecmp(s, "ok"))
+        action = xstrdup("OK");
+    else if (s[0] == '4' && strlen(s) > 4 && s[1] >= '0' && s[1] <= '9' && s[2] >= '0' &&
+             s[2] <= '9' && s[3] == ' ') {
+        char clean[512];
+        template_sanitize(s, strlen(s), clean, sizeof clean);
+        action = xstrdup(clean);
+    } else {
+        config_err(ld, n, path, "expected dunno, defer, permit or \"4NN text\", got \"%s\"", s);
+        return;
+    }
+    free(ld->cfg->on_error);
+    ld->cfg->on_error = action;
+}
+
+static void config_parse_store(struct loader *ld, yaml_node_t *n, const char *path)
+{
+    struct store_config *sc = &ld->cfg->store;
+    if (!config_expect(ld, n, YAML_MAPPING_NODE, path))
+        return;
+    yaml_node_t *redis = NULL;
+    CONFIG_FOR_PAIRS(ld, n, pair) {
+        yaml_node_t *k;
+        const char *key = config_pair_key(ld, pair, path, &k);
+        if (!key)
+            continue;
+        yaml_node_t *v = config_node(ld, pair->value);
+        char *kpath = config_path(path, key);
+        if (!strcmp(key, "backend")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
+                if (!strcmp(config_scalar(v), "memory"))
+                    sc->backend = STORE_BACKEND_MEMORY;
+                else if (!strcmp(config_scalar(v), "redis"))
+                    sc->backend = STORE_BACKEND_REDIS;
+                else
+                    config_err(ld, v, kpath, "expected memory or redis, got \"%s\"", config_scalar(v));
+            }
+        } else if (!strcmp(key, "redis")) {
+            redis = v;
+            config_parse_redis(ld, v, kpath);
+        } else if (!strcmp(key, "memory")) {
+            if (config_expect(ld, v, YAML_MAPPING_NODE, kpath)) {
+                CONFIG_FOR_PAIRS(ld, v, mp) {
+                    yaml_node_t *mk;
+                    const char *mkey = config_pair_key(ld, mp, kpath, &mk);
+                    if (!mkey)
+                        continue;
+                    char *mpath = config_path(kpath, mkey);
+                    unsigned long u;
+                    if (!strcmp(mkey, "max_keys")) {
+                        if (config_parse_uint(ld, config_node(ld, mp->value), mpath, 100, 100000000, &u))
+                            sc->memory_max_keys = u;
+                    } else {
+                        config_unknown_key(ld, mk, kpath, mkey, "max_keys");
+                    }
+                    free(mpath);
+                }
+            }
+        } else if (!strcmp(key, "on_error")) {
+            config_parse_on_error(ld, v, kpath);
+        } else {
+            config_unknown_key(ld, k, path, key, "backend, redis, memory, on_error");
+        }
+        free(kpath);
+    }
+    if (sc->backend == STORE_BACKEND_REDIS && !redis && !sc->redis_address)
+        config_err(ld, n, path, "backend redis needs a redis: { address: ... } section");
+}
+
+static void config_parse_log(struct loader *ld, yaml_node_t *n, const char *path)
+{
+    struct config_log *lg = &ld->cfg->log;
+    if (!config_expect(ld, n, YAML_MAPPING_NODE, path))
+        return;
+    CONFIG_FOR_PAIRS(ld, n, pair) {
+        yaml_node_t *k;
+        const char *key = config_pair_key(ld, pair, path, &k);
+        if (!key)
+            continue;
+        yaml_node_t *v = config_node(ld, pair->value);
+        char *kpath = config_path(path, key);
+        bool b;
+        if (!strcmp(key, "syslog")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
+                const char *s = config_scalar(v);
+                free(lg->syslog);
+                lg->syslog = NULL;
+                if (!strcasecmp(s, "false") || !strcasecmp(s, "no") || !strcasecmp(s, "none") ||
+                    config_is_null(v))
+                    ;
+                else if (!log_facility_valid(s))
+                    config_err(ld, v, kpath,
+                               "unknown syslog facility \"%s\" (mail, daemon, user, local0-local7, or none)",
+                               s);
+                else
+                    lg->syslog = xstrdup(s);
+            }
+        } else if (!strcmp(key, "stderr")) {
+            if (config_parse_bool(ld, v, kpath, &b))
+                lg->to_stderr = b;
+        } else if (!strcmp(key, "level")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath) &&
+                log_level_parse(config_scalar(v), &lg->level) < 0)
+                config_err(ld, v, kpath, "expected error, warn, info or debug");
+        } else if (!strcmp(key, "json")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
+                free(lg->json);
+                lg->json = config_is_null(v) ? NULL : config_resolve_path(ld, config_scalar(v));
+            }
+        } else {
+            config_unknown_key(ld, k, path, key, "syslog, stderr, level, json");
+        }
+        free(kpath);
+    }
+}
+
+/* ---- counters and lists (pass one, every file) ---- */
+
+static bool config_valid_name(const char *s)
+{
+    if (!*s || strlen(s) > 64)
+        return false;
+    for (const char *p = s; *p; p++)
+        if (!((*p >= 'a' && *p <= 'z') || (*p >= 'A' && *p <= 'Z') || (*p >= '0' && *p <= '9') ||
+              *p == '_' || *p == '-'))
+            return false;
+    return true;
+}
+
+static bool config_parse_key_part(struct loader *ld, yaml_node_t *n, const char *path,
+                                  struct key_part *kp)
+{
+    if (!config_expect(ld, n, YAML_SCALAR_NODE, path))
+        return false;
+    const char *s = config_scalar(n);
+    const char *slash = strchr(s, '/');
+    size_t nlen = slash ? (size_t)(slash - s) : strlen(s);
+    int a = attr_lookup(s, nlen);
+    if (a < 0) {
+        config_err(ld, n, path, "unknown attribute \"%.*s\" in counter key", (int)nlen, s);
+        return false;
+    }
+    kp->attr = (enum attr)a;
+    kp->v4_bits = -1;
+    kp->v6_bits = -1;
+    if (!slash)
+        return true;
+    if (a != ATTR_CLIENT_ADDRESS) {
+        config_err(ld, n, path, "only client_address can be cut to a network (/N)");
+        return false;
+    }
+    /* client_address/V4 or client_address/V4/V6; IPv6 defaults to /64. */
+    char *end;
+    long v4 = strtol(slash + 1, &end, 10);
+    long v6 = 64;
+    if (end == slash + 1 || v4 < 0 || v4 > 32) {
+        config_err(ld, n, path, "expected client_address/N with N from 0 to 32 (IPv4), optionally /M (IPv6, default 64)");
+        return false;
+    }
+    if (*end == '/') {
+        const char *p6 = end + 1;
+        v6 = strtol(p6, &end, 10);
+        if (end == p6 || v6 < 0 || v6 > 128) {
+            config_err(ld, n, path, "IPv6 prefix must be from 0 to 128");
+            return false;
+        }
+    }
+    if (*end) {
+        config_err(ld, n, path, "unexpected \"%s\" after the prefix length", end);
+        return false;
+    }
+    kp->v4_bits = (int)v4;
+    kp->v6_bits = (int)v6;
+    return true;
+}
+
+static void config_parse_counter(struct loader *ld, const char *name, yaml_node_t *kn,
+                                 yaml_node_t *n, const char *path)
+{
+    struct rules *r = ld->r;
+    if (!config_valid_name(name)) {
+        config_err(ld, kn, path, "a counter name uses letters, digits, '_' and '-' only");
+        return;
+    }
+    if (rules_find_counter(r, name, strlen(name)) >= 0) {
+        config_err(ld, kn, path, "counter \"%s\" is defined twice", name);
+        return;
+    }
+    if (attr_lookup(name, strlen(name)) >= 0 || !strcmp(name, "any") || !strcmp(name, "all") ||
+        !strcmp(name, "not")) {
+        config_err(ld, kn, path, "\"%s\" is an attribute or keyword; pick another counter name", name);
+        return;
+    }
+    if (r->n_counters >= RULES_MAX_COUNTERS) {
+        config_err(ld, kn, path, "at most %d counters", RULES_MAX_COUNTERS);
+        return;
+    }
+    if (!config_expect(ld, n, YAML_MAPPING_NODE, path))
+        return;
+    struct counter c = {.precision = 0};
+    bool have_key = false, have_decay = false, ok = true;
+    CONFIG_FOR_PAIRS(ld, n, pair) {
+        yaml_node_t *k;
+        const char *key = config_pair_key(ld, pair, path, &k);
+        if (!key) {
+            ok = false;
+            continue;
+        }
+        yaml_node_t *v = config_node(ld, pair->value);
+        char *kpath = config_path(path, key);
+        if (!strcmp(key, "key")) {
+            have_key = true;
+            if (v->type == YAML_SEQUENCE_NODE) {
+                size_t i = 0;
+                CONFIG_FOR_ITEMS(ld, v, it) {
+                    char *ipath = config_path_index(kpath, i);
+                    if (c.n_parts >= RULES_MAX_KEY_PARTS) {
+                        config_err(ld, v, kpath, "at most %d attributes in a key", RULES_MAX_KEY_PARTS);
+                        ok = false;
+                    } else if (!config_parse_key_part(ld, config_node(ld, *it), ipath,
+                                                      &c.parts[c.n_parts++])) {
+                        ok = false;
+                    }
+                    free(ipath);
+                    i++;
+                    if (!ok)
+                        break;
+                }
+                if (c.n_parts == 0) {
+                    config_err(ld, v, kpath, "a key needs at least one attribute");
+                    ok = false;
+                }
+            } else if (!config_parse_key_part(ld, v, kpath, &c.parts[c.n_parts++])) {
+                ok = false;
+            }
+        } else if (!strcmp(key, "half_life") || !strcmp(key, "leak")) {
+            if (have_decay) {
+                config_err(ld, k, path, "give either half_life or leak, not both");
+                ok = false;
+            }
+            have_decay = true;
+            if (!strcmp(key, "half_life")) {
+                c.decay.kind = DECAY_HALF_LIFE;
+                if (!config_parse_duration(ld, v, kpath, 0.001, &c.decay.param))
+                    ok = false;
+            } else {
+                c.decay.kind = DECAY_LEAK;
+                if (!config_expect(ld, v, YAML_SCALAR_NODE, kpath) ||
+                    decay_parse_rate(config_scalar(v), &c.decay.param) < 0 || c.decay.param <= 0) {
+                    if (v->type == YAML_SCALAR_NODE)
+                        config_err(ld, v, kpath,
+                                   "expected a rate such as 100/h, 5/m, 2/s or 100/10m, got \"%s\"",
+                                   config_scalar(v));
+                    ok = false;
+                }
+            }
+        } else if (!strcmp(key, "precision")) {
+            unsigned long u;
+            if (config_parse_uint(ld, v, kpath, 0, 6, &u))
+                c.precision = (int)u;
+            else
+                ok = false;
+        } else {
+            config_unknown_key(ld, k, path, key, "key, half_life, leak, precision");
+            ok = false;
+        }
+        free(kpath);
+    }
+    if (!have_key) {
+        config_err(ld, n, path, "a counter needs a key (e.g. key: client_address)");
+        ok = false;
+    }
+    if (!have_decay) {
+        config_err(ld, n, path, "a counter needs half_life: DURATION or leak: N/PERIOD");
+        ok = false;
+    }
+    if (!ok)
+        return;
+    c.name = xstrdup(name);
+    r->counters = xreallocarray(r->counters, r->n_counters + 1, sizeof *r->counters);
+    r->counters[r->n_counters++] = c;
+}
+
+static void config_list_add_entries(struct loader *ld, struct list_data *d, yaml_node_t *seq,
+                                    const char *path)
+{
+    size_t i = 0;
+    CONFIG_FOR_ITEMS(ld, seq, it) {
+        yaml_node_t *item = config_node(ld, *it);
+        char *ipath = config_path_index(path, i++);
+        if (config_expect(ld, item, YAML_SCALAR_NODE, ipath)) {
+            const char *why = NULL;
+            const char *s = config_scalar(item);
+            if (list_data_add(d, s, strlen(s), &why) < 0)
+                config_err(ld, item, ipath, "%s", why ? why : "bad entry");
+        }
+        free(ipath);
+    }
+}
+
+static void config_parse_list(struct loader *ld, const char *name, yaml_node_t *kn, yaml_node_t *n,
+                              const char *path)
+{
+    struct rules *r = ld->r;
+    if (!config_valid_name(name)) {
+        config_err(ld, kn, path, "a list name uses letters, digits, '_' and '-' only");
+        return;
+    }
+    if (rules_find_list(r, name, strlen(name)) >= 0) {
+        config_err(ld, kn, path, "list \"%s\" is defined twice", name);
+        return;
+    }
+    struct list l = {0};
+    struct list_data *d = NULL;
+    if (n->type == YAML_SEQUENCE_NODE) {
+        d = list_data_new();
+        config_list_add_entries(ld, d, n, path);
+    } else if (config_expect(ld, n, YAML_MAPPING_NODE, path)) {
+        yaml_node_t *entries = NULL, *file = NULL;
+        CONFIG_FOR_PAIRS(ld, n, pair) {
+            yaml_node_t *k;
+            const char *key = config_pair_key(ld, pair, path, &k);
+            if (!key)
+                continue;
+            yaml_node_t *v = config_node(ld, pair->value);
+            char *kpath = config_path(path, key);
+            if (!strcmp(key, "file")) {
+                if (config_expect(ld, v, YAML_SCALAR_NODE, kpath))
+                    file = v;
+            } else if (!strcmp(key, "entries")) {
+                if (config_expect(ld, v, YAML_SEQUENCE_NODE, kpath))
+                    entries = v;
+            } else if (!strcmp(key, "subdomains")) {
+                config_parse_bool(ld, v, kpath, &l.subdomains);
+            } else {
+                config_unknown_key(ld, k, path, key, "file, entries, subdomains");
+            }
+            free(kpath);
+        }
+        if (file && entries) {
+            config_err(ld, n, path, "give either file or entries, not both");
+        } else if (file) {
+            char err[2048];
+            l.file = config_resolve_path(ld, config_scalar(file));
+            int rc = list_load_file(l.file, &d, err, sizeof err);
+            if (rc < 0) {
+                char *kpath = config_path(path, "file");
+                config_err(ld, file, kpath, "%s", err);
+                free(kpath);
+                d = NULL;
+            } else {
+                /* Remember what we loaded so list_refresh sees changes. */
+                struct stat st;
+                if (stat(l.file, &st) == 0) {
+                    l.mtime = st.st_mtim;
+                    l.size = st.st_size;
+                    l.ino = st.st_ino;
+                }
+            }
+        } else if (entries) {
+            d = list_data_new();
+            char *kpath = config_path(path, "entries");
+            config_list_add_entries(ld, d, entries, kpath);
+            free(kpath);
+        } else {
+            config_err(ld, n, path, "a list needs file: PATH or entries: [...]");
+        }
+    }
+    if (!d) {
+        free(l.file);
+        return;
+    }
+    list_data_finish(d);
+    l.data = d;
+    l.name = xstrdup(name);
+    r->lists = xreallocarray(r->lists, r->n_lists + 1, sizeof *r->lists);
+    r->lists[r->n_lists++] = l;
+}
+
+static void config_parse_definitions(struct loader *ld, yaml_node_t *n, const char *section)
+{
+    if (!config_expect(ld, n, YAML_MAPPING_NODE, section))
+        return;
+    CONFIG_FOR_PAIRS(ld, n, pair) {
+        yaml_node_t *k;
+        const char *key = config_pair_key(ld, pair, section, &k);
+        if (!key)
+            continue;
+        char *kpath = config_path(section, key);
+        if (!strcmp(section, "counters"))
+            config_parse_counter(ld, key, k, config_node(ld, pair->value), kpath);
+        else
+            config_parse_list(ld, key, k, config_node(ld, pair->value), kpath);
+        free(kpath);
+    }
+}
+
+/* ---- conditions ---- */
+
+static struct cond *config_cond_new(enum cond_kind kind, struct subject subject)
+{
+    struct cond *c = xcalloc(1, sizeof *c);
+    c->kind = kind;
+    c->subject = subject;
+    c->list = -1;
+    return c;
+}
+
+static void config_cond_add_child(struct cond *parent, struct cond *child)
+{
+    parent->children = xreallocarray(parent->children, parent->n_children + 1,
+                                     sizeof *parent->children);
+    parent->children[parent->n_children++] = child;
+}
+
+static void config_cond_free(struct cond *c)
+{
+    if (!c)
+        return;
+    for (size_t i = 0; i < c->n_children; i++)
+        config_cond_free(c->children[i]);
+    free(c->children);
+    free(c->text);
+    if (c->regex)
+        pcre2_code_free((pcre2_code *)c->regex);
+    free(c);
+}
+
+/* ">= 5", "<10", "== 0": returns true and fills op/number. */
+static bool config_parse_comparison(const char *s, enum cmp_op *op, double *number)
+{
+    static const struct {
+        const char *text;
+        enum cmp_op op;
+    } ops[] = {{">=", CMP_GE}, {"<=", CMP_LE}, {"==", CMP_EQ}, {"!=", CMP_NE},
+               {">", CMP_GT},  {"<", CMP_LT}};
+    for (size_t i = 0; i < sizeof ops / sizeof ops[0]; i++) {
+        size_t n = strlen(ops[i].text);
+        if (strncmp(s, ops[i].text, n) == 0) {
+            const char *p = s + n;
+            while (*p == ' ')
+                p++;
+            char *end;
+            errno = 0;
+            double v = strtod(p, &end);
+            while (*end == ' ')
+                end++;
+            if (p == end || *end || errno || !isfinite(v))
+                return false;
+            *op = ops[i].op;
+            *number = v;
+            return true;
+        }
+    }
+    return false;
+}
+
+static bool config_is_ip_attr(int a)
+{
+    return a == ATTR_CLIENT_ADDRESS || a == ATTR_SERVER_ADDRESS;
+}
+
+static const char *const config_protocol_states[] = {"CONNECT", "EHLO", "HELO", "MAIL", "RCPT",
+                                                     "DATA", "END-OF-MESSAGE", "VRFY", "ETRN"};
+
+static struct cond *config_parse_matcher(struct loader *ld, struct subject subj, yaml_node_t *n,
+                                         const char *path, int depth);
+
+static struct cond *config_parse_scalar_matcher(struct loader *ld, struct subject subj,
+                                                yaml_node_t *n, const char *path)
+{
+    const char *s = config_scalar(n);
+    size_t len = n->data.scalar.length;
+    enum cmp_op op;
+    double number;
+    if (subj.is_counter) {
+        if (!config_parse_comparison(s, &op, &number)) {
+            config_err(ld, n, path, "compare a counter with \">= N\", \"> N\", \"<= N\", \"< N\", \"== N\" or \"!= N\", got \"%s\"", s);
+            return NULL;
+        }
+        struct cond *c = config_cond_new(COND_CMP, subj);
+        c->op = op;
+        c->number = number;
+        return c;
+    }
+    if (config_parse_comparison(s, &op, &number)) {
+        struct cond *c = config_cond_new(COND_CMP, subj);
+        c->op = op;
+        c->number = number;
+        return c;
+    }
+    if (config_is_null(n) || len == 0)
+        return config_cond_new(COND_EMPTY, subj);
+    if (config_is_ip_attr(subj.index)) {
+        struct cond *c = config_cond_new(COND_CIDR, subj);
+        bool host_bits = false;
+        if (cidr_parse(s, len, &c->net, &host_bits) < 0) {
+            config_err(ld, n, path, "expected an IP address or network, got \"%s\"", s);
+            config_cond_free(c);
+            return NULL;
+        }
+        if (host_bits)
+            log_warn("%s:%lu: %s: host bits set in \"%s\"", ld->cur->name,
+                     (unsigned long)n->start_mark.line + 1, path, s);
+        return c;
+    }
+    if (subj.index == ATTR_PROTOCOL_STATE) {
+        bool known = false;
+        for (size_t i = 0; i < sizeof config_protocol_states / sizeof config_protocol_states[0]; i++)
+            if (!strcasecmp(s, config_protocol_states[i]))
+                known = true;
+        if (!known) {
+            config_err(ld, n, path,
+                       "unknown protocol_state \"%s\" (CONNECT, EHLO, HELO, MAIL, RCPT, DATA, END-OF-MESSAGE, VRFY, ETRN)",
+                       s);
+            return NULL;
+        }
+    }
+    struct cond *c = config_cond_new(COND_EQUALS, subj);
+    c->text = xstrndup(s, len);
+    c->text_len = len;
+    return c;
+}
+
+static struct cond *config_parse_regex(struct loader *ld, struct subject subj, yaml_node_t *v,
+                                       const char *path)
+{
+    if (!config_expect(ld, v, YAML_SCALAR_NODE, path))
+        return NULL;
+    int errcode;
+    PCRE2_SIZE erroff;
+    uint32_t opts = PCRE2_UTF | PCRE2_MATCH_INVALID_UTF;
+    if (attr_is_case_insensitive((enum attr)subj.index))
+        opts |= PCRE2_CASELESS;
+    pcre2_code *re = pcre2_compile((PCRE2_SPTR)config_scalar(v), v->data.scalar.length, opts,
+                                   &errcode, &erroff, NULL);
+    if (!re) {
+        PCRE2_UCHAR msg[256];
+        pcre2_get_error_message(errcode, msg, sizeof msg);
+        config_err(ld, v, path, "bad regular expression at offset %zu: %s", (size_t)erroff,
+                   (const char *)msg);
+        return NULL;
+    }
+    /* JIT makes a regex test a few hundred nanoseconds; fall back silently. */
+    (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
+    struct cond *c = config_cond_new(COND_REGEX, subj);
+    c->regex = re;
+    return c;
+}
+
+static struct cond *config_parse_matcher_map(struct loader *ld, struct subject subj,
+                                             yaml_node_t *n, const char *path, int depth)
+{
+    struct cond *all = config_cond_new(COND_ALL, subj);
+    bool ok = true;
+    CONFIG_FOR_PAIRS(ld, n, pair) {
+        yaml_node_t *k;
+        const char *key = config_pair_key(ld, pair, path, &k);
+        if (!key) {
+            ok = false;
+            continue;
+        }
+        yaml_node_t *v = config_node(ld, pair->value);
+        char *kpath = config_path(path, key);
+        struct cond *child = NULL;
+        if (subj.is_counter && strcmp(key, "not") && strcmp(key, "any")) {
+            config_err(ld, k, path, "a counter is compared with \">= N\" style strings; \"%s\" does not apply", key);
+        } else if (!strcmp(key, "in")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
+                int li = rules_find_list(ld->r, config_scalar(v), v->data.scalar.length);
+                if (li < 0) {
+                    config_err(ld, v, kpath, "no list named \"%s\" (define it under lists:)",
+                               config_scalar(v));
+                } else {
+                    child = config_cond_new(COND_IN_LIST, subj);
+                    child->list = li;
+                }
+            }
+        } else if (!strcmp(key, "re")) {
+            child = config_parse_regex(ld, subj, v, kpath);
+        } else if (!strcmp(key, "not")) {
+            struct cond *inner = config_parse_matcher(ld, subj, v, kpath, depth + 1);
+            if (inner) {
+                child = config_cond_new(COND_NOT, subj);
+                config_cond_add_child(child, inner);
+            }
+        } else if (!strcmp(key, "any")) {
+            if (config_expect(ld, v, YAML_SEQUENCE_NODE, kpath))
+                child = config_parse_matcher(ld, subj, v, kpath, depth + 1);
+        } else if (!strcmp(key, "same_as")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
+                int ai = attr_lookup(config_scalar(v), v->data.scalar.length);
+                if (ai < 0) {
+                    config_err(ld, v, kpath, "unknown attribute \"%s\"", config_scalar(v));
+                } else {
+                    child = config_cond_new(COND_SAME_AS, subj);
+                    child->other = (enum attr)ai;
+                }
+            }
+        } else if (!strcmp(key, "empty")) {
+            bool b;
+            if (config_parse_bool(ld, v, kpath, &b)) {
+                child = config_cond_new(COND_EMPTY, subj);
+                if (!b) {
+                    struct cond *neg = config_cond_new(COND_NOT, subj);
+                    config_cond_add_child(neg, child);
+                    child = neg;
+                }
+            }
+        } else {
+            config_unknown_key(ld, k, path, key, "in, re, not, any, empty, same_as");
+        }
+        if (child)
+            config_cond_add_child(all, child);
+        else
+            ok = false;
+        free(kpath);
+    }
+    if (!ok || all->n_children == 0) {
+        if (ok)
+            config_err(ld, n, path, "empty matcher");
+        config_cond_free(all);
+        return NULL;
+    }
+    return all;
+}
+
+static struct cond *config_parse_matcher(struct loader *ld, struct subject subj, yaml_node_t *n,
+                                         const char *path, int depth)
+{
+    if (depth > CONFIG_MAX_DEPTH) {
+        config_err(ld, n, path, "conditions nested more than %d deep", CONFIG_MAX_DEPTH);
+        return NULL;
+    }
+    if (n->type == YAML_SCALAR_NODE)
+        return config_parse_scalar_matcher(ld, subj, n, path);
+    if (n->type == YAML_MAPPING_NODE)
+        return config_parse_matcher_map(ld, subj, n, path, depth);
+    if (n->type == YAML_SEQUENCE_NODE) {
+        struct cond *any = config_cond_new(COND_ANY, subj);
+        size_t i = 0;
+        bool ok = true;
+        CONFIG_FOR_ITEMS(ld, n, it) {
+            char *ipath = config_path_index(path, i++);
+            struct cond *c = config_parse_matcher(ld, subj, config_node(ld, *it), ipath, depth + 1);
+            if (c)
+                config_cond_add_child(any, c);
+            else
+                ok = false;
+            free(ipath);
+        }
+        if (!ok || any->n_children == 0) {
+            if (ok)
+                config_err(ld, n, path, "empty list of alternatives");
+            config_cond_free(any);
+            return NULL;
+        }
+        return any;
+    }
+    config_err(ld, n, path, "expected a value, a list of values or a mapping");
+    return NULL;
+}
+
+/* A when: mapping. counters_ok: counter names may be tested (actions). */
+static struct cond *config_parse_when(struct loader *ld, yaml_node_t *n, const char *path,
+                                      bool counters_ok, int depth)
+{
+    if (depth > CONFIG_MAX_DEPTH) {
+        config_err(ld, n, path, "conditions nested more than %d deep", CONFIG_MAX_DEPTH);
+        return NULL;
+    }
+    if (!config_expect(ld, n, YAML_MAPPING_NODE, path))
+        return NULL;
+    struct subject none = {false, 0};
+    struct cond *all = config_cond_new(COND_ALL, none);
+    bool ok = true;
+    CONFIG_FOR_PAIRS(ld, n, pair) {
+        yaml_node_t *k;
+        const char *key = config_pair_key(ld, pair, path, &k);
+        if (!key) {
+            ok = false;
+            continue;
+        }
+        yaml_node_t *v = config_node(ld, pair->value);
+        char *kpath = config_path(path, key);
+        struct cond *child = NULL;
+        if (!strcmp(key, "any") || !strcmp(key, "all")) {
+            if (config_expect(ld, v, YAML_SEQUENCE_NODE, kpath)) {
+                child = config_cond_new(!strcmp(key, "any") ? COND_ANY : COND_ALL, none);
+                size_t i = 0;
+                CONFIG_FOR_ITEMS(ld, v, it) {
+                    char *ipath = config_path_index(kpath, i++);
+                    struct cond *c = config_parse_when(ld, config_node(ld, *it), ipath, counters_ok,
+                                                       depth + 1);
+                    if (c)
+                        config_cond_add_child(child, c);
+                    else
+                        ok = false;
+                    free(ipath);
+                }
+                if (child->n_children == 0) {
+                    config_cond_free(child);
+                    child = NULL;
+                }
+            }
+        } else if (!strcmp(key, "not")) {
+            struct cond *inner = config_parse_when(ld, v, kpath, counters_ok, depth + 1);
+            if (inner) {
+                child = config_cond_new(COND_NOT, none);
+                config_cond_add_child(child, inner);
+            }
+        } else {
+            struct subject subj = {false, -1};
+            int ci = rules_find_counter(ld->r, key, strlen(key));
+            int ai = attr_lookup(key, strlen(key));
+            if (ci >= 0) {
+                if (!counters_ok)
+                    config_err(ld, k, kpath,
+                               "counter scores can be tested in actions only (points rules run before the score is known)");
+                else {
+                    subj.is_counter = true;
+                    subj.index = ci;
+                    ld->r->counter_read[ci] = true;
+                }
+            } else if (ai >= 0) {
+                subj.index = ai;
+            } else {
+                config_err(ld, k, kpath,
+                           "\"%s\" is neither a request attribute nor a counter (attributes: client_address, sender, sender_domain, recipient, sasl_username, protocol_state, ...)",
+                           key);
+            }
+            if (subj.index >= 0)
+                child = config_parse_matcher(ld, subj, v, kpath, depth + 1);
+        }
+        if (child)
+            config_cond_add_child(all, child);
+        else
+            ok = false;
+        free(kpath);
+    }
+    if (!ok) {
+        config_cond_free(all);
+        return NULL;
+    }
+    return all;
+}
+
+/* ---- points and actions (pass two, every file) ---- */
+
+static char *config_where(struct loader *ld, yaml_node_t *n)
+{
+    return xasprintf("%s:%lu", ld->cur->name, (unsigned long)n->start_mark.line + 1);
+}
+
+static bool config_parse_mode(struct loader *ld, yaml_node_t *v, const char *path, bool *log_only)
+{
+    if (!config_expect(ld, v, YAML_SCALAR_NODE, path))
+        return false;
+    if (!strcmp(config_scalar(v), "log")) {
+        *log_only = true;
+        return true;
+    }
+    if (!strcmp(config_scalar(v), "enforce")) {
+        *log_only = false;
+        return true;
+    }
+    config_err(ld, v, path, "expected log or enforce, got \"%s\"", config_scalar(v));
+    return false;
+}
+
+static bool config_parse_add(struct loader *ld, yaml_node_t *n, const char *path,
+                             struct points_rule *pr)
+{
+    if (!config_expect(ld, n, YAML_MAPPING_NODE, path))
+        return false;
+    bool ok = true;
+    CONFIG_FOR_PAIRS(ld, n, pair) {
+        yaml_node_t *k;
+        const char *key = config_pair_key(ld, pair, path, &k);
+        if (!key) {
+            ok = false;
+            continue;
+        }
+        yaml_node_t *v = config_node(ld, pair->value);
+        char *kpath = config_path(path, key);
+        int ci = rules_find_counter(ld->r, key, strlen(key));
+        struct add a = {.counter = ci};
+        if (ci < 0) {
+            config_err(ld, k, kpath, "no counter named \"%s\" (define it under counters:)", key);
+            ok = false;
+        } else if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
+            const char *s = config_scalar(v);
+            char *end;
+            double num = strtod(s, &end);
+            if (*s && !*end && isfinite(num)) {
+                a.kind = ADD_CONST;
+                a.value = num;
+            } else {
+                /* ATTR or ATTR/UNIT: count recipients, messages, bytes ... */
+                const char *slash = strchr(s, '/');
+                size_t alen = slash ? (size_t)(slash - s) : strlen(s);
+                int ai = attr_lookup(s, alen);
+                a.kind = ADD_ATTR;
+                a.value = 1;
+                if (ai != ATTR_RECIPIENT_COUNT && ai != ATTR_SIZE && ai != ATTR_ENCRYPTION_KEYSIZE) {
+                    config_err(ld, v, kpath,
+                               "expected a number, recipient_count or size (optionally /UNIT, e.g. size/1000000), got \"%s\"",
+                               s);
+                    ok = false;
+                } else {
+                    a.attr = (enum attr)ai;
+                    if (slash) {
+                        a.value = strtod(slash + 1, &end);
+                        if (slash[1] == '\0' || *end || !(a.value > 0) || !isfinite(a.value)) {
+                            config_err(ld, v, kpath, "the unit after '/' must be a positive number");
+                            ok = false;
+                        }
+                    }
+                }
+            }
+            if (ok) {
+                pr->adds = xreallocarray(pr->adds, pr->n_adds + 1, sizeof *pr->adds);
+                pr->adds[pr->n_adds++] = a;
+            }
+        } else {
+            ok = false;
+        }
+        free(kpath);
+    }
+    return ok;
+}
+
+static void config_parse_points_rule(struct loader *ld, yaml_node_t *n, const char *path)
+{
+    if (!config_expect(ld, n, YAML_MAPPING_NODE, path))
+        return;
+    struct points_rule pr = {0};
+    bool ok = true, have_add = false;
+    CONFIG_FOR_PAIRS(ld, n, pair) {
+        yaml_node_t *k;
+        const char *key = config_pair_key(ld, pair, path, &k);
+        if (!key) {
+            ok = false;
+            continue;
+        }
+        yaml_node_t *v = config_node(ld, pair->value);
+        char *kpath = config_path(path, key);
+        if (!strcmp(key, "name")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath) && config_valid_name(config_scalar(v))) {
+                free(pr.name);
+                pr.name = xstrdup(config_scalar(v));
+            } else {
+                if (v->type == YAML_SCALAR_NODE)
+                    config_err(ld, v, kpath, "a rule name uses letters, digits, '_' and '-' only");
+                ok = false;
+            }
+        } else if (!strcmp(key, "when")) {
+            config_cond_free(pr.when);
+            pr.when = config_parse_when(ld, v, kpath, false, 0);
+            if (!pr.when)
+                ok = false;
+        } else if (!strcmp(key, "add")) {
+            have_add = true;
+            if (!config_parse_add(ld, v, kpath, &pr))
+                ok = false;
+        } else if (!strcmp(key, "then")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
+                const char *s = config_scalar(v);
+                if (!strcasecmp(s, "ok") || !strcasecmp(s, "dunno")) {
+                    pr.then = VERDICT_DUNNO;
+                    pr.then_set = true;
+                } else if (!strcasecmp(s, "permit")) {
+                    pr.then = VERDICT_PERMIT;
+                    pr.then_set = true;
+                } else {
+                    config_err(ld, v, kpath,
+                               "expected ok (stop counting, answer DUNNO) or permit (stop, answer OK), got \"%s\"",
+                               s);
+                    ok = false;
+                }
+            } else {
+                ok = false;
+            }
+        } else if (!strcmp(key, "mode")) {
+            if (!config_parse_mode(ld, v, kpath, &pr.log_only))
+                ok = false;
+        } else {
+            config_unknown_key(ld, k, path, key, "name, when, add, then, mode");
+            ok = false;
+        }
+        free(kpath);
+    }
+    if (ok && !pr.name) {
+        config_err(ld, n, path, "a rule needs a name (it is logged with every decision)");
+        ok = false;
+    }
+    if (ok && !have_add && !pr.then_set) {
+        config_err(ld, n, path, "a points rule needs add: or then:");
+        ok = false;
+    }
+    if (!ok) {
+        free(pr.name);
+        config_cond_free(pr.when);
+        free(pr.adds);
+        return;
+    }
+    pr.where = config_where(ld, n);
+    struct rules *r = ld->r;
+    r->points = xreallocarray(r->points, r->n_points + 1, sizeof *r->points);
+    r->points[r->n_points++] = pr;
+}
+
+static struct template *config_compile_template(struct loader *ld, yaml_node_t *v, const char *text,
+                                                const char *path)
+{
+    struct template *t = NULL;
+    char err[256];
+    if (template_compile(text, rules_template_resolve, ld->r, &t, err, sizeof err) < 0) {
+        config_err(ld, v, path, "%s (variables: request attributes, score.COUNTER, key.COUNTER, rule)", err);
+        return NULL;
+    }
+    return t;
+}
+
+/* One item of do:. Returns false on error. */
+static bool config_parse_do_item(struct loader *ld, yaml_node_t *item, const char *path,
+                                 struct action_rule *ar, bool *have_verdict)
+{
+    if (!config_expect(ld, item, YAML_SCALAR_NODE, path))
+        return false;
+    const char *s = config_scalar(item);
+    size_t wlen = strcspn(s, " \t");
+    const char *arg = s + wlen;
+    while (*arg == ' ' || *arg == '\t')
+        arg++;
+    char word[32];
+    if (wlen >= sizeof word) {
+        config_err(ld, item, path, "unknown action \"%s\"", s);
+        return false;
+    }
+    memcpy(word, s, wlen);
+    word[wlen] = '\0';
+    for (char *p = word; *p; p++)
+        if (*p >= 'A' && *p <= 'Z')
+            *p = (char)(*p - 'A' + 'a');
+
+    if (!strcmp(word, "log")) {
+        ar->side_log = true;
+        return !*arg || (config_err(ld, item, path, "log takes no argument"), false);
+    }
+    if (!strcmp(word, "delete")) {
+        ar->side_delete = true;
+        /* "delete" alone: the counters this rule tests; else names. */
+        char names[512];
+        snprintf(names, sizeof names, "%s", arg);
+        for (char *save = NULL, *tok = strtok_r(names, " ,\t", &save); tok;
+             tok = strtok_r(NULL, " ,\t", &save)) {
+            int ci = rules_find_counter(ld->r, tok, strlen(tok));
+            if (ci < 0) {
+                config_err(ld, item, path, "delete: no counter named \"%s\"", tok);
+                return false;
+            }
+            ar->delete_counters = xreallocarray(ar->delete_counters, ar->n_delete + 1, sizeof(int));
+            ar->delete_counters[ar->n_delete++] = ci;
+            ld->r->counter_read[ci] = true; /* its key must be known */
+        }
+        return true;
+    }
+    if (!strcmp(word, "wait")) {
+        double d;
+        if (!*arg || decay_parse_duration(arg, &d) < 0 || d <= 0 || d > 300) {
+            config_err(ld, item, path, "wait needs a duration up to 300s, e.g. \"wait 5s\"");
+            return false;
+        }
+        ar->wait = d;
+        return true;
+    }
+    if (!strcmp(word, "mail")) {
+        config_err(ld, item, path, "mail alerts are not available in this version; use log");
+        return false;
+    }
+    enum verdict v;
+    if (verdict_parse(word, wlen, &v) < 0) {
+        config_err(ld, item, path,
+                   "unknown action \"%s\" (verdicts: dunno, permit, defer, reject, hold, discard, redirect ADDR, prepend HEADER, filter TRANSPORT, warn, sleep DURATION; side effects: log, delete [COUNTERS], wait DURATION)",
+                   word);
+        return false;
+    }
+    if (*have_verdict) {
+        config_err(ld, item, path, "only one verdict per rule (already %s)", verdict_name(ar->verdict));
+        return false;
+    }
+    *have_verdict = true;
+    ar->verdict = v;
+    bool needs_arg = v == VERDICT_REDIRECT || v == VERDICT_FILTER || v == VERDICT_SLEEP;
+    bool takes_arg = needs_arg || v == VERDICT_PREPEND;
+    if (needs_arg && !*arg) {
+        config_err(ld, item, path, "%s needs an argument, e.g. \"%s\"", word,
+                   v == VERDICT_REDIRECT ? "redirect abuse@example.net"
+                   : v == VERDICT_FILTER ? "filter smtp:[127.0.0.1]:10025"
+                                          : "sleep 5s");
+        return false;
+    }
+    if (*arg && !takes_arg) {
+        config_err(ld, item, path, "%s takes no argument here; put the text in message:", word);
+        return false;
+    }
+    if (v == VERDICT_SLEEP) {
+        double d;
+        if (decay_parse_duration(arg, &d) < 0 || d < 1 || d > 300) {
+            config_err(ld, item, path, "sleep needs a duration from 1s to 300s");
+            return false;
+        }
+        ar->sleep = (unsigned)d;
+        return true;
+    }
+    if (*arg) {
+        ar->arg = config_compile_template(ld, item, arg, path);
+        if (!ar->arg)
+            return false;
+    }
+    return true;
+}
+
+/* A reject/defer message that starts with an SMTP code must use the
+ * right class: Postfix would otherwise turn a "defer" into a 5xx. */
+static void config_check_message_code(struct loader *ld, yaml_node_t *v, const char *path,
+                                      const struct action_rule *ar, const char *text)
+{
+    bool coded = strlen(text) >= 4 && text[0] >= '2' && text[0] <= '5' && text[1] >= '0' &&
+                 text[1] <= '9' && text[2] >= '0' && text[2] <= '9' && text[3] == ' ';
+    if (!coded)
+        return;
+    if (ar->verdict == VERDICT_REJECT && text[0] != '5')
+        config_err(ld, v, path, "a reject message must start with a 5xx code, got %.3s", text);
+    else if (ar->verdict == VERDICT_DEFER && text[0] != '4')
+        config_err(ld, v, path, "a defer message must start with a 4xx code, got %.3s", text);
+    else if (ar->verdict != VERDICT_REJECT && ar->verdict != VERDICT_DEFER)
+        config_err(ld, v, path, "only reject and defer messages may start with an SMTP code");
+}
+
+static void config_parse_action_rule(struct loader *ld, yaml_node_t *n, const char *path)
+{
+    if (!config_expect(ld, n, YAML_MAPPING_NODE, path))
+        return;
+    struct action_rule ar = {.verdict = VERDICT_DUNNO};
+    bool ok = true, have_do = false, have_verdict = false;
+    yaml_node_t *message = NULL;
+    char *mpath = NULL;
+    CONFIG_FOR_PAIRS(ld, n, pair) {
+        yaml_node_t *k;
+        const char *key = config_pair_key(ld, pair, path, &k);
+        if (!key) {
+            ok = false;
+            continue;
+        }
+        yaml_node_t *v = config_node(ld, pair->value);
+        char *kpath = config_path(path, key);
+        if (!strcmp(key, "name")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath) && config_valid_name(config_scalar(v))) {
+                free(ar.name);
+                ar.name = xstrdup(config_scalar(v));
+            } else {
+                if (v->type == YAML_SCALAR_NODE)
+                    config_err(ld, v, kpath, "a rule name uses letters, digits, '_' and '-' only");
+                ok = false;
+            }
+        } else if (!strcmp(key, "when")) {
+            config_cond_free(ar.when);
+            ar.when = config_parse_when(ld, v, kpath, true, 0);
+            if (!ar.when)
+                ok = false;
+        } else if (!strcmp(key, "do")) {
+            have_do = true;
+            if (v->type == YAML_SEQUENCE_NODE) {
+                size_t i = 0;
+                CONFIG_FOR_ITEMS(ld, v, it) {
+                    char *ipath = config_path_index(kpath, i++);
+                    if (!config_parse_do_item(ld, config_node(ld, *it), ipath, &ar, &have_verdict))
+                        ok = false;
+                    free(ipath);
+                }
+            } else if (!config_parse_do_item(ld, v, kpath, &ar, &have_verdict)) {
+                ok = false;
+            }
+        } else if (!strcmp(key, "message")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
+                message = v;
+                free(mpath);
+                mpath = xstrdup(kpath);
+            } else {
+                ok = false;
+            }
+        } else if (!strcmp(key, "mode")) {
+            if (!config_parse_mode(ld, v, kpath, &ar.log_only))
+                ok = false;
+        } else {
+            config_unknown_key(ld, k, path, key, "name, when, do, message, mode");
+            ok = false;
+        }
+        free(kpath);
+    }
+    if (ok && !ar.name) {
+        config_err(ld, n, path, "a rule needs a name (it is logged with every decision)");
+        ok = false;
+    }
+    if (ok && !have_do) {
+        config_err(ld, n, path, "an action rule needs do: (e.g. do: reject)");
+        ok = false;
+    }
+    if (ok && message) {
+        config_check_message_code(ld, message, mpath, &ar, config_scalar(message));
+        ar.message = config_compile_template(ld, message, config_scalar(message), mpath);
+        if (!ar.message)
+            ok = false;
+    }
+    free(mpath);
+    if (ok && ar.side_delete && ar.n_delete == 0) {
+        /* Plain "delete": reset the counters the rule tests. */
+        config_err(ld, n, path, "delete needs the counters to reset, e.g. \"delete ip user\"");
+        ok = false;
+    }
+    if (!ok) {
+        free(ar.name);
+        config_cond_free(ar.when);
+        if (ar.arg)
+            template_free(ar.arg);
+        if (ar.message)
+            template_free(ar.message);
+        free(ar.delete_counters);
+        return;
+    }
+    ar.where = config_where(ld, n);
+    struct rules *r = ld->r;
+    r->actions = xreallocarray(r->actions, r->n_actions + 1, sizeof *r->actions);
+    r->actions[r->n_actions++] = ar;
+}
+
+static void config_parse_rule_section(struct loader *ld, yaml_node_t *n, const char *section)
+{
+    if (!config_expect(ld, n, YAML_SEQUENCE_NODE, section))
+        return;
+    size_t i = 0;
+    CONFIG_FOR_ITEMS(ld, n, it) {
+        char *ipath = config_path_index(section, i++);
+        if (!strcmp(section, "points"))
+            config_parse_points_rule(ld, config_node(ld, *it), ipath);
+        else
+            config_parse_action_rule(ld, config_node(ld, *it), ipath);
+        free(ipath);
+    }
+}
+
+/* ---- the driver ---- */
+
+static const char *const config_rule_sections = "counters, lists, points, actions";
+
+static bool config_is_rule_section(const char *key)
+{
+    return !strcmp(key, "counters") || !strcmp(key, "lists") || !strcmp(key, "points") ||
+           !strcmp(key, "actions");
+}
+
+static void config_parse_includes(struct loader *ld, yaml_node_t *n)
+{
+    yaml_node_t *single = config_is_scalar(n) ? n : NULL;
+    if (!single && !config_expect(ld, n, YAML_SEQUENCE_NODE, "include"))
+        return;
+    size_t count = single ? 1 : (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+    struct config_file *main_file = ld->cur;
+    for (size_t i = 0; i < count; i++) {
+        yaml_node_t *item = single ? single : config_node(ld, n->data.sequence.items.start[i]);
+        char *ipath = config_path_index("include", i);
+        if (!config_expect(ld, item, YAML_SCALAR_NODE, ipath)) {
+            free(ipath);
+            continue;
+        }
+        char *pattern = config_resolve_path(ld, config_scalar(item));
+        glob_t g;
+        int rc = glob(pattern, GLOB_ERR, NULL, &g);
+        if (rc == GLOB_NOMATCH) {
+            /* A pattern may match nothing (an empty rules.d); a plain
+             * file name must exist. */
+            if (!strpbrk(pattern, "*?["))
+                config_err(ld, item, ipath, "cannot read %s: no such file", pattern);
+        } else if (rc != 0) {
+            config_err(ld, item, ipath, "cannot expand %s", pattern);
+        } else {
+            for (size_t k = 0; k < g.gl_pathc; k++) {
+                struct config_file *f = config_load_file(ld, g.gl_pathv[k], item, ipath);
+                ld->cur = main_file; /* diagnostics of this loop stay on the main file */
+                (void)f;
+            }
+        }
+        if (rc == 0)
+            globfree(&g);
+        free(pattern);
+        free(ipath);
+    }
+}
+
+static void config_defaults(struct config *cfg)
+{
+    cfg->listen[0] = xstrdup(CONFIG_DEFAULT_PORT_HINT);
+    cfg->n_listen = 1;
+    cfg->limits.protocol.max_line = PROTOCOL_DEFAULT_MAX_LINE;
+    cfg->limits.protocol.max_request = PROTOCOL_DEFAULT_MAX_REQUEST;
+    cfg->limits.protocol.max_attrs = PROTOCOL_DEFAULT_MAX_ATTRS;
+    cfg->limits.idle_timeout = 300; /* Postfix drops idle policy connections after 300 s */
+    cfg->limits.max_connections = 1000;
+    cfg->store.backend = STORE_BACKEND_MEMORY;
+    cfg->store.redis_address = xstrdup("127.0.0.1:6379");
+    cfg->store.prefix = xstrdup("sg:");
+    cfg->store.timeout_ms = 100;
+    cfg->store.memory_max_keys = 1000000;
+    cfg->on_error = xstrdup("DUNNO");
+    cfg->log.to_stderr = true;
+    cfg->log.level = LOG_LEVEL_INFO;
+}
+
+static void config_main_settings(struct loader *ld, yaml_node_t *root)
+{
+    CONFIG_FOR_PAIRS(ld, root, pair) {
+        yaml_node_t *k;
+        const char *key = config_pair_key(ld, pair, "", &k);
+        if (!key)
+            continue;
+        yaml_node_t *v = config_node(ld, pair->value);
+        if (!strcmp(key, "listen"))
+            config_parse_listen(ld, v, key);
+        else if (!strcmp(key, "clients"))
+            config_parse_clients(ld, v, key);
+        else if (!strcmp(key, "limits"))
+            config_parse_limits(ld, v, key);
+        else if (!strcmp(key, "store"))
+            config_parse_store(ld, v, key);
+        else if (!strcmp(key, "log"))
+            config_parse_log(ld, v, key);
+        else if (!strcmp(key, "include"))
+            ; /* read before the rules, see config_run */
+        else if (!config_is_rule_section(key))
+            config_unknown_key(ld, k, "", key,
+                               "listen, clients, limits, store, include, log, counters, lists, points, actions");
+    }
+}
+
+/* Run one pass over the rule sections of every file. */
+static void config_rule_pass(struct loader *ld, bool definitions)
+{
+    for (size_t i = 0; i < ld->n_files; i++) {
+        ld->cur = &ld->files[i];
+        yaml_node_t *root = config_root(ld);
+        if (!root)
+            continue;
+        CONFIG_FOR_PAIRS(ld, root, pair) {
+            yaml_node_t *k = config_node(ld, pair->key);
+            if (!config_is_scalar(k))
+                continue; /* reported by config_main_settings or below */
+            const char *key = config_scalar(k);
+            yaml_node_t *v = config_node(ld, pair->value);
+            if (definitions && (!strcmp(key, "counters") || !strcmp(key, "lists")))
+                config_parse_definitions(ld, v, key);
+            else if (!definitions && (!strcmp(key, "points") || !strcmp(key, "actions")))
+                config_parse_rule_section(ld, v, key);
+            else if (definitions && i > 0 && !config_is_rule_section(key))
+                config_err(ld, k, "", "an included file may hold only %s, not \"%s\"",
+                           config_rule_sections, key);
+        }
+    }
+}
+
+static struct config *config_run(struct loader *ld)
+{
+    struct config *cfg = ld->cfg;
+    ld->cur = &ld->files[0];
+    yaml_node_t *root = config_root(ld);
+    if (root) {
+        config_main_settings(ld, root);
+        CONFIG_FOR_PAIRS(ld, root, pair) {
+            yaml_node_t *k = config_node(ld, pair->key);
+            if (config_is_scalar(k) && !strcmp(config_scalar(k), "include"))
+                config_parse_includes(ld, config_node(ld, pair->value));
+        }
+    }
+    config_rule_pass(ld, true);
+    ld->r->counter_read = xcalloc(ld->r->n_counters ? ld->r->n_counters : 1, sizeof(bool));
+    config_rule_pass(ld, false);
+
+    if (!cfg->clients) {
+        /* Default: loopback only; an operator opens it up explicitly. */
+        struct cidr net;
+        cfg->clients = cidr_set_new();
+        cidr_parse("127.0.0.0/8", 11, &net, NULL);
+        cidr_set_add(cfg->clients, &net);
+        cidr_parse("::1", 3, &net, NULL);
+        cidr_set_add(cfg->clients, &net);
+        cidr_set_finish(cfg->clients);
+    }
+    cfg->rules = ld->r;
+    ld->r = NULL;
+    for (size_t i = 0; i < ld->n_files; i++) {
+        if (ld->files[i].loaded)
+            yaml_document_delete(&ld->files[i].doc);
+        free(ld->files[i].name);
+    }
+    free(ld->basedir);
+    if (ld->errs->n) {
+        config_unref(cfg);
+        return NULL;
+    }
+    return cfg;
+}
+
+static void config_loader_init(struct loader *ld, const char *path, struct config_errors *errs)
+{
+    memset(ld, 0, sizeof *ld);
+    ld->errs = errs;
+    ld->cfg = xcalloc(1, sizeof *ld->cfg);
+    ld->cfg->refs = 1;
+    ld->cfg->generation = 1;
+    ld->cfg->path = xstrdup(path);
+    config_defaults(ld->cfg);
+    ld->r = xcalloc(1, sizeof *ld->r);
+}
+
+static void config_loader_fail(struct loader *ld)
+{
+    for (size_t i = 0; i < ld->n_files; i++) {
+        if (ld->files[i].loaded)
+            yaml_document_delete(&ld->files[i].doc);
+        free(ld->files[i].name);
+    }
+    free(ld->basedir);
+    rules_free(ld->r);
+    config_unref(ld->cfg);
+}
+
+struct config *config_load(const char *path, struct config_errors *errs)
+{
+    struct loader ld;
+    config_loader_init(&ld, path, errs);
+    const char *slash = strrchr(path, '/');
+    ld.basedir = slash ? xstrndup(path, (size_t)(slash - path) + (slash == path)) : xstrdup(".");
+    if (!config_load_file(&ld, path, NULL, NULL)) {
+        config_loader_fail(&ld);
+        return NULL;
+    }
+    return config_run(&ld);
+}
+
+struct config *config_load_string(const char *name, const char *text, size_t len,
+                                  struct config_errors *errs)
+{
+    struct loader ld;
+    config_loader_init(&ld, name, errs);
+    ld.basedir = xstrdup(".");
+    if (!config_add_file(&ld, name, text, len)) {
+        config_loader_fail(&ld);
+        return NULL;
+    }
+    return config_run(&ld);
+}
+
+struct config *config_ref(struct config *cfg)
+{
+    cfg->refs++;
+    return cfg;
+}
+
+void config_unref(struct config *cfg)
+{
+    if (!cfg || --cfg->refs > 0)
+        return;
+    free(cfg->path);
+    for (size_t i = 0; i < cfg->n_listen; i++)
+        free(cfg->listen[i]);
+    if (cfg->clients)
+        cidr_set_free(cfg->clients);
+    store_config_fini(&cfg->store);
+    free(cfg->on_error);
+    free(cfg->log.syslog);
+    free(cfg->log.json);
+    rules_free(cfg->rules);
+    free(cfg);
+}
+
+int config_refresh_lists(struct config *cfg)
+{
+    int reloaded = 0;
+    if (!cfg->rules)
+        return 0;
+    for (size_t i = 0; i < cfg->rules->n_lists; i++) {
+        struct list *l = &cfg->rules->lists[i];
+        char err[1024];
+        int rc = list_refresh(l, err, sizeof err);
+        if (rc > 0) {
+            reloaded++;
+            log_info("list %s reloaded from %s: %zu entries", l->name, l->file,
+                     list_data_count(l->data));
+        } else if (rc < 0) {
+            log_error("list %s: keeping the old contents: %s", l->name, err);
+        }
+    }
+    return reloaded;
+}

@@ -1,0 +1,91 @@
+/*
+ * config - the YAML configuration, loaded into one validated, immutable,
+ * reference-counted struct config.
+ *
+ * config_load() reads the main file and its includes with libyaml's
+ * document API (so every node keeps its line and column), checks every
+ * setting and every rule, and collects every problem as
+ * "file:line:col: path: problem" before giving up: an operator fixes all
+ * mistakes in one go. Unknown keys are errors (they are typos). Any error
+ * discards the whole new config; a reload that fails keeps the old one.
+ *
+ * Include order: the main file's own rules come first, then each include
+ * pattern in the order written, files of one pattern in sorted order.
+ * Counters and lists may be defined in any file and used in any other.
+ *
+ * A request holds a reference (config_ref) for as long as it is being
+ * answered, so a reload never pulls rules from under a request in flight.
+ * Pure apart from reading the files (config, includes, list files,
+ * password file).
+ */
+#ifndef SMTPGUARD_CONFIG_H
+#define SMTPGUARD_CONFIG_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "cidr.h"
+#include "log.h"
+#include "protocol.h"
+#include "rules.h"
+#include "store.h"
+
+#define CONFIG_MAX_LISTEN 16
+#define CONFIG_DEFAULT_PORT_HINT "127.0.0.1:10040"
+
+struct config_limits {
+    struct protocol_limits protocol;  /* line, request, attribute caps */
+    double idle_timeout;              /* seconds a connection may stay silent */
+    unsigned max_connections;         /* connections open at once */
+};
+
+struct config_log {
+    char *syslog;               /* facility name, or NULL for no syslog */
+    bool to_stderr;             /* also write to stderr */
+    enum log_level level;
+    char *json;                 /* JSON-lines decision log path, or NULL */
+};
+
+struct config {
+    unsigned refs;              /* holders: the server and requests in flight */
+    unsigned generation;        /* 1 for the first load, +1 per reload */
+    char *path;                 /* main file as given */
+    char *listen[CONFIG_MAX_LISTEN];
+    size_t n_listen;
+    struct cidr_set *clients;   /* allowed TCP peers */
+    struct config_limits limits;
+    struct store_config store;
+    char *on_error;             /* Postfix action text when the store fails */
+    struct config_log log;
+    struct rules *rules;
+};
+
+/* Collected diagnostics. */
+struct config_errors {
+    char **msgs;
+    size_t n;
+};
+
+void config_errors_fini(struct config_errors *errs);
+
+/*
+ * config_load - load and validate path. Returns the config (refs = 1),
+ * or NULL with every problem in errs. Warnings (e.g. host bits set in a
+ * CIDR) are logged with log_warn and do not fail the load.
+ */
+struct config *config_load(const char *path, struct config_errors *errs);
+
+/* config_load_string - the same from memory (tests, fuzzing); name is
+ * used in diagnostics, includes are resolved relative to the current
+ * directory. */
+struct config *config_load_string(const char *name, const char *text, size_t len,
+                                  struct config_errors *errs);
+
+struct config *config_ref(struct config *cfg);
+void config_unref(struct config *cfg);
+
+/* config_refresh_lists - reload file lists whose file changed; problems
+ * are logged, old contents kept. Returns the number reloaded. */
+int config_refresh_lists(struct config *cfg);
+
+#endif

@@ -1,0 +1,522 @@
+/*
+ * list - operator lists of networks, domains, addresses and strings.
+ * See list.h.
+ *
+ * A list_data holds three things:
+ *   - nets: a cidr_set of every entry cidr_parse() accepts;
+ *   - exact: a hash set of the other entries, lower-cased (addresses,
+ *     domains, plain strings);
+ *   - below: a hash set of the domains written ".example.com", stored
+ *     without the dot; they match strict subdomains only.
+ * Matching a domain value looks it up in exact, then walks its parent
+ * domains ("a.b.example.com" -> "b.example.com" -> "example.com" ->
+ * "com") and looks each up in below (and in exact if the list has
+ * subdomains=true): one probe per label, no allocation.
+ *
+ * The hash sets are open addressing with linear probing over one string
+ * pool (one allocation for all the text, not one per entry), kept at
+ * most half full. Values are lower-cased into a stack buffer before a
+ * lookup; a value longer than LIST_VALUE_MAX cannot match, because no
+ * entry that long is accepted.
+ *
+ * File syntax: one entry per line; leading and trailing blanks are
+ * ignored; '#' at the start of a line or after a blank starts a comment
+ * (so "10.0.0.0/8  # office" works). A second word on a line is an
+ * error rather than ignored: it usually means a Postfix table
+ * ("10.0.0.0/8 OK") was given where a list was expected.
+ */
+#include "list.h"
+
+#include <errno.h>
+#include <stdarg.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "xalloc.h"
+
+/* Longest entry or value, bytes. Longer values never match. */
+#define LIST_VALUE_MAX 512
+
+struct list_slot {
+    uint64_t hash;              /* full hash of the string */
+    size_t off;                 /* into the pool; SIZE_MAX = empty slot */
+    size_t len;                 /* bytes, without a NUL */
+};
+
+struct list_strset {
+    struct list_slot *slots;    /* table, power-of-two size */
+    size_t nslots;              /* table size; 0 until the first insert */
+    size_t used;                /* distinct strings stored */
+    char *pool;                 /* the strings, back to back, no NULs */
+    size_t pool_len;            /* bytes used in pool */
+    size_t pool_cap;            /* bytes allocated for pool */
+};
+
+struct list_data {
+    struct cidr_set *nets;      /* network entries */
+    struct list_strset exact;   /* addresses, domains, strings, lower-case */
+    struct list_strset below;   /* ".example.com" entries, without the dot */
+    size_t count;               /* entries added (duplicates included) */
+};
+
+/* ------------------------------------------------------------------ */
+/* String set                                                         */
+
+/* FNV-1a, 64 bits: short keys, no attacker-chosen inserts (entries come
+ * from the operator), so a simple hash is enough. */
+static uint64_t list_hash(const char *s, size_t len)
+{
+    uint64_t h = 0xcbf29ce484222325ULL;
+
+    for (size_t i = 0; i < len; i++) {
+        h ^= (unsigned char)s[i];
+        h *= 0x100000001b3ULL;
+    }
+    return h;
+}
+
+static void list_strset_fini(struct list_strset *set)
+{
+    free(set->slots);
+    free(set->pool);
+    memset(set, 0, sizeof(*set));
+}
+
+static void list_strset_grow(struct list_strset *set)
+{
+    size_t n = set->nslots ? set->nslots * 2 : 64;
+    struct list_slot *slots = xreallocarray(NULL, n, sizeof(*slots));
+
+    for (size_t i = 0; i < n; i++)
+        slots[i].off = SIZE_MAX;
+    for (size_t i = 0; i < set->nslots; i++) {
+        const struct list_slot *old = &set->slots[i];
+        size_t j;
+
+        if (old->off == SIZE_MAX)
+            continue;
+        for (j = old->hash & (n - 1); slots[j].off != SIZE_MAX; j = (j + 1) & (n - 1))
+            ;
+        slots[j] = *old;
+    }
+    free(set->slots);
+    set->slots = slots;
+    set->nslots = n;
+}
+
+static bool list_strset_has(const struct list_strset *set, const char *s, size_t len)
+{
+    uint64_t h;
+
+    if (set->used == 0)
+        return false;
+    h = list_hash(s, len);
+    for (size_t j = h & (set->nslots - 1);; j = (j + 1) & (set->nslots - 1)) {
+        const struct list_slot *slot = &set->slots[j];
+
+        if (slot->off == SIZE_MAX)
+            return false;
+        if (slot->hash == h && slot->len == len && memcmp(set->pool + slot->off, s, len) == 0)
+            return true;
+    }
+}
+
+/* list_strset_add - insert s (already lower-cased) unless present. */
+static void list_strset_add(struct list_strset *set, const char *s, size_t len)
+{
+    uint64_t h;
+    size_t j;
+
+    if (list_strset_has(set, s, len))
+        return;
+    /* Keep the table at most half full, so probe runs stay short. */
+    if ((set->used + 1) * 2 > set->nslots)
+        list_strset_grow(set);
+    if (set->pool_len + len > set->pool_cap) {
+        size_t cap = set->pool_cap ? set->pool_cap : 1024;
+        while (cap < set->pool_len + len)
+            cap *= 2;
+        set->pool = xrealloc(set->pool, cap);
+        set->pool_cap = cap;
+    }
+    memcpy(set->pool + set->pool_len, s, len);
+    h = list_hash(s, len);
+    for (j = h & (set->nslots - 1); set->slots[j].off != SIZE_MAX; j = (j + 1) & (set->nslots - 1))
+        ;
+    set->slots[j] = (struct list_slot){h, set->pool_len, len};
+    set->pool_len += len;
+    set->used++;
+}
+
+/* ------------------------------------------------------------------ */
+/* Data                                                               */
+
+/* list_lower - ASCII lower-case copy into out (LIST_VALUE_MAX bytes);
+ * false if it does not fit. Locale-independent on purpose. */
+static bool list_lower(const char *s, size_t len, char *out)
+{
+    if (len > LIST_VALUE_MAX)
+        return false;
+    for (size_t i = 0; i < len; i++) {
+        char c = s[i];
+        out[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
+    }
+    return true;
+}
+
+struct list_data *list_data_new(void)
+{
+    struct list_data *d = xcalloc(1, sizeof(*d));
+
+    d->nets = cidr_set_new();
+    return d;
+}
+
+/* list_memrchr - the last c in s[0..len), or NULL (memrchr() is a GNU
+ * extension). */
+static const char *list_memrchr(const char *s, int c, size_t len)
+{
+    while (len > 0) {
+        if (s[--len] == (char)c)
+            return s + len;
+    }
+    return NULL;
+}
+
+/*
+ * list_check_numeric - why an entry that looks like an address or a
+ * network but did not parse as one is wrong, or NULL if it does not look
+ * like one. "1.2.3", "10.0.0.0/33" and "::g" are typos, not strings
+ * anybody will ever send, and silently storing them as strings would
+ * hide the mistake.
+ */
+static const char *list_check_numeric(const char *s, size_t len)
+{
+    const char *slash = memchr(s, '/', len);
+    size_t alen = slash ? (size_t)(slash - s) : len;
+    bool v4ish = alen > 0, v6ish = alen > 0;
+    unsigned dots = 0, colons = 0, digits = 0;
+    struct ipaddr ip;
+
+    for (size_t i = 0; i < alen; i++) {
+        char c = s[i];
+        bool digit = c >= '0' && c <= '9';
+        bool alnum = digit || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+
+        dots += c == '.';
+        digits += digit;
+        colons += c == ':';
+        if (!digit && c != '.')
+            v4ish = false;
+        if (!alnum && c != ':' && c != '.' && c != '[' && c != ']')
+            v6ish = false;
+    }
+    v4ish = v4ish && dots > 0 && digits > 0;
+    v6ish = v6ish && colons >= 2;
+    if (slash) {
+        if (ipaddr_parse(s, alen, &ip) == 0)
+            return "bad prefix length";
+        if (alen == 0 || v4ish || v6ish)
+            return "bad network address";
+        return NULL;
+    }
+    if (v6ish)
+        return "bad IPv6 address";
+    if (v4ish)
+        return "bad IPv4 address";
+    return NULL;
+}
+
+int list_data_add(struct list_data *d, const char *entry, size_t len, const char **why)
+{
+    char buf[LIST_VALUE_MAX];
+    const char *at;
+    const char *problem;
+    struct cidr net;
+
+    if (len == 0) {
+        *why = "empty entry";
+        return -EINVAL;
+    }
+    if (len > LIST_VALUE_MAX) {
+        *why = "entry longer than 512 bytes";
+        return -EINVAL;
+    }
+    for (size_t i = 0; i < len; i++) {
+        unsigned char c = (unsigned char)entry[i];
+        if (c == ' ' || c == '\t') {
+            *why = "entry contains a blank";
+            return -EINVAL;
+        }
+        if (c < 0x20 || c == 0x7f) {
+            *why = "entry contains a control character";
+            return -EINVAL;
+        }
+    }
+
+    if (cidr_parse(entry, len, &net, NULL) == 0) {
+        cidr_set_add(d->nets, &net);
+        d->count++;
+        return 0;
+    }
+    problem = list_check_numeric(entry, len);
+    if (problem) {
+        *why = problem;
+        return -EINVAL;
+    }
+
+    list_lower(entry, len, buf);
+    at = list_memrchr(buf, '@', len);
+    if (at) {
+        if (at == buf) {
+            *why = "address without a local part (write the domain alone)";
+            return -EINVAL;
+        }
+        if ((size_t)(at - buf) == len - 1) {
+            *why = "address without a domain";
+            return -EINVAL;
+        }
+        list_strset_add(&d->exact, buf, len);
+    } else if (buf[0] == '.') {
+        if (len == 1 || buf[1] == '.') {
+            *why = "bad domain";
+            return -EINVAL;
+        }
+        list_strset_add(&d->below, buf + 1, len - 1);
+    } else {
+        list_strset_add(&d->exact, buf, len);
+    }
+    d->count++;
+    return 0;
+}
+
+void list_data_finish(struct list_data *d)
+{
+    cidr_set_finish(d->nets);
+}
+
+void list_data_free(struct list_data *d)
+{
+    if (!d)
+        return;
+    cidr_set_free(d->nets);
+    list_strset_fini(&d->exact);
+    list_strset_fini(&d->below);
+    free(d);
+}
+
+size_t list_data_count(const struct list_data *d)
+{
+    return d->count;
+}
+
+/* ------------------------------------------------------------------ */
+/* Files                                                              */
+
+/* list_err_append - add one line to a newline-separated error text,
+ * truncating at errlen (snprintf semantics: always NUL-terminated). */
+static void list_err_append(char *err, size_t errlen, size_t *used, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+
+static void list_err_append(char *err, size_t errlen, size_t *used, const char *fmt, ...)
+{
+    va_list ap;
+    int n;
+
+    if (errlen == 0 || *used >= errlen - 1)
+        return;
+    if (*used > 0)
+        err[(*used)++] = '\n';
+    err[*used] = '\0';
+    if (*used >= errlen - 1)
+        return;
+    va_start(ap, fmt);
+    n = vsnprintf(err + *used, errlen - *used, fmt, ap);
+    va_end(ap);
+    if (n < 0)
+        return;
+    *used += (size_t)n;
+    if (*used > errlen - 1)
+        *used = errlen - 1;
+}
+
+static bool list_is_blank(char c)
+{
+    return c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '\v' || c == '\f';
+}
+
+int list_load_file(const char *path, struct list_data **out, char *err, size_t errlen)
+{
+    struct list_data *d;
+    FILE *fp;
+    char *line = NULL;
+    size_t linecap = 0;
+    ssize_t n;
+    unsigned long lineno = 0;
+    unsigned long bad = 0;
+    size_t used = 0;
+    int rc;
+
+    if (errlen > 0)
+        err[0] = '\0';
+    fp = fopen(path, "re");
+    if (!fp) {
+        rc = -errno;
+        list_err_append(err, errlen, &used, "%s: %s", path, strerror(-rc));
+        return rc;
+    }
+    d = list_data_new();
+    errno = 0;
+    while ((n = getline(&line, &linecap, fp)) >= 0) {
+        size_t len = (size_t)n;
+        size_t start = 0, end;
+        const char *why = NULL;
+
+        lineno++;
+        /* Cut the comment: '#' at the start or after a blank. */
+        for (size_t i = 0; i < len; i++) {
+            if (line[i] == '#' && (i == 0 || list_is_blank(line[i - 1]))) {
+                len = i;
+                break;
+            }
+        }
+        while (start < len && list_is_blank(line[start]))
+            start++;
+        while (len > start && list_is_blank(line[len - 1]))
+            len--;
+        if (start == len)
+            continue;
+        for (end = start; end < len && !list_is_blank(line[end]); end++)
+            ;
+        if (end < len)
+            why = "more than one entry on the line";
+        else if (list_data_add(d, line + start, len - start, &why) == 0)
+            why = NULL;
+        if (why) {
+            bad++;
+            list_err_append(err, errlen, &used, "%s:%lu: %s", path, lineno, why);
+        }
+    }
+    if (ferror(fp)) {
+        /* getline() set errno (EISDIR for a directory, EIO ...). */
+        rc = errno ? -errno : -EIO;
+        list_err_append(err, errlen, &used, "%s: %s", path, strerror(-rc));
+        goto fail;
+    }
+    if (bad > 0) {
+        rc = -EINVAL;
+        goto fail;
+    }
+    free(line);
+    fclose(fp);
+    list_data_finish(d);
+    *out = d;
+    return 0;
+
+fail:
+    free(line);
+    fclose(fp);
+    list_data_free(d);
+    return rc;
+}
+
+int list_refresh(struct list *l, char *err, size_t errlen)
+{
+    struct stat st;
+    struct list_data *d;
+    int rc;
+
+    if (!l->file)
+        return 0;
+    /* stat() before reading: if the file changes while we read it, the
+     * next refresh sees a newer stat than the one recorded and reloads
+     * again, which is the safe direction. */
+    if (stat(l->file, &st) < 0) {
+        rc = -errno;
+        snprintf(err, errlen, "%s: %s", l->file, strerror(-rc));
+        return rc;
+    }
+    if (l->data && st.st_mtim.tv_sec == l->mtime.tv_sec &&
+        st.st_mtim.tv_nsec == l->mtime.tv_nsec && st.st_size == l->size && st.st_ino == l->ino)
+        return 0;
+    rc = list_load_file(l->file, &d, err, errlen);
+    if (rc < 0)
+        return rc;
+    list_data_free(l->data);
+    l->data = d;
+    l->mtime = st.st_mtim;
+    l->size = st.st_size;
+    l->ino = st.st_ino;
+    return 1;
+}
+
+/* ------------------------------------------------------------------ */
+/* Matching                                                           */
+
+bool list_match_ip(const struct list *l, const struct ipaddr *ip)
+{
+    return l->data && cidr_set_contains(l->data->nets, ip);
+}
+
+/* list_match_domain - dom (lower-case) itself, or a parent domain that
+ * matches its subdomains. */
+static bool list_match_domain(const struct list *l, const char *dom, size_t len)
+{
+    const struct list_data *d = l->data;
+
+    if (len == 0)
+        return false;
+    if (list_strset_has(&d->exact, dom, len))
+        return true;
+    for (size_t i = 0; i < len; i++) {
+        if (dom[i] != '.' || i + 1 >= len)
+            continue;
+        const char *parent = dom + i + 1;
+        size_t plen = len - i - 1;
+
+        if (list_strset_has(&d->below, parent, plen))
+            return true;
+        if (l->subdomains && list_strset_has(&d->exact, parent, plen))
+            return true;
+    }
+    return false;
+}
+
+bool list_match(const struct list *l, const char *value, size_t len)
+{
+    char buf[LIST_VALUE_MAX];
+    struct ipaddr ip;
+    const char *at;
+
+    if (!l->data || len == 0)
+        return false;
+    if (!list_lower(value, len, buf))
+        return false;
+    if (ipaddr_parse(value, len, &ip) == 0) {
+        /* An address has no parent domains: "10.1.2.3" must not match
+         * a string entry "3" of a subdomains=true list. */
+        return cidr_set_contains(l->data->nets, &ip) ||
+               list_strset_has(&l->data->exact, buf, len);
+    }
+    at = list_memrchr(buf, '@', len);
+    if (at) {
+        size_t dlen = len - (size_t)(at - buf) - 1;
+
+        return list_strset_has(&l->data->exact, buf, len) ||
+               list_match_domain(l, at + 1, dlen);
+    }
+    return list_match_domain(l, buf, len);
+}
+
+void list_free(struct list *l)
+{
+    free(l->name);
+    free(l->file);
+    list_data_free(l->data);
+    l->name = NULL;
+    l->file = NULL;
+    l->data = NULL;
+}

@@ -1,0 +1,229 @@
+/*
+ * rules - the compiled rule set and its evaluation.
+ *
+ * A rule set has counters (a key built from request attributes and a
+ * decay model), lists, points rules (every match adds points; `then: ok`
+ * whitelists) and action rules (first match wins, tested after this
+ * request's points were added). config.c builds it from YAML; this module
+ * holds the compiled form and evaluates it. Everything is resolved to
+ * indices at load time: attributes to enum attr, counters and lists to
+ * array slots, regexes to PCRE2 code, templates to segments.
+ *
+ * Evaluation of one request is two pure steps around one store round trip:
+ *   rules_eval_points()  -> the counter updates to send to the store
+ *   (store_apply)        -> new scores
+ *   rules_decide()       -> the first action rule that matches
+ * A struct eval holds the per-request state; it lives in the connection
+ * and is reused, so evaluation allocates nothing (derived strings and
+ * counter keys go to the request's arena).
+ */
+#ifndef SMTPGUARD_RULES_H
+#define SMTPGUARD_RULES_H
+
+#include <stdbool.h>
+#include <stddef.h>
+
+#include "decay.h"
+#include "list.h"
+#include "request.h"
+#include "store.h"
+#include "template.h"
+
+#define RULES_MAX_COUNTERS STORE_MAX_UPDATES
+#define RULES_MAX_KEY_PARTS 4
+#define RULES_MAX_KEY 512           /* bytes of one counter key */
+#define RULES_MAX_MATCHED 32        /* points rules remembered per request for the log */
+
+enum verdict {
+    VERDICT_DUNNO,
+    VERDICT_PERMIT,
+    VERDICT_DEFER,
+    VERDICT_REJECT,
+    VERDICT_HOLD,
+    VERDICT_DISCARD,
+    VERDICT_REDIRECT,
+    VERDICT_PREPEND,
+    VERDICT_FILTER,
+    VERDICT_WARN,
+    VERDICT_SLEEP
+};
+
+const char *verdict_name(enum verdict v);
+int verdict_parse(const char *s, size_t len, enum verdict *out);
+
+enum cmp_op {
+    CMP_GE,
+    CMP_GT,
+    CMP_LE,
+    CMP_LT,
+    CMP_EQ,
+    CMP_NE
+};
+
+/* One part of a counter key: an attribute, cut to a network prefix for
+ * client_address/N. */
+struct key_part {
+    enum attr attr;
+    int v4_bits;                /* -1 = whole value; else IPv4 prefix length */
+    int v6_bits;                /* IPv6 prefix length when v4_bits >= 0 */
+};
+
+struct counter {
+    char *name;
+    struct key_part parts[RULES_MAX_KEY_PARTS];
+    unsigned n_parts;
+    struct decay decay;
+    int precision;              /* decimal places thresholds compare at */
+};
+
+enum cond_kind {
+    COND_ALL,                   /* every child */
+    COND_ANY,                   /* at least one child */
+    COND_NOT,                   /* the one child does not match */
+    COND_EQUALS,                /* subject equals text */
+    COND_EMPTY,                 /* subject empty or absent */
+    COND_CIDR,                  /* subject is an IP inside net */
+    COND_IN_LIST,               /* subject matches list */
+    COND_REGEX,                 /* subject matches PCRE2 */
+    COND_CMP,                   /* numeric subject compared to number */
+    COND_SAME_AS,               /* subject equals another attribute (from=to) */
+    COND_TRUE
+};
+
+/* What a leaf condition looks at. */
+struct subject {
+    bool is_counter;            /* a counter's new score rather than an attribute */
+    int index;                  /* enum attr or counter index */
+};
+
+struct cond {
+    enum cond_kind kind;
+    struct subject subject;     /* leaves */
+    struct cond **children;     /* ALL / ANY / NOT */
+    size_t n_children;
+    char *text;                 /* EQUALS: the value (lower-cased if case-insensitive) */
+    size_t text_len;
+    struct cidr net;            /* CIDR */
+    int list;                   /* IN_LIST: index into rules->lists */
+    void *regex;                /* REGEX: pcre2_code_8 * */
+    enum cmp_op op;             /* CMP */
+    double number;              /* CMP */
+    enum attr other;            /* SAME_AS */
+};
+
+enum add_kind {
+    ADD_CONST,                  /* a number */
+    ADD_ATTR                    /* a numeric attribute divided by a unit */
+};
+
+struct add {
+    int counter;                /* index */
+    enum add_kind kind;
+    double value;               /* CONST: points; ATTR: divisor (units) */
+    enum attr attr;             /* ATTR: recipient_count, size ... */
+};
+
+struct points_rule {
+    char *name;
+    char *where;                /* "file:line" for logs */
+    struct cond *when;
+    struct add *adds;
+    size_t n_adds;
+    enum verdict then;          /* DUNNO = no `then`; see then_set */
+    bool then_set;              /* `then: ok` (DUNNO) or `then: permit` stops counting */
+    bool log_only;              /* mode: log */
+};
+
+struct action_rule {
+    char *name;
+    char *where;
+    struct cond *when;
+    enum verdict verdict;
+    struct template *arg;       /* redirect/prepend/filter argument, or NULL */
+    struct template *message;   /* text for reject/defer/..., or NULL */
+    double wait;                /* seconds to hold the answer back; 0 = none */
+    unsigned sleep;             /* VERDICT_SLEEP: seconds Postfix pauses */
+    bool side_log;
+    bool side_delete;
+    int *delete_counters;       /* indices */
+    size_t n_delete;
+    bool log_only;
+};
+
+struct rules {
+    struct counter *counters;
+    size_t n_counters;
+    struct list *lists;
+    size_t n_lists;
+    struct points_rule *points;
+    size_t n_points;
+    struct action_rule *actions;
+    size_t n_actions;
+    bool *counter_read;         /* [n_counters]: read by actions even when not added to */
+};
+
+/* Per-request evaluation state; reused, see rules_eval_reset(). */
+struct eval {
+    struct store_update updates[RULES_MAX_COUNTERS];
+    int update_counter[RULES_MAX_COUNTERS];   /* counter index of updates[i] */
+    size_t n_updates;
+    int slot[RULES_MAX_COUNTERS];             /* counter index -> updates index, or -1 */
+    double points_added[RULES_MAX_COUNTERS];  /* by counter, for explain/logs */
+    double score[RULES_MAX_COUNTERS];         /* by counter, rounded, once known */
+    bool have_score[RULES_MAX_COUNTERS];
+    const struct points_rule *matched[RULES_MAX_MATCHED];
+    size_t n_matched;
+    const struct points_rule *stopped_by;     /* a `then:` rule that ended counting */
+    const struct action_rule *decided;        /* first enforcing action that matched */
+    const struct action_rule *would[RULES_MAX_MATCHED]; /* log-only actions that matched */
+    size_t n_would;
+    const struct points_rule *would_points[RULES_MAX_MATCHED];
+    size_t n_would_points;
+};
+
+void rules_eval_reset(struct eval *ev, const struct rules *r);
+
+/* rules_eval_points - run the points rules; fill ev->updates with the
+ * counters to add to or read. Returns true if counting stopped at a
+ * `then:` rule (ev->stopped_by), in which case actions are not tested. */
+bool rules_eval_points(const struct rules *r, struct request *req, struct eval *ev);
+
+/* rules_set_scores - take the store's answer (scores[i] for updates[i]). */
+void rules_set_scores(const struct rules *r, struct eval *ev, const double *scores, size_t n);
+
+/* rules_decide - test action rules in order; returns the first enforcing
+ * one that matches (also in ev->decided) or NULL; log-only ones that
+ * match before it are collected in ev->would. */
+const struct action_rule *rules_decide(const struct rules *r, struct request *req, struct eval *ev);
+
+/* rules_cond_match - exposed for tests. */
+bool rules_cond_match(const struct rules *r, const struct cond *c, struct request *req,
+                      const struct eval *ev);
+
+/* rules_counter_key - "NAME:value[|value]" for counter c, in the request
+ * arena; NULL when a key attribute is absent or empty. */
+const char *rules_counter_key(const struct counter *c, struct request *req, size_t *len);
+
+/* rules_find_counter / rules_find_list - index or -1. */
+int rules_find_counter(const struct rules *r, const char *name, size_t len);
+int rules_find_list(const struct rules *r, const char *name, size_t len);
+
+/* Template variable ids: attributes, then score.NAME, key.NAME, rule. */
+#define RULES_VAR_SCORE 1000
+#define RULES_VAR_KEY 2000
+#define RULES_VAR_RULE 3000
+int rules_template_resolve(void *rules, const char *name, size_t len);
+
+/* The context template expansion needs. */
+struct rules_template_ctx {
+    const struct rules *rules;
+    struct request *req;
+    const struct eval *ev;
+    const char *rule;           /* the rule's name */
+    char numbuf[64];            /* scratch for formatted scores */
+};
+const char *rules_template_value(void *ctx, int id, size_t *len);
+
+void rules_free(struct rules *r);
+
+#endif

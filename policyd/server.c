@@ -1,0 +1,205 @@
+/*
+ * server - see server.h.
+ *
+ * Reload builds the new config beside the old one (config_load), opens a
+ * new store only if the store settings changed, then swaps the pointers.
+ * Connections pick up the new config with their next request; a request
+ * in flight keeps its reference to the old one until it is answered.
+ */
+#include "server.h"
+
+#include <errno.h>
+#include <signal.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "actions.h"
+#include "conn.h"
+#include "listener.h"
+
+#define SERVER_LIST_CHECK_MS 5000   /* how often list files are checked */
+#define SERVER_DRAIN_MS 5000        /* bound on a graceful stop */
+
+bool server_verbose;
+
+int server_apply_log(const struct config *cfg, bool verbose)
+{
+    log_threshold = verbose ? LOG_LEVEL_DEBUG : cfg->log.level;
+    if (log_open(cfg->log.syslog, cfg->log.to_stderr) < 0)
+        return -EINVAL;
+    int rc = actions_json_open(cfg->log.json);
+    if (rc < 0)
+        log_error("cannot open JSON decision log %s: %s", cfg->log.json, strerror(-rc));
+    return rc;
+}
+
+static void server_on_lists(uv_timer_t *t)
+{
+    struct server *srv = t->data;
+    config_refresh_lists(srv->cfg);
+}
+
+static void server_on_signal(uv_signal_t *s, int signum)
+{
+    struct server *srv = s->data;
+    switch (signum) {
+    case SIGHUP:
+        server_reload(srv);
+        break;
+    case SIGUSR1:
+        if (srv->cfg->log.json) {
+            int rc = actions_json_open(srv->cfg->log.json);
+            if (rc < 0)
+                log_error("cannot reopen JSON decision log %s: %s", srv->cfg->log.json,
+                          strerror(-rc));
+            else
+                log_info("JSON decision log %s reopened", srv->cfg->log.json);
+        }
+        break;
+    default:
+        log_info("signal %d: stopping", signum);
+        server_stop(srv);
+        break;
+    }
+}
+
+static void server_signal(struct server *srv, uv_signal_t *h, int signum)
+{
+    uv_signal_init(srv->loop, h);
+    h->data = srv;
+    uv_signal_start(h, server_on_signal, signum);
+    uv_unref((uv_handle_t *)h); /* signals alone do not keep the loop alive */
+}
+
+int server_start(struct server *srv, uv_loop_t *loop, struct config *cfg)
+{
+    memset(srv, 0, sizeof *srv);
+    srv->loop = loop;
+    srv->cfg = cfg;
+    char err[512] = "";
+    int rc = store_open(&srv->store, &cfg->store, loop, err, sizeof err);
+    if (rc < 0) {
+        log_error("cannot open the %s store: %s",
+                  cfg->store.backend == STORE_BACKEND_REDIS ? "redis" : "memory", err);
+        return rc;
+    }
+    for (size_t i = 0; i < cfg->n_listen; i++) {
+        rc = listener_open(srv, cfg->listen[i]);
+        if (rc < 0) {
+            server_stop(srv);
+            return rc;
+        }
+    }
+    server_signal(srv, &srv->sig_hup, SIGHUP);
+    server_signal(srv, &srv->sig_term, SIGTERM);
+    server_signal(srv, &srv->sig_int, SIGINT);
+    server_signal(srv, &srv->sig_usr1, SIGUSR1);
+    uv_timer_init(loop, &srv->list_timer);
+    srv->list_timer.data = srv;
+    uv_timer_start(&srv->list_timer, server_on_lists, SERVER_LIST_CHECK_MS, SERVER_LIST_CHECK_MS);
+    uv_unref((uv_handle_t *)&srv->list_timer);
+    uv_timer_init(loop, &srv->drain_timer);
+    srv->drain_timer.data = srv;
+    return 0;
+}
+
+static bool server_same_listen(const struct config *a, const struct config *b)
+{
+    if (a->n_listen != b->n_listen)
+        return false;
+    for (size_t i = 0; i < a->n_listen; i++)
+        if (strcmp(a->listen[i], b->listen[i]) != 0)
+            return false;
+    return true;
+}
+
+int server_reload(struct server *srv)
+{
+    struct config_errors errs = {0};
+    struct config *old = srv->cfg;
+    struct config *cfg = config_load(old->path, &errs);
+    if (!cfg) {
+        log_error("reload failed, keeping generation %u: %zu error%s in %s", old->generation,
+                  errs.n, errs.n == 1 ? "" : "s", old->path);
+        for (size_t i = 0; i < errs.n; i++)
+            log_error("%s", errs.msgs[i]);
+        config_errors_fini(&errs);
+        return -EINVAL;
+    }
+    cfg->generation = old->generation + 1;
+    if (!store_config_equal(&old->store, &cfg->store)) {
+        struct store *st = NULL;
+        char err[512] = "";
+        if (store_open(&st, &cfg->store, srv->loop, err, sizeof err) < 0) {
+            log_error("reload failed, keeping generation %u: cannot open the new store: %s",
+                      old->generation, err);
+            config_unref(cfg);
+            return -EINVAL;
+        }
+        /* Requests waiting on the old store get TEMPFAIL (on_error). */
+        store_close(srv->store);
+        srv->store = st;
+        log_info("store changed to %s", store_name(st));
+    }
+    if (!server_same_listen(old, cfg))
+        log_warn("listen: changes take effect after a restart; still listening on the old addresses");
+    srv->cfg = cfg;
+    server_apply_log(cfg, server_verbose);
+    config_unref(old);
+    log_info("config reloaded generation=%u counters=%zu lists=%zu points=%zu actions=%zu",
+             cfg->generation, cfg->rules->n_counters, cfg->rules->n_lists, cfg->rules->n_points,
+             cfg->rules->n_actions);
+    return 0;
+}
+
+static void server_close_handles(struct server *srv)
+{
+    uv_handle_t *hs[] = {(uv_handle_t *)&srv->sig_hup,    (uv_handle_t *)&srv->sig_term,
+                         (uv_handle_t *)&srv->sig_int,    (uv_handle_t *)&srv->sig_usr1,
+                         (uv_handle_t *)&srv->list_timer, (uv_handle_t *)&srv->drain_timer};
+    for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
+        if (hs[i]->loop && !uv_is_closing(hs[i]))
+            uv_close(hs[i], NULL);
+    if (srv->store) {
+        store_close(srv->store);
+        srv->store = NULL;
+    }
+}
+
+void server_conn_closed(struct server *srv)
+{
+    /* The last connection of a graceful stop: nothing left to wait for. */
+    if (srv->stopping && srv->n_conns == 0 && srv->store)
+        server_close_handles(srv);
+}
+
+static void server_on_drain(uv_timer_t *t)
+{
+    struct server *srv = t->data;
+    if (srv->conns)
+        log_warn("stop: closing %u connections with requests still in flight", srv->n_conns);
+    for (struct conn *c = srv->conns; c; c = c->next)
+        conn_close(c);
+    server_close_handles(srv);
+}
+
+void server_stop(struct server *srv)
+{
+    if (srv->stopping)
+        return;
+    srv->stopping = true;
+    listener_close_all(srv);
+    bool busy = false;
+    for (struct conn *c = srv->conns, *next; c; c = next) {
+        next = c->next;
+        busy |= c->busy;
+        conn_shutdown(c);
+    }
+    if (busy && srv->drain_timer.loop) {
+        /* Let answers in flight finish, within a bound. */
+        uv_timer_start(&srv->drain_timer, server_on_drain, SERVER_DRAIN_MS, 0);
+        uv_unref((uv_handle_t *)&srv->drain_timer);
+        return;
+    }
+    server_close_handles(srv);
+}

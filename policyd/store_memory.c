@@ -1,0 +1,524 @@
+/*
+ * store_memory - the embedded counter store: a hash in this process.
+ *
+ * How it works:
+ * - A chained hash of key -> {score, updated_at, expires_at}. Each entry
+ *   is ONE allocation with the key bytes inline after the doubles (about
+ *   40 bytes plus the key), and the bucket array is sized for the key cap
+ *   at open, so a million keys cost well under 100 bytes each and a
+ *   lookup never waits for a rehash.
+ * - The hash is SipHash-2-4 with a random key: counter keys come from
+ *   peers (addresses, senders), and a fixed hash would let them pile
+ *   every key into one chain.
+ * - apply decays each score from its stored time to now (decay_apply,
+ *   the same arithmetic as store_redis.lua), adds the points and sets the
+ *   expiry to now + decay_ttl (at least a second, as the script does).
+ *   A read (points == 0) of a missing key returns 0 and creates nothing;
+ *   a read writes nothing either (decay composes, so the stored pair
+ *   stays right), except that a score decayed to the floor is dropped.
+ * - Memory follows the active keys: every apply sweeps a bounded number
+ *   of buckets for expired entries (Redis's active expiry, in small
+ *   steps), and a key that has expired reads as missing. At the cap, a
+ *   new key first takes an expired one's place; failing that, the entry
+ *   expiring first among a small random sample is evicted (Redis's
+ *   approximated LRU, applied to expiry) and counted.
+ * - Callbacks are deferred, never run from inside apply: completions
+ *   queue up and a uv_check runs them right after the poll phase of the
+ *   loop iteration in which they were queued. A uv_check alone would let
+ *   the loop block in poll when apply was called from a timer or before
+ *   uv_run, so an idle handle with an empty callback runs while the
+ *   queue is non-empty: it makes libuv poll with a zero timeout. Both
+ *   are stopped when the queue is empty, so an idle store costs nothing.
+ * - Completion slots (with room for STORE_MAX_UPDATES scores) are kept
+ *   on a free list and reused: no allocation per apply once warm.
+ */
+#include "store.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "decay.h"
+#include "log.h"
+#include "xalloc.h"
+
+#define MEM_DEFAULT_MAX_KEYS 1000000
+#define MEM_SWEEP_BUCKETS 32    /* buckets looked at per apply */
+#define MEM_SWEEP_ENTRIES 64    /* entries looked at per apply, at most */
+#define MEM_EVICT_SAMPLE 5      /* entries compared to pick a victim */
+#define MEM_EVICT_PROBES 64     /* buckets tried to fill the sample */
+#define MEM_KEY_MAX 0xffffu     /* bytes; longer keys are refused */
+
+struct mem_entry {
+    struct mem_entry *next;     /* bucket chain */
+    double score;               /* points, as of updated_at */
+    double updated_at;          /* seconds since the epoch */
+    double expires_at;          /* seconds since the epoch */
+    uint32_t hash;              /* low 32 bits of the key's hash */
+    uint32_t key_len;           /* bytes in key[] */
+    char key[];                 /* the key, not NUL-terminated */
+};
+
+enum mem_done_kind {
+    MEM_DONE_APPLY,
+    MEM_DONE_RESET
+};
+
+/* A queued completion; reused through the free list. */
+struct mem_done {
+    struct mem_done *next;      /* queue or free list */
+    enum mem_done_kind kind;    /* which callback */
+    store_done_cb apply_cb;     /* MEM_DONE_APPLY */
+    store_reset_cb reset_cb;    /* MEM_DONE_RESET */
+    void *arg;                  /* the caller's */
+    int status;                 /* STORE_OK or STORE_TEMPFAIL */
+    size_t n;                   /* scores */
+    double now;                 /* seconds since the epoch */
+    double scores[STORE_MAX_UPDATES]; /* points */
+};
+
+struct store {
+    struct store_base base;     /* must come first */
+    uv_loop_t *loop;            /* not owned */
+    uv_check_t check;           /* runs the completions */
+    uv_idle_t idle;             /* keeps poll from blocking while some are queued */
+    int handles_open;           /* handles not yet closed */
+    bool closing;               /* close() was called */
+    struct mem_entry **buckets; /* chains */
+    size_t nbuckets;            /* a power of two */
+    size_t count;               /* entries held */
+    size_t max_keys;            /* cap on count */
+    size_t sweep_cursor;        /* next bucket the sweep looks at */
+    unsigned long long evictions; /* entries dropped by the cap before they expired */
+    uint64_t sip_k0, sip_k1;    /* hash key */
+    uint64_t rng;               /* xorshift state for eviction samples */
+    struct mem_done *queue_head, *queue_tail; /* completions to run */
+    struct mem_done *free_slots; /* reusable completion slots */
+    struct log_limiter lim;     /* for refused applies */
+};
+
+static double store_memory_clock_real(void)
+{
+    struct timespec ts;
+    clock_gettime(CLOCK_REALTIME, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+double (*store_memory_clock)(void) = store_memory_clock_real;
+
+/* mem_siphash - SipHash-2-4 of the key. */
+static uint64_t mem_siphash(const struct store *st, const char *key, size_t len)
+{
+    uint64_t v0 = st->sip_k0 ^ 0x736f6d6570736575ULL, v1 = st->sip_k1 ^ 0x646f72616e646f6dULL;
+    uint64_t v2 = st->sip_k0 ^ 0x6c7967656e657261ULL, v3 = st->sip_k1 ^ 0x7465646279746573ULL;
+    const unsigned char *p = (const unsigned char *)key;
+    uint64_t m, b = (uint64_t)len << 56;
+    size_t i;
+
+#define ROTL(x, s) (((x) << (s)) | ((x) >> (64 - (s))))
+#define SIPROUND                                                                                   \
+    do {                                                                                           \
+        v0 += v1;                                                                                  \
+        v1 = ROTL(v1, 13);                                                                         \
+        v1 ^= v0;                                                                                  \
+        v0 = ROTL(v0, 32);                                                                         \
+        v2 += v3;                                                                                  \
+        v3 = ROTL(v3, 16);                                                                         \
+        v3 ^= v2;                                                                                  \
+        v0 += v3;                                                                                  \
+        v3 = ROTL(v3, 21);                                                                         \
+        v3 ^= v0;                                                                                  \
+        v2 += v1;                                                                                  \
+        v1 = ROTL(v1, 17);                                                                         \
+        v1 ^= v2;                                                                                  \
+        v2 = ROTL(v2, 32);                                                                         \
+    } while (0)
+
+    for (i = 0; i + 8 <= len; i += 8) {
+        memcpy(&m, p + i, 8);   /* little-endian hosts only matter for speed, not correctness */
+        v3 ^= m;
+        SIPROUND;
+        SIPROUND;
+        v0 ^= m;
+    }
+    for (size_t j = 0; i + j < len; j++)
+        b |= (uint64_t)p[i + j] << (8 * j);
+    v3 ^= b;
+    SIPROUND;
+    SIPROUND;
+    v0 ^= b;
+    v2 ^= 0xff;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+    SIPROUND;
+#undef SIPROUND
+#undef ROTL
+    return v0 ^ v1 ^ v2 ^ v3;
+}
+
+static uint64_t mem_random(struct store *st)
+{
+    /* xorshift64: eviction samples need spread, not secrecy. */
+    uint64_t x = st->rng;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    st->rng = x;
+    return x;
+}
+
+/* mem_find - the entry for key and the link that points to it, or NULL. */
+static struct mem_entry *mem_find(struct store *st, const char *key, size_t len, uint64_t h,
+                                  struct mem_entry ***linkp)
+{
+    struct mem_entry **link = &st->buckets[h & (st->nbuckets - 1)];
+
+    for (struct mem_entry *e = *link; e; link = &e->next, e = e->next)
+        if (e->hash == (uint32_t)h && e->key_len == len && memcmp(e->key, key, len) == 0) {
+            *linkp = link;
+            return e;
+        }
+    *linkp = link;
+    return NULL;
+}
+
+/* mem_unlink_free - drop the entry *link points to. */
+static void mem_unlink_free(struct store *st, struct mem_entry **link)
+{
+    struct mem_entry *e = *link;
+    *link = e->next;
+    free(e);
+    st->count--;
+}
+
+/* mem_sweep - free expired entries from a bounded stretch of buckets. */
+static void mem_sweep(struct store *st, double now, size_t max_buckets)
+{
+    size_t looked = 0;
+
+    if (st->count == 0)
+        return;
+    for (size_t b = 0; b < max_buckets && looked < MEM_SWEEP_ENTRIES; b++) {
+        struct mem_entry **link = &st->buckets[st->sweep_cursor];
+        while (*link && looked < MEM_SWEEP_ENTRIES) {
+            looked++;
+            if ((*link)->expires_at <= now)
+                mem_unlink_free(st, link);
+            else
+                link = &(*link)->next;
+        }
+        /* A chain longer than the entry budget is finished next time. */
+        if (!*link)
+            st->sweep_cursor = (st->sweep_cursor + 1) & (st->nbuckets - 1);
+    }
+}
+
+/* mem_evict - make room for one key: drop the entry expiring first among
+ * a small random sample (an expired one if the sample holds any). */
+static void mem_evict(struct store *st, double now)
+{
+    struct mem_entry **victim = NULL;
+    size_t seen = 0;
+
+    for (int probe = 0; probe < MEM_EVICT_PROBES && seen < MEM_EVICT_SAMPLE; probe++) {
+        size_t b = (size_t)mem_random(st) & (st->nbuckets - 1);
+        for (struct mem_entry **link = &st->buckets[b]; *link && seen < MEM_EVICT_SAMPLE;
+             link = &(*link)->next) {
+            seen++;
+            if (!victim || (*link)->expires_at < (*victim)->expires_at)
+                victim = link;
+        }
+    }
+    if (!victim) {
+        /* Every probe hit an empty bucket: with the table at least as
+         * big as the cap that takes bad luck; walk to the next entry. */
+        for (size_t b = 0; b < st->nbuckets && !victim; b++)
+            if (st->buckets[b])
+                victim = &st->buckets[b];
+        if (!victim)
+            return;
+    }
+    if ((*victim)->expires_at > now)
+        st->evictions++;
+    mem_unlink_free(st, victim);
+}
+
+/* mem_expiry - when a score written now stops counting: decay_ttl, but
+ * at least a second, as store_redis.lua does with PX. */
+static double mem_expiry(const struct decay *d, double score, double now)
+{
+    double ttl = decay_ttl(d, score);
+    return now + (ttl < 1 ? 1 : ttl);
+}
+
+/* mem_update - apply one update at now; returns the new score. */
+static double mem_update(struct store *st, const struct store_update *u, double now)
+{
+    uint64_t h = mem_siphash(st, u->key, u->key_len);
+    struct mem_entry **link;
+    struct mem_entry *e = mem_find(st, u->key, u->key_len, h, &link);
+    double score;
+
+    if (e && e->expires_at <= now) {
+        /* Expired but not swept yet: as good as missing. */
+        mem_unlink_free(st, link);
+        e = NULL;
+    }
+    if (u->points == 0) {
+        if (!e)
+            return 0;
+        score = decay_apply(&u->decay, e->score, now - e->updated_at, 0);
+        if (!(score > DECAY_FLOOR))
+            mem_unlink_free(st, link);
+        return score;
+    }
+    if (e) {
+        score = decay_apply(&u->decay, e->score, now - e->updated_at, u->points);
+    } else {
+        score = decay_apply(&u->decay, 0, 0, u->points);
+        if (st->count >= st->max_keys) {
+            mem_sweep(st, now, MEM_SWEEP_BUCKETS);
+            while (st->count >= st->max_keys)
+                mem_evict(st, now);
+            /* Eviction may have unlinked entries of our chain. */
+            link = &st->buckets[h & (st->nbuckets - 1)];
+        }
+        e = xmalloc(sizeof *e + u->key_len);
+        e->hash = (uint32_t)h;
+        e->key_len = (uint32_t)u->key_len;
+        memcpy(e->key, u->key, u->key_len);
+        e->next = *link;
+        *link = e;
+        st->count++;
+    }
+    e->score = score;
+    e->updated_at = now;
+    e->expires_at = mem_expiry(&u->decay, score, now);
+    return score;
+}
+
+static struct mem_done *mem_done_get(struct store *st)
+{
+    struct mem_done *d = st->free_slots;
+
+    if (d)
+        st->free_slots = d->next;
+    else
+        d = xmalloc(sizeof *d);
+    d->next = NULL;
+    d->apply_cb = NULL;
+    d->reset_cb = NULL;
+    d->n = 0;
+    d->now = 0;
+    d->status = STORE_OK;
+    return d;
+}
+
+static void mem_check_cb(uv_check_t *h);
+
+static void mem_idle_cb(uv_idle_t *h)
+{
+    /* Nothing: being active is the point (poll does not block). */
+    (void)h;
+}
+
+/* mem_done_queue - append d; the check handle runs it after this call. */
+static void mem_done_queue(struct store *st, struct mem_done *d)
+{
+    if (st->queue_tail)
+        st->queue_tail->next = d;
+    else
+        st->queue_head = d;
+    st->queue_tail = d;
+    if (!st->closing && !uv_is_active((uv_handle_t *)&st->check)) {
+        uv_check_start(&st->check, mem_check_cb);
+        uv_idle_start(&st->idle, mem_idle_cb);
+    }
+}
+
+/* mem_done_run - pop the head, run its callback, recycle the slot. */
+static void mem_done_run(struct store *st)
+{
+    struct mem_done *d = st->queue_head;
+
+    st->queue_head = d->next;
+    if (!st->queue_head)
+        st->queue_tail = NULL;
+    if (st->closing)
+        d->status = STORE_TEMPFAIL;
+    if (d->kind == MEM_DONE_APPLY)
+        d->apply_cb(d->arg, d->status, d->status == STORE_OK ? d->scores : NULL,
+                    d->status == STORE_OK ? d->n : 0, d->now);
+    else if (d->reset_cb)
+        d->reset_cb(d->arg, d->status);
+    d->next = st->free_slots;
+    st->free_slots = d;
+}
+
+static void mem_check_cb(uv_check_t *h)
+{
+    struct store *st = h->data;
+    size_t todo = 0;
+
+    /* Only what was queued before this turn: a callback that applies
+     * again is answered on the next turn, so it cannot starve the loop. */
+    for (struct mem_done *d = st->queue_head; d; d = d->next)
+        todo++;
+    while (todo-- > 0 && st->queue_head && !st->closing)
+        mem_done_run(st);
+    if (!st->queue_head && !st->closing) {
+        uv_check_stop(&st->check);
+        uv_idle_stop(&st->idle);
+    }
+}
+
+static int mem_open(struct store **out, const struct store_config *cfg, uv_loop_t *loop, char *err,
+                    size_t errlen)
+{
+    struct store *st = xcalloc(1, sizeof *st);
+    uint64_t seed[3];
+    int rc;
+
+    st->base.ops = &store_memory_ops;
+    st->loop = loop;
+    st->max_keys = cfg->memory_max_keys ? cfg->memory_max_keys : MEM_DEFAULT_MAX_KEYS;
+    /* Load factor at most 1 at the cap, and no rehash ever: see the top. */
+    st->nbuckets = 16;
+    while (st->nbuckets < st->max_keys && st->nbuckets < ((size_t)1 << 40))
+        st->nbuckets <<= 1;
+    rc = uv_random(NULL, NULL, seed, sizeof seed, 0, NULL);
+    if (rc < 0) {
+        snprintf(err, errlen, "memory store: no random seed: %s", uv_strerror(rc));
+        free(st);
+        return rc;
+    }
+    st->sip_k0 = seed[0];
+    st->sip_k1 = seed[1];
+    st->rng = seed[2] | 1;
+    st->buckets = xcalloc(st->nbuckets, sizeof *st->buckets);
+    uv_check_init(loop, &st->check);
+    uv_idle_init(loop, &st->idle);
+    st->check.data = st;
+    st->idle.data = st;
+    st->handles_open = 2;
+    *out = st;
+    return 0;
+}
+
+static void mem_apply(struct store *st, const struct store_update *u, size_t n, store_done_cb cb,
+                      void *arg)
+{
+    struct mem_done *d = mem_done_get(st);
+
+    d->kind = MEM_DONE_APPLY;
+    d->apply_cb = cb;
+    d->arg = arg;
+    if (st->closing) {
+        d->status = STORE_TEMPFAIL;
+    } else if (n > STORE_MAX_UPDATES) {
+        log_warn_every(&st->lim, 60, "memory store: %zu updates in one apply, at most %d", n,
+                       STORE_MAX_UPDATES);
+        d->status = STORE_TEMPFAIL;
+    } else {
+        double now = store_memory_clock();
+        for (size_t i = 0; i < n; i++)
+            if (u[i].key_len > MEM_KEY_MAX) {
+                log_warn_every(&st->lim, 60, "memory store: key of %zu bytes refused",
+                               u[i].key_len);
+                d->status = STORE_TEMPFAIL;
+            }
+        if (d->status == STORE_OK) {
+            mem_sweep(st, now, MEM_SWEEP_BUCKETS);
+            for (size_t i = 0; i < n; i++)
+                d->scores[i] = mem_update(st, &u[i], now);
+            d->n = n;
+            d->now = now;
+        }
+    }
+    mem_done_queue(st, d);
+}
+
+static void mem_reset(struct store *st, const char *const *keys, const size_t *key_lens, size_t n,
+                      store_reset_cb cb, void *arg)
+{
+    if (!st->closing) {
+        for (size_t i = 0; i < n; i++) {
+            struct mem_entry **link;
+            uint64_t h = mem_siphash(st, keys[i], key_lens[i]);
+            if (mem_find(st, keys[i], key_lens[i], h, &link))
+                mem_unlink_free(st, link);
+        }
+    }
+    if (cb) {
+        struct mem_done *d = mem_done_get(st);
+        d->kind = MEM_DONE_RESET;
+        d->reset_cb = cb;
+        d->arg = arg;
+        d->status = st->closing ? STORE_TEMPFAIL : STORE_OK;
+        mem_done_queue(st, d);
+    }
+}
+
+static bool mem_is_up(const struct store *st)
+{
+    return !st->closing;
+}
+
+/* mem_free - everything, once the handles are closed and the queue ran. */
+static void mem_free(struct store *st)
+{
+    for (size_t b = 0; b < st->nbuckets; b++)
+        while (st->buckets[b])
+            mem_unlink_free(st, &st->buckets[b]);
+    free(st->buckets);
+    while (st->free_slots) {
+        struct mem_done *d = st->free_slots;
+        st->free_slots = d->next;
+        free(d);
+    }
+    free(st);
+}
+
+static void mem_close_cb(uv_handle_t *h)
+{
+    struct store *st = h->data;
+
+    if (--st->handles_open > 0)
+        return;
+    /* Deferred failures of what was pending; a callback that applies
+     * again is answered TEMPFAIL here too, until nothing is left. */
+    while (st->queue_head)
+        mem_done_run(st);
+    mem_free(st);
+}
+
+static void mem_close(struct store *st)
+{
+    if (st->closing)
+        return;
+    st->closing = true;
+    uv_close((uv_handle_t *)&st->check, mem_close_cb);
+    uv_close((uv_handle_t *)&st->idle, mem_close_cb);
+}
+
+void store_memory_stats(const struct store *st, size_t *keys, unsigned long long *evictions)
+{
+    if (keys)
+        *keys = st->count;
+    if (evictions)
+        *evictions = st->evictions;
+}
+
+const struct store_ops store_memory_ops = {
+    .name = "memory",
+    .open = mem_open,
+    .apply = mem_apply,
+    .reset = mem_reset,
+    .is_up = mem_is_up,
+    .close = mem_close,
+};

@@ -1,0 +1,937 @@
+/*
+ * store_redis - counters in a Redis that every MTA shares.
+ *
+ * How it works:
+ * - One hiredis async context, attached to the loop with hiredis's libuv
+ *   adapter. All updates of one apply go out as ONE EVALSHA of
+ *   store_redis.lua (embedded at build time; its SHA-1 is computed here
+ *   at open, so no SCRIPT LOAD round trip). ARGV[1] is "": the script
+ *   takes Redis's TIME, so all hosts decay on one clock. A NOSCRIPT reply
+ *   (Redis restarted, SCRIPT FLUSH, a failover) sends that same request
+ *   again as EVAL with the script text, which also loads it, and the
+ *   next requests go back to EVALSHA.
+ * - hiredis 0.14.1 has no timeouts and frees its context by itself after
+ *   an error or a disconnect. So: our own connect timer (which covers
+ *   AUTH and SELECT too: a Redis that accepts but does not answer is not
+ *   up), our own request deadlines, and the disconnect callback forgets
+ *   the context pointer; nothing touches it after.
+ * - Deadlines: every request gets the same timeout and requests are sent
+ *   in order, so deadlines are ordered too. The callers still waiting sit
+ *   on one list, oldest first, under ONE uv_timer armed for the head: a
+ *   timer per request would cost a handle (and a close callback) each.
+ *   When a deadline passes the caller gets STORE_TEMPFAIL right then;
+ *   hiredis still holds the request record, so the record is recycled
+ *   only when hiredis hands it back (the late reply is dropped).
+ * - Records come from a pool that is kept, not freed (no malloc per
+ *   request once warm; hiredis itself still formats each command into a
+ *   fresh buffer). At most REDIS_MAX_INFLIGHT records may be held by
+ *   hiredis; beyond that apply fails fast: a stuck Redis must not pile up
+ *   memory for ever.
+ * - A connection that owes replies and has sent none for two timeouts is
+ *   dropped and reconnected. Besides freeing the records, this covers a
+ *   flaw of the 0.14.1 libuv adapter: on POLLERR it ignores the event and
+ *   libuv has stopped the poll handle, so hiredis would never learn that
+ *   the socket died (the same flaw makes a refused connect wait for the
+ *   connect timer).
+ * - Reconnection backs off from 100 ms, doubling up to 5 s, and starts
+ *   over once a connection is up. While it is down, apply fails fast.
+ * - Failures reach callers deferred (a uv_check, with an idle handle so
+ *   the loop does not block in poll meanwhile, as in store_memory.c),
+ *   never from inside apply. Replies and deadlines call back directly:
+ *   they already run from the loop.
+ * - Logs: "connection lost" once per loss, "connected" once per
+ *   recovery; connect failures, timeouts and Redis errors through
+ *   log_warn_every, one line per minute at most. The password is never
+ *   logged.
+ *
+ * XXX: hiredis resolves a host name with a blocking getaddrinfo() at each
+ * connect attempt; use an IP address or a unix socket in redis.address.
+ * XXX: one node only. Sentinel and Cluster (one EVALSHA per node, keys of
+ * one request in one slot) are to come.
+ */
+#include "store.h"
+
+#include <errno.h>
+#include <limits.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <hiredis/adapters/libuv.h>
+#include <hiredis/async.h>
+#include <hiredis/hiredis.h>
+
+#include "log.h"
+#include "sha1.h"
+#include "store_redis_lua.h"
+#include "xalloc.h"
+
+#define REDIS_MAX_INFLIGHT 1024 /* request records held by hiredis, at most */
+#define REDIS_BACKOFF_MIN_MS 100
+#define REDIS_BACKOFF_MAX_MS 5000
+#define REDIS_DEFAULT_PORT 6379
+#define REDIS_DEFAULT_TIMEOUT_MS 1000
+/* EVALSHA sha numkeys key... now (kind param points)... */
+#define REDIS_ARGV_MAX (4 + 4 * STORE_MAX_UPDATES)
+#define REDIS_NUM_LEN 32        /* bytes for one "%.17g" and its NUL */
+#define REDIS_LOG_EVERY 60      /* seconds between repeated warnings */
+
+enum redis_state {
+    REDIS_STATE_WAITING,        /* backoff timer running, no context */
+    REDIS_STATE_CONNECTING,     /* context connecting or in AUTH/SELECT */
+    REDIS_STATE_UP,             /* requests go out */
+    REDIS_STATE_CLOSED          /* store_close() was called */
+};
+
+enum redis_kind {
+    REDIS_KIND_APPLY,
+    REDIS_KIND_RESET
+};
+
+/* One request; hiredis's privdata. */
+struct redis_cmd {
+    struct store *st;           /* owner */
+    struct redis_cmd *next_free; /* pool free list */
+    struct redis_cmd *next_all; /* every record, for the final free */
+    struct redis_cmd *dl_prev, *dl_next; /* deadline list (waiting callers) */
+    enum redis_kind kind;       /* which callback */
+    store_done_cb apply_cb;     /* REDIS_KIND_APPLY */
+    store_reset_cb reset_cb;    /* REDIS_KIND_RESET; may be NULL */
+    void *arg;                  /* the caller's */
+    uint64_t deadline_ms;       /* loop time (uv_now) */
+    bool waiting;               /* the caller has not been answered */
+    bool in_hiredis;            /* hiredis holds it as privdata */
+    bool retried;               /* EVAL sent after NOSCRIPT */
+    bool pooled;                /* on the free list */
+    size_t n;                   /* updates (apply) */
+    int argc;                   /* arguments in argv */
+    const char *argv[REDIS_ARGV_MAX]; /* point into buf, or constants */
+    size_t argvlen[REDIS_ARGV_MAX]; /* bytes */
+    char *buf;                  /* key and number text */
+    size_t buf_cap;             /* bytes allocated to buf */
+};
+
+/* A failure to report later (fail-fast paths and close). */
+struct redis_fail {
+    struct redis_fail *next;    /* queue or free list */
+    enum redis_kind kind;       /* which callback */
+    store_done_cb apply_cb;     /* REDIS_KIND_APPLY */
+    store_reset_cb reset_cb;    /* REDIS_KIND_RESET */
+    void *arg;                  /* the caller's */
+};
+
+struct store {
+    struct store_base base;     /* must come first */
+    uv_loop_t *loop;            /* not owned */
+    char *address;              /* as configured, for logs */
+    char *host;                 /* TCP host, or NULL */
+    int port;                   /* TCP port */
+    char *unix_path;            /* unix socket, or NULL */
+    char *password;             /* NULL for none; never logged */
+    char db[16];                /* SELECT argument */
+    char *prefix;               /* prepended to keys */
+    size_t prefix_len;          /* bytes */
+    unsigned timeout_ms;        /* per request and per connect */
+    char sha[SHA1_HEX_LEN + 1]; /* of store_redis_lua */
+
+    enum redis_state state;     /* see enum */
+    redisAsyncContext *ac;      /* NULL unless connecting or up; hiredis frees it */
+    unsigned backoff_ms;        /* next reconnection delay */
+    uv_timer_t conn_timer;      /* backoff wait, or connect deadline */
+    uv_timer_t deadline_timer;  /* armed for dl_head */
+    uv_check_t check;           /* reports queued failures */
+    uv_idle_t idle;             /* keeps poll from blocking while some are queued */
+    int handles_open;           /* not yet closed */
+    bool closing;               /* store_close() was called */
+
+    struct redis_cmd *dl_head, *dl_tail; /* waiting callers, oldest deadline first */
+    struct redis_cmd *free_cmds; /* pool */
+    struct redis_cmd *all_cmds; /* every record */
+    size_t in_hiredis;          /* records hiredis holds */
+    uint64_t owing_since_ms;    /* loop time of the last reply, or of the first request owed */
+
+    struct redis_fail *fail_head, *fail_tail; /* failures to report */
+    struct redis_fail *free_fails; /* reusable */
+
+    struct log_limiter lim_connect; /* connect failures */
+    struct log_limiter lim_timeout; /* request deadlines */
+    struct log_limiter lim_error;   /* error replies */
+    struct log_limiter lim_busy;    /* down or too many in flight */
+};
+
+static void redis_connect_start(struct store *st);
+static void redis_on_backoff(uv_timer_t *t);
+static void redis_check_cb(uv_check_t *h);
+
+/* --- deferred failures ------------------------------------------------ */
+
+static void redis_idle_cb(uv_idle_t *h)
+{
+    /* Nothing: being active keeps poll from blocking. */
+    (void)h;
+}
+
+/* redis_fail_later - report STORE_TEMPFAIL to this caller from the loop. */
+static void redis_fail_later(struct store *st, enum redis_kind kind, store_done_cb apply_cb,
+                             store_reset_cb reset_cb, void *arg)
+{
+    struct redis_fail *f = st->free_fails;
+
+    if (kind == REDIS_KIND_RESET && !reset_cb)
+        return;
+    if (f)
+        st->free_fails = f->next;
+    else
+        f = xmalloc(sizeof *f);
+    f->next = NULL;
+    f->kind = kind;
+    f->apply_cb = apply_cb;
+    f->reset_cb = reset_cb;
+    f->arg = arg;
+    if (st->fail_tail)
+        st->fail_tail->next = f;
+    else
+        st->fail_head = f;
+    st->fail_tail = f;
+    if (!st->closing && !uv_is_active((uv_handle_t *)&st->check)) {
+        uv_check_start(&st->check, redis_check_cb);
+        uv_idle_start(&st->idle, redis_idle_cb);
+    }
+}
+
+static void redis_fail_run(struct store *st)
+{
+    struct redis_fail *f = st->fail_head;
+
+    st->fail_head = f->next;
+    if (!st->fail_head)
+        st->fail_tail = NULL;
+    if (f->kind == REDIS_KIND_APPLY)
+        f->apply_cb(f->arg, STORE_TEMPFAIL, NULL, 0, 0);
+    else
+        f->reset_cb(f->arg, STORE_TEMPFAIL);
+    f->next = st->free_fails;
+    st->free_fails = f;
+}
+
+static void redis_check_cb(uv_check_t *h)
+{
+    struct store *st = h->data;
+    size_t todo = 0;
+
+    /* Only what was queued before this turn (see store_memory.c). */
+    for (struct redis_fail *f = st->fail_head; f; f = f->next)
+        todo++;
+    while (todo-- > 0 && st->fail_head && !st->closing)
+        redis_fail_run(st);
+    if (!st->fail_head && !st->closing) {
+        uv_check_stop(&st->check);
+        uv_idle_stop(&st->idle);
+    }
+}
+
+/* --- request records and deadlines ------------------------------------ */
+
+static struct redis_cmd *redis_cmd_get(struct store *st)
+{
+    struct redis_cmd *c = st->free_cmds;
+
+    if (st->in_hiredis >= REDIS_MAX_INFLIGHT)
+        return NULL;
+    if (c) {
+        st->free_cmds = c->next_free;
+        c->pooled = false;
+    } else {
+        c = xcalloc(1, sizeof *c);
+        c->st = st;
+        c->next_all = st->all_cmds;
+        st->all_cmds = c;
+    }
+    c->next_free = NULL;
+    c->waiting = false;
+    c->in_hiredis = false;
+    c->retried = false;
+    c->apply_cb = NULL;
+    c->reset_cb = NULL;
+    c->n = 0;
+    c->argc = 0;
+    return c;
+}
+
+/* redis_cmd_put - back to the pool once nobody needs it any more. */
+static void redis_cmd_put(struct redis_cmd *c)
+{
+    if (c->waiting || c->in_hiredis || c->pooled)
+        return;
+    c->pooled = true;
+    c->next_free = c->st->free_cmds;
+    c->st->free_cmds = c;
+}
+
+static void redis_deadline_cb(uv_timer_t *t);
+
+static void redis_deadline_arm(struct store *st)
+{
+    if (!st->dl_head) {
+        uv_timer_stop(&st->deadline_timer);
+        return;
+    }
+    uint64_t now = uv_now(st->loop);
+    uint64_t in = st->dl_head->deadline_ms > now ? st->dl_head->deadline_ms - now : 0;
+    uv_timer_start(&st->deadline_timer, redis_deadline_cb, in, 0);
+}
+
+static void redis_dl_append(struct store *st, struct redis_cmd *c)
+{
+    c->waiting = true;
+    c->deadline_ms = uv_now(st->loop) + st->timeout_ms;
+    c->dl_next = NULL;
+    c->dl_prev = st->dl_tail;
+    if (st->dl_tail)
+        st->dl_tail->dl_next = c;
+    else
+        st->dl_head = c;
+    st->dl_tail = c;
+    if (st->dl_head == c)
+        redis_deadline_arm(st);
+}
+
+static void redis_dl_remove(struct store *st, struct redis_cmd *c)
+{
+    if (c->dl_prev)
+        c->dl_prev->dl_next = c->dl_next;
+    else
+        st->dl_head = c->dl_next;
+    if (c->dl_next)
+        c->dl_next->dl_prev = c->dl_prev;
+    else
+        st->dl_tail = c->dl_prev;
+    c->dl_prev = c->dl_next = NULL;
+    c->waiting = false;
+    /* Left armed for the old head, the timer would only fire early and
+     * re-arm; stop it when nobody waits so an idle store sleeps. */
+    if (!st->dl_head)
+        uv_timer_stop(&st->deadline_timer);
+}
+
+static void redis_on_reply(redisAsyncContext *ac, void *r, void *privdata);
+
+/* redis_cmd_send - hand c to hiredis. Returns 0 or -EIO. */
+static int redis_cmd_send(struct store *st, struct redis_cmd *c)
+{
+    if (!st->ac || (st->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)))
+        return -EIO;
+    if (redisAsyncCommandArgv(st->ac, redis_on_reply, c, c->argc, c->argv, c->argvlen) != REDIS_OK)
+        return -EIO;
+    if (st->in_hiredis++ == 0)
+        st->owing_since_ms = uv_now(st->loop);
+    c->in_hiredis = true;
+    return 0;
+}
+
+/* --- connection ------------------------------------------------------- */
+
+/* redis_conn_down - the context is gone (or never came): log, back off. */
+static void redis_conn_down(struct store *st, const char *why)
+{
+    bool was_up = st->state == REDIS_STATE_UP;
+
+    uv_timer_stop(&st->conn_timer);
+    if (st->closing) {
+        st->state = REDIS_STATE_CLOSED;
+        return;
+    }
+    st->state = REDIS_STATE_WAITING;
+    if (was_up)
+        log_warn("redis %s: connection lost: %s", st->address, why);
+    else
+        log_warn_every(&st->lim_connect, REDIS_LOG_EVERY, "redis %s: cannot connect: %s",
+                       st->address, why);
+    uv_timer_start(&st->conn_timer, redis_on_backoff, st->backoff_ms, 0);
+    st->backoff_ms = st->backoff_ms * 2 > REDIS_BACKOFF_MAX_MS ? REDIS_BACKOFF_MAX_MS
+                                                               : st->backoff_ms * 2;
+}
+
+/* redis_drop - give up the current context ourselves. hiredis calls
+ * back every request it holds with a NULL reply (callers still waiting
+ * get TEMPFAIL) and frees the context, now or, inside one of its
+ * callbacks, as soon as that returns. */
+static void redis_drop(struct store *st, const char *why)
+{
+    redisAsyncContext *ac = st->ac;
+
+    if (!ac)
+        return;
+    st->ac = NULL;
+    redis_conn_down(st, why);
+    redisAsyncFree(ac);
+}
+
+static void redis_on_connect(const redisAsyncContext *ac, int status)
+{
+    struct store *st = ac->data;
+
+    /* On failure hiredis frees the context when we return (without a
+     * disconnect callback: it never was connected). */
+    if (status != REDIS_OK && st->ac == ac) {
+        char why[128];
+        snprintf(why, sizeof why, "%s", ac->errstr[0] ? ac->errstr : "connect failed");
+        st->ac = NULL;
+        redis_conn_down(st, why);
+    }
+}
+
+static void redis_on_disconnect(const redisAsyncContext *ac, int status)
+{
+    struct store *st = ac->data;
+    char why[128];
+
+    if (st->ac != ac)
+        return;     /* we dropped it ourselves, already handled */
+    st->ac = NULL;
+    snprintf(why, sizeof why, "%s",
+             status == REDIS_OK ? "closed" : ac->errstr[0] ? ac->errstr : "error");
+    redis_conn_down(st, why);
+}
+
+static void redis_on_auth(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct store *st = privdata;
+    redisReply *reply = r;
+
+    if (!reply || st->ac != ac)
+        return;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        /* A password given to a Redis that has none works anyway. */
+        if (strstr(reply->str, "without any password configured") ||
+            strstr(reply->str, "no password is set")) {
+            log_warn_every(&st->lim_error, REDIS_LOG_EVERY,
+                           "redis %s: a password is configured but Redis has none", st->address);
+            return;
+        }
+        char why[160];
+        snprintf(why, sizeof why, "authentication failed: %.100s", reply->str);
+        redis_drop(st, why);
+    }
+}
+
+static void redis_on_select(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct store *st = privdata;
+    redisReply *reply = r;
+
+    if (!reply || st->ac != ac)
+        return;
+    if (reply->type == REDIS_REPLY_ERROR) {
+        char why[160];
+        snprintf(why, sizeof why, "SELECT %s failed: %.100s", st->db, reply->str);
+        redis_drop(st, why);
+        return;
+    }
+    uv_timer_stop(&st->conn_timer);
+    st->state = REDIS_STATE_UP;
+    st->backoff_ms = REDIS_BACKOFF_MIN_MS;
+    st->owing_since_ms = uv_now(st->loop);
+    log_info("redis %s: connected", st->address);
+}
+
+static void redis_on_backoff(uv_timer_t *t)
+{
+    redis_connect_start(t->data);
+}
+
+static void redis_on_connect_timeout(uv_timer_t *t)
+{
+    struct store *st = t->data;
+    char why[64];
+
+    snprintf(why, sizeof why, "no connection within %u ms", st->timeout_ms);
+    redis_drop(st, why);
+}
+
+/* redis_connect_start - one connection attempt; AUTH and SELECT are
+ * queued at once and go out as soon as the socket connects. */
+static void redis_connect_start(struct store *st)
+{
+    redisAsyncContext *ac;
+
+    if (st->closing)
+        return;
+    st->state = REDIS_STATE_CONNECTING;
+    ac = st->unix_path ? redisAsyncConnectUnix(st->unix_path)
+                       : redisAsyncConnect(st->host, st->port);
+    if (!ac) {
+        redis_conn_down(st, "out of memory");
+        return;
+    }
+    if (ac->err) {
+        char why[128];
+        snprintf(why, sizeof why, "%s", ac->errstr);
+        redisAsyncFree(ac);
+        redis_conn_down(st, why);
+        return;
+    }
+    ac->data = st;
+    if (redisLibuvAttach(ac, st->loop) != REDIS_OK) {
+        redisAsyncFree(ac);
+        redis_conn_down(st, "cannot attach to the event loop");
+        return;
+    }
+    redisAsyncSetConnectCallback(ac, redis_on_connect);
+    redisAsyncSetDisconnectCallback(ac, redis_on_disconnect);
+    if (!st->unix_path)
+        redisEnableKeepAlive(&ac->c);
+    st->ac = ac;
+    if (st->password) {
+        const char *argv[2] = {"AUTH", st->password};
+        size_t len[2] = {4, strlen(st->password)};
+        redisAsyncCommandArgv(ac, redis_on_auth, st, 2, argv, len);
+    }
+    {
+        const char *argv[2] = {"SELECT", st->db};
+        size_t len[2] = {6, strlen(st->db)};
+        redisAsyncCommandArgv(ac, redis_on_select, st, 2, argv, len);
+    }
+    uv_timer_start(&st->conn_timer, redis_on_connect_timeout, st->timeout_ms, 0);
+}
+
+/* --- replies and deadlines -------------------------------------------- */
+
+/* redis_parse_scores - {now, score...} as strings. Returns 0 or -EPROTO. */
+static int redis_parse_scores(const redisReply *reply, size_t n, double *scores, double *now)
+{
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != n + 1)
+        return -EPROTO;
+    for (size_t i = 0; i <= n; i++) {
+        const redisReply *e = reply->element[i];
+        char num[REDIS_NUM_LEN + 16], *end;
+        if (e->type != REDIS_REPLY_STRING || e->len == 0 || (size_t)e->len >= sizeof num)
+            return -EPROTO;
+        memcpy(num, e->str, (size_t)e->len);
+        num[e->len] = '\0';
+        double v = strtod(num, &end);
+        if (*end != '\0')
+            return -EPROTO;
+        if (i == 0)
+            *now = v;
+        else
+            scores[i - 1] = v;
+    }
+    return 0;
+}
+
+static void redis_on_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct redis_cmd *c = privdata;
+    struct store *st = c->st;
+    redisReply *reply = r;
+    double scores[STORE_MAX_UPDATES], now = 0;
+    int status = STORE_TEMPFAIL;
+
+    c->in_hiredis = false;
+    st->in_hiredis--;
+    if (reply)
+        st->owing_since_ms = uv_now(st->loop);
+
+    if (reply && reply->type == REDIS_REPLY_ERROR && c->kind == REDIS_KIND_APPLY &&
+        strncmp(reply->str, "NOSCRIPT", 8) == 0 && !c->retried && c->waiting && st->ac == ac) {
+        /* The script is not loaded: EVAL loads it and runs this request. */
+        c->retried = true;
+        c->argv[0] = "EVAL";
+        c->argvlen[0] = 4;
+        c->argv[1] = store_redis_lua;
+        c->argvlen[1] = sizeof store_redis_lua - 1;
+        if (redis_cmd_send(st, c) == 0)
+            return;
+    }
+    if (!c->waiting) {
+        /* Answered already (deadline passed, or the store closed): the
+         * late reply is dropped. */
+        redis_cmd_put(c);
+        return;
+    }
+    redis_dl_remove(st, c);
+
+    if (!reply) {
+        /* Connection gone: logged by redis_conn_down. */
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        log_warn_every(&st->lim_error, REDIS_LOG_EVERY, "redis %s: error reply: %.200s",
+                       st->address, reply->str);
+    } else if (c->kind == REDIS_KIND_APPLY) {
+        if (redis_parse_scores(reply, c->n, scores, &now) == 0)
+            status = STORE_OK;
+        else
+            log_warn_every(&st->lim_error, REDIS_LOG_EVERY,
+                           "redis %s: unexpected reply to the counter script (type %d)",
+                           st->address, reply->type);
+    } else {
+        status = STORE_OK;
+    }
+
+    /* Copy out, recycle, then call: the callback may apply again. */
+    enum redis_kind kind = c->kind;
+    store_done_cb apply_cb = c->apply_cb;
+    store_reset_cb reset_cb = c->reset_cb;
+    void *arg = c->arg;
+    size_t n = c->n;
+    redis_cmd_put(c);
+    if (kind == REDIS_KIND_APPLY)
+        apply_cb(arg, status, status == STORE_OK ? scores : NULL, status == STORE_OK ? n : 0, now);
+    else if (reset_cb)
+        reset_cb(arg, status);
+}
+
+/* redis_socket_dead - the libuv adapter swallowed a socket error. */
+static bool redis_socket_dead(const struct store *st)
+{
+    const redisLibuvEvents *p = st->ac ? st->ac->ev.data : NULL;
+
+    return p && st->state == REDIS_STATE_UP && !uv_is_active((const uv_handle_t *)&p->handle);
+}
+
+static void redis_deadline_cb(uv_timer_t *t)
+{
+    struct store *st = t->data;
+    uint64_t now = uv_now(st->loop);
+    unsigned expired = 0;
+
+    while (st->dl_head && st->dl_head->deadline_ms <= now && !st->closing) {
+        struct redis_cmd *c = st->dl_head;
+        redis_dl_remove(st, c);
+        expired++;
+        /* hiredis still holds c; it is recycled when the reply comes. */
+        if (c->kind == REDIS_KIND_APPLY)
+            c->apply_cb(c->arg, STORE_TEMPFAIL, NULL, 0, 0);
+        else if (c->reset_cb)
+            c->reset_cb(c->arg, STORE_TEMPFAIL);
+    }
+    if (st->closing)
+        return;
+    if (expired)
+        log_warn_every(&st->lim_timeout, REDIS_LOG_EVERY, "redis %s: no answer within %u ms",
+                       st->address, st->timeout_ms);
+    if (st->in_hiredis > 0 && now - st->owing_since_ms >= 2 * (uint64_t)st->timeout_ms) {
+        char why[64];
+        snprintf(why, sizeof why, "no reply for %llu ms",
+                 (unsigned long long)(now - st->owing_since_ms));
+        redis_drop(st, why);
+    } else if (st->in_hiredis > 0 && redis_socket_dead(st)) {
+        redis_drop(st, "socket error");
+    }
+    /* A callback may have closed the store (its handles are closing). */
+    if (!st->closing)
+        redis_deadline_arm(st);
+}
+
+/* --- store_ops -------------------------------------------------------- */
+
+/* redis_address_parse - "host:port", "[v6]:port", "unix:/path". */
+static int redis_address_parse(struct store *st, const char *addr, char *err, size_t errlen)
+{
+    const char *colon, *host_end, *port_s;
+    char *end;
+    long port = REDIS_DEFAULT_PORT;
+
+    if (strncmp(addr, "unix:", 5) == 0) {
+        if (addr[5] != '/') {
+            snprintf(err, errlen, "redis address \"%s\": want unix:/absolute/path", addr);
+            return -EINVAL;
+        }
+        st->unix_path = xstrdup(addr + 5);
+        return 0;
+    }
+    if (addr[0] == '[') {
+        host_end = strchr(addr, ']');
+        if (!host_end || host_end == addr + 1 || (host_end[1] && host_end[1] != ':')) {
+            snprintf(err, errlen, "redis address \"%s\": want [ipv6]:port", addr);
+            return -EINVAL;
+        }
+        st->host = xstrndup(addr + 1, (size_t)(host_end - addr - 1));
+        port_s = host_end[1] ? host_end + 2 : NULL;
+    } else {
+        colon = strchr(addr, ':');
+        if (colon && strchr(colon + 1, ':')) {
+            snprintf(err, errlen, "redis address \"%s\": write an IPv6 address as [addr]:port",
+                     addr);
+            return -EINVAL;
+        }
+        if (colon == addr || !addr[0]) {
+            snprintf(err, errlen, "redis address \"%s\": no host", addr);
+            return -EINVAL;
+        }
+        st->host = colon ? xstrndup(addr, (size_t)(colon - addr)) : xstrdup(addr);
+        port_s = colon ? colon + 1 : NULL;
+    }
+    if (port_s) {
+        errno = 0;
+        port = strtol(port_s, &end, 10);
+        if (end == port_s || *end || errno || port < 1 || port > 65535) {
+            snprintf(err, errlen, "redis address \"%s\": bad port", addr);
+            return -EINVAL;
+        }
+    }
+    st->port = (int)port;
+    return 0;
+}
+
+static void redis_free(struct store *st)
+{
+    while (st->all_cmds) {
+        struct redis_cmd *c = st->all_cmds;
+        st->all_cmds = c->next_all;
+        free(c->buf);
+        free(c);
+    }
+    while (st->free_fails) {
+        struct redis_fail *f = st->free_fails;
+        st->free_fails = f->next;
+        free(f);
+    }
+    free(st->address);
+    free(st->host);
+    free(st->unix_path);
+    if (st->password) {
+        memset(st->password, 0, strlen(st->password));
+        free(st->password);
+    }
+    free(st->prefix);
+    free(st);
+}
+
+static int redis_open(struct store **out, const struct store_config *cfg, uv_loop_t *loop,
+                      char *err, size_t errlen)
+{
+    struct store *st = xcalloc(1, sizeof *st);
+    int rc;
+
+    st->base.ops = &store_redis_ops;
+    st->loop = loop;
+    if (!cfg->redis_address || !cfg->redis_address[0]) {
+        snprintf(err, errlen, "redis store: no address");
+        free(st);
+        return -EINVAL;
+    }
+    st->address = xstrdup(cfg->redis_address);
+    rc = redis_address_parse(st, cfg->redis_address, err, errlen);
+    if (rc < 0) {
+        redis_free(st);
+        return rc;
+    }
+    if (cfg->redis_db < 0) {
+        snprintf(err, errlen, "redis store: bad db %d", cfg->redis_db);
+        redis_free(st);
+        return -EINVAL;
+    }
+    snprintf(st->db, sizeof st->db, "%d", cfg->redis_db);
+    if (cfg->redis_password && cfg->redis_password[0])
+        st->password = xstrdup(cfg->redis_password);
+    st->prefix = xstrdup(cfg->prefix ? cfg->prefix : "");
+    st->prefix_len = strlen(st->prefix);
+    st->timeout_ms = cfg->timeout_ms ? cfg->timeout_ms : REDIS_DEFAULT_TIMEOUT_MS;
+    sha1_hex(store_redis_lua, sizeof store_redis_lua - 1, st->sha);
+    st->backoff_ms = REDIS_BACKOFF_MIN_MS;
+
+    uv_timer_init(loop, &st->conn_timer);
+    uv_timer_init(loop, &st->deadline_timer);
+    uv_check_init(loop, &st->check);
+    uv_idle_init(loop, &st->idle);
+    st->conn_timer.data = st->deadline_timer.data = st;
+    st->check.data = st->idle.data = st;
+    st->handles_open = 4;
+    st->state = REDIS_STATE_WAITING;
+    redis_connect_start(st);
+    *out = st;
+    return 0;
+}
+
+/* redis_cmd_reserve - make c->buf hold at least size bytes. */
+static void redis_cmd_reserve(struct redis_cmd *c, size_t size)
+{
+    if (c->buf_cap >= size)
+        return;
+    c->buf_cap = size < 1024 ? 1024 : size;
+    free(c->buf);
+    c->buf = xmalloc(c->buf_cap);
+}
+
+/* redis_refuse - the reason this request cannot go out now, or NULL. */
+static const char *redis_refuse(const struct store *st)
+{
+    if (st->closing)
+        return "closing";
+    if (st->state != REDIS_STATE_UP || !st->ac)
+        return "not connected";
+    if (st->in_hiredis >= REDIS_MAX_INFLIGHT)
+        return "too many requests in flight";
+    return NULL;
+}
+
+static void redis_apply(struct store *st, const struct store_update *u, size_t n, store_done_cb cb,
+                        void *arg)
+{
+    const char *why = redis_refuse(st);
+    struct redis_cmd *c;
+    size_t need = 0;
+    char *p;
+
+    if (!why && n > STORE_MAX_UPDATES)
+        why = "too many updates in one request";
+    if (why) {
+        if (!st->closing && st->state == REDIS_STATE_UP)
+            log_warn_every(&st->lim_busy, REDIS_LOG_EVERY, "redis %s: request refused: %s",
+                           st->address, why);
+        redis_fail_later(st, REDIS_KIND_APPLY, cb, NULL, arg);
+        return;
+    }
+    c = redis_cmd_get(st);
+    c->kind = REDIS_KIND_APPLY;
+    c->apply_cb = cb;
+    c->arg = arg;
+    c->n = n;
+
+    for (size_t i = 0; i < n; i++)
+        need += st->prefix_len + u[i].key_len + 2 * REDIS_NUM_LEN;
+    redis_cmd_reserve(c, need + REDIS_NUM_LEN);
+    p = c->buf;
+
+    c->argv[0] = "EVALSHA";
+    c->argvlen[0] = 7;
+    c->argv[1] = st->sha;
+    c->argvlen[1] = SHA1_HEX_LEN;
+    c->argv[2] = p;
+    c->argvlen[2] = (size_t)snprintf(p, REDIS_NUM_LEN, "%zu", n);
+    p += c->argvlen[2] + 1;
+    for (size_t i = 0; i < n; i++) {
+        c->argv[3 + i] = p;
+        c->argvlen[3 + i] = st->prefix_len + u[i].key_len;
+        memcpy(p, st->prefix, st->prefix_len);
+        memcpy(p + st->prefix_len, u[i].key, u[i].key_len);
+        p += c->argvlen[3 + i];
+    }
+    c->argv[3 + n] = "";        /* now: Redis's TIME */
+    c->argvlen[3 + n] = 0;
+    for (size_t i = 0; i < n; i++) {
+        size_t a = 4 + n + 3 * i;
+        c->argv[a] = u[i].decay.kind == DECAY_HALF_LIFE ? "h" : "l";
+        c->argvlen[a] = 1;
+        c->argv[a + 1] = p;
+        c->argvlen[a + 1] = (size_t)snprintf(p, REDIS_NUM_LEN, "%.17g", u[i].decay.param);
+        p += c->argvlen[a + 1] + 1;
+        c->argv[a + 2] = p;
+        c->argvlen[a + 2] = (size_t)snprintf(p, REDIS_NUM_LEN, "%.17g", u[i].points);
+        p += c->argvlen[a + 2] + 1;
+    }
+    c->argc = (int)(4 + 4 * n);
+
+    if (redis_cmd_send(st, c) < 0) {
+        redis_cmd_put(c);
+        redis_fail_later(st, REDIS_KIND_APPLY, cb, NULL, arg);
+        return;
+    }
+    redis_dl_append(st, c);
+}
+
+static void redis_reset(struct store *st, const char *const *keys, const size_t *key_lens, size_t n,
+                        store_reset_cb cb, void *arg)
+{
+    const char *why = redis_refuse(st);
+    struct redis_cmd *c;
+    size_t need = 0;
+    char *p;
+
+    if (!why && n + 1 > REDIS_ARGV_MAX)
+        why = "too many keys in one reset";
+    if (why) {
+        if (!st->closing && st->state == REDIS_STATE_UP)
+            log_warn_every(&st->lim_busy, REDIS_LOG_EVERY, "redis %s: reset refused: %s",
+                           st->address, why);
+        redis_fail_later(st, REDIS_KIND_RESET, NULL, cb, arg);
+        return;
+    }
+    c = redis_cmd_get(st);
+    c->kind = REDIS_KIND_RESET;
+    c->reset_cb = cb;
+    c->arg = arg;
+    for (size_t i = 0; i < n; i++)
+        need += st->prefix_len + key_lens[i];
+    redis_cmd_reserve(c, need + 1);
+    p = c->buf;
+    if (n == 0) {
+        /* Nothing to delete: a PING, so that the answer still comes
+         * from the loop and still says whether Redis is there. */
+        c->argv[0] = "PING";
+        c->argvlen[0] = 4;
+        c->argc = 1;
+    } else {
+        c->argv[0] = "DEL";
+        c->argvlen[0] = 3;
+        for (size_t i = 0; i < n; i++) {
+            c->argv[1 + i] = p;
+            c->argvlen[1 + i] = st->prefix_len + key_lens[i];
+            memcpy(p, st->prefix, st->prefix_len);
+            memcpy(p + st->prefix_len, keys[i], key_lens[i]);
+            p += c->argvlen[1 + i];
+        }
+        c->argc = (int)(1 + n);
+    }
+    if (redis_cmd_send(st, c) < 0) {
+        redis_cmd_put(c);
+        redis_fail_later(st, REDIS_KIND_RESET, NULL, cb, arg);
+        return;
+    }
+    redis_dl_append(st, c);
+}
+
+static bool redis_is_up(const struct store *st)
+{
+    return !st->closing && st->state == REDIS_STATE_UP;
+}
+
+static void redis_close_cb(uv_handle_t *h)
+{
+    struct store *st = h->data;
+
+    if (--st->handles_open > 0)
+        return;
+    /* Everything hiredis held came back when the context was freed. */
+    if (st->in_hiredis != 0)
+        log_panic("redis %s: %zu requests still held by hiredis at close", st->address,
+                  st->in_hiredis);
+    while (st->fail_head)
+        redis_fail_run(st);
+    redis_free(st);
+}
+
+static void redis_close(struct store *st)
+{
+    if (st->closing)
+        return;
+    st->closing = true;
+    /* Callers still waiting are failed from the loop, not from here. */
+    while (st->dl_head) {
+        struct redis_cmd *c = st->dl_head;
+        redis_dl_remove(st, c);
+        /* Still held by hiredis: recycled when redisAsyncFree hands it back. */
+        redis_fail_later(st, c->kind, c->apply_cb, c->reset_cb, c->arg);
+    }
+    if (st->ac) {
+        redisAsyncContext *ac = st->ac;
+        st->ac = NULL;
+        redisAsyncFree(ac);
+    }
+    st->state = REDIS_STATE_CLOSED;
+    uv_close((uv_handle_t *)&st->conn_timer, redis_close_cb);
+    uv_close((uv_handle_t *)&st->deadline_timer, redis_close_cb);
+    uv_close((uv_handle_t *)&st->check, redis_close_cb);
+    uv_close((uv_handle_t *)&st->idle, redis_close_cb);
+}
+
+const struct store_ops store_redis_ops = {
+    .name = "redis",
+    .open = redis_open,
+    .apply = redis_apply,
+    .reset = redis_reset,
+    .is_up = redis_is_up,
+    .close = redis_close,
+};

@@ -1,0 +1,113 @@
+-- store_redis.lua - apply decay and points to counters in one atomic step.
+--
+-- Called by store_redis.c with EVALSHA (EVAL after NOSCRIPT):
+--   KEYS[i]       a counter key, prefix included
+--   ARGV[1]       now in seconds since the epoch as a decimal string, or ""
+--                 to take Redis's own clock (TIME), so that every smtpguard
+--                 host sharing this Redis decays on one time base
+--   ARGV[3i-1]    KEYS[i]'s decay kind: "h" half-life, "l" leaky bucket
+--   ARGV[3i]      its parameter: half-life in seconds, or points/second
+--   ARGV[3i+1]    points to add; 0 only reads
+-- A key holds the string "SCORE TIME" (%.17g each, so both survive the
+-- round trip bit for bit): the score as it was at TIME.
+-- Returns {now, score1, score2, ...} as strings: a Lua number handed back
+-- to Redis would be truncated to an integer.
+--
+-- The arithmetic mirrors policyd/decay.c line for line (2^x is pow(2, x)
+-- in Redis's Lua 5.1, as in C), because the memory store and this script
+-- must give the same numbers; test/vectors/decay.tsv checks both.
+--
+-- A read (points == 0) writes nothing: decay composes (the score at t2
+-- computed from t0 equals the one computed from t1 computed from t0), so
+-- the stored pair and its expiry stay right, and a read costs no write,
+-- no replication and no AOF traffic. A read that finds a score decayed to
+-- the floor deletes the key; a read of a missing key creates nothing.
+
+local FLOOR = 0.001 -- DECAY_FLOOR in decay.h
+local LN2 = math.log(2)
+
+local function fmt(x)
+    return string.format('%.17g', x)
+end
+
+-- decay_apply in decay.c.
+local function decay(kind, param, score, dt, points)
+    if not (dt > 0) then
+        dt = 0
+    end
+    if kind == 'h' then
+        return score * 2 ^ (-dt / param) + points
+    end
+    local left = score - param * dt
+    if not (left > 0) then
+        left = 0
+    end
+    return left + points
+end
+
+-- Lua 5.1 has no log2. frexp splits off the exponent exactly, so powers
+-- of two come out exact (log(0.5) / log(2) is exactly -1) and the rest is
+-- within an ulp or two of C's log2().
+local function log2(x)
+    local m, e = math.frexp(x)
+    return e + math.log(m) / LN2
+end
+
+-- decay_ttl in decay.c: whole seconds until the score reaches FLOOR.
+local function ttl(kind, param, score)
+    if not (score > FLOOR) then
+        return 0
+    end
+    if kind == 'h' then
+        return math.ceil(param * log2(score / FLOOR))
+    end
+    return math.ceil((score - FLOOR) / param)
+end
+
+local now
+if ARGV[1] == '' then
+    local t = redis.call('TIME')
+    now = tonumber(t[1]) + tonumber(t[2]) / 1e6
+else
+    now = tonumber(ARGV[1])
+end
+if not now or #ARGV ~= 1 + 3 * #KEYS then
+    return redis.error_reply('ERR smtpguard script: bad arguments')
+end
+
+local out = {fmt(now)}
+for i = 1, #KEYS do
+    local kind, param, points = ARGV[3 * i - 1], tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+    if not param or not points or (kind ~= 'h' and kind ~= 'l') then
+        return redis.error_reply('ERR smtpguard script: bad arguments for ' .. KEYS[i])
+    end
+    local old = redis.call('GET', KEYS[i])
+    local score = 0
+    if old then
+        local s, t = string.match(old, '^(%S+) (%S+)$')
+        s, t = tonumber(s), tonumber(t)
+        if s and t then
+            score = decay(kind, param, s, now - t, points)
+        else
+            -- Not ours or damaged: start over rather than fail forever.
+            score = decay(kind, param, 0, 0, points)
+        end
+    elseif points ~= 0 then
+        score = decay(kind, param, 0, 0, points)
+    end
+    if points ~= 0 then
+        -- At least a second, also for a score at or below the floor
+        -- (negative points), so the key does not vanish before it is read.
+        local ms = ttl(kind, param, score) * 1000
+        if ms < 1000 then
+            ms = 1000
+        elseif ms > 1e15 then
+            ms = 1e15
+        end
+        redis.call('SET', KEYS[i], fmt(score) .. ' ' .. fmt(now), 'PX', string.format('%d', ms))
+    elseif old and not (score > FLOOR) then
+        redis.call('DEL', KEYS[i])
+    end
+    out[i + 1] = fmt(score)
+end
+return out

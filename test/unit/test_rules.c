@@ -1,0 +1,295 @@
+/*
+ * test_rules - conditions, points, keys, decisions and answer texts, on
+ * rules compiled from YAML and requests built by hand (no store, no I/O).
+ */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "actions.h"
+#include "config.h"
+#include "rules.h"
+
+static const char *rules_yaml =
+    "counters:\n"
+    "  ip:   { key: client_address, half_life: 10m }\n"
+    "  net:  { key: client_address/24/48, half_life: 10m }\n"
+    "  user: { key: sasl_username, leak: 100/h }\n"
+    "  pair: { key: [sasl_username, sender_domain], leak: 10/m }\n"
+    "  mb:   { key: sasl_username, leak: 500/d, precision: 1 }\n"
+    "lists:\n"
+    "  trusted: [\"10.0.0.0/8\", \"2001:db8:ffff::/48\"]\n"
+    "  bad_domains: { entries: [\"spam.example\"], subdomains: true }\n"
+    "points:\n"
+    "  - { name: trusted, when: { client_address: { in: trusted } }, then: ok }\n"
+    "  - { name: vip, when: { sasl_username: boss }, then: permit }\n"
+    "  - { name: rcpt, when: { protocol_state: RCPT }, add: { ip: 1, net: 1, user: 1, pair: 2 } }\n"
+    "  - { name: eom, when: { protocol_state: END-OF-MESSAGE }, add: { mb: size/1000000 } }\n"
+    "  - { name: bad, when: { sender_domain: { in: bad_domains } }, add: { ip: 50 } }\n"
+    "  - { name: watch, mode: log, when: { helo_name: { re: \"^ylmf\" } }, add: { ip: 100 } }\n"
+    "  - { name: fromto, when: { sender: { same_as: recipient } }, add: { ip: 7 } }\n"
+    "  - { name: nullsender, when: { sender: \"\", protocol_state: RCPT }, add: { user: 3 } }\n"
+    "  - { name: big, when: { size: \"> 10000000\" }, add: { ip: 5 } }\n"
+    "actions:\n"
+    "  - { name: would-block, mode: log, when: { ip: \">= 3\" }, do: reject }\n"
+    "  - { name: flood, when: { ip: \">= 5\" }, do: [reject, log], message: \"550 5.7.1 %{client_address} score %{score.ip} rule %{rule}\" }\n"
+    "  - { name: slow, when: { any: [ { user: \">= 4\" }, { net: \">= 10\" } ] }, do: defer, message: \"try later %{sasl_username}\" }\n"
+    "  - { name: plain, when: { mb: \">= 0.5\" }, do: reject }\n"
+    "  - { name: tag, when: { not: { helo_name: { re: \"\\\\.\" } }, protocol_state: RCPT }, do: \"prepend X-Helo: %{helo_name}\" }\n";
+
+static struct config *cfg;
+
+static int setup(void **state)
+{
+    (void)state;
+    struct config_errors errs = {0};
+    cfg = config_load_string("rules.yaml", rules_yaml, strlen(rules_yaml), &errs);
+    for (size_t i = 0; i < errs.n; i++)
+        print_error("unexpected: %s\n", errs.msgs[i]);
+    config_errors_fini(&errs);
+    return cfg ? 0 : -1;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    config_unref(cfg);
+    return 0;
+}
+
+static void set(struct request *req, enum attr a, const char *v)
+{
+    request_set(req, a, v, strlen(v));
+}
+
+static void rcpt_request(struct request *req, const char *client, const char *user)
+{
+    request_reset(req);
+    set(req, ATTR_REQUEST, "smtpd_access_policy");
+    set(req, ATTR_PROTOCOL_STATE, "RCPT");
+    set(req, ATTR_CLIENT_ADDRESS, client);
+    set(req, ATTR_HELO_NAME, "pc.customer.example");
+    set(req, ATTR_SENDER, "Alice@Customer.Example");
+    set(req, ATTR_RECIPIENT, "bob@dest.example");
+    if (user)
+        set(req, ATTR_SASL_USERNAME, user);
+}
+
+static int counter(const char *name)
+{
+    return rules_find_counter(cfg->rules, name, strlen(name));
+}
+
+/* The update of a counter in ev, or NULL. */
+static const struct store_update *update_of(const struct eval *ev, const char *name)
+{
+    int ci = counter(name);
+    return ev->slot[ci] >= 0 ? &ev->updates[ev->slot[ci]] : NULL;
+}
+
+static void assert_update(const struct eval *ev, const char *name, const char *key, double points)
+{
+    const struct store_update *u = update_of(ev, name);
+    if (!u) {
+        print_error("counter %s: got no update, want key %s\n", name, key);
+        fail();
+    }
+    if (strlen(key) != u->key_len || memcmp(key, u->key, u->key_len) != 0) {
+        print_error("counter %s: got key %.*s, want %s\n", name, (int)u->key_len, u->key, key);
+        fail();
+    }
+    if (u->points != points) {
+        print_error("counter %s: got %g points, want %g\n", name, u->points, points);
+        fail();
+    }
+}
+
+static void test_rules_points_build_keys_and_add(void **state)
+{
+    (void)state;
+    struct request req;
+    struct eval ev;
+    request_init(&req);
+    rcpt_request(&req, "192.0.2.77", "Carol");
+    assert_false(rules_eval_points(cfg->rules, &req, &ev));
+    assert_update(&ev, "ip", "ip:192.0.2.77", 1);
+    assert_update(&ev, "net", "net:192.0.2.0/24", 1);
+    assert_update(&ev, "user", "user:carol", 1); /* SASL names fold case */
+    assert_update(&ev, "pair", "pair:carol|customer.example", 2);
+    /* mb is read by an action, so it is fetched with 0 points. */
+    assert_update(&ev, "mb", "mb:carol", 0);
+    assert_int_equal(ev.n_matched, 1);
+    assert_string_equal(ev.matched[0]->name, "rcpt");
+
+    /* IPv6 network key uses the configured /48. */
+    rcpt_request(&req, "2001:db8:1:2::25", NULL);
+    rules_eval_points(cfg->rules, &req, &ev);
+    assert_update(&ev, "net", "net:2001:db8:1::/48", 1);
+    /* No SASL user: user counters are not counted at all. */
+    assert_null(update_of(&ev, "user"));
+    assert_null(update_of(&ev, "pair"));
+    request_fini(&req);
+}
+
+static void test_rules_whitelist_stops_counting(void **state)
+{
+    (void)state;
+    struct request req;
+    struct eval ev;
+    request_init(&req);
+    rcpt_request(&req, "10.1.2.3", "carol");
+    assert_true(rules_eval_points(cfg->rules, &req, &ev));
+    assert_string_equal(ev.stopped_by->name, "trusted");
+    assert_int_equal(ev.stopped_by->then, VERDICT_DUNNO);
+    assert_int_equal(ev.n_updates, 0);
+    rcpt_request(&req, "192.0.2.1", "boss");
+    assert_true(rules_eval_points(cfg->rules, &req, &ev));
+    assert_int_equal(ev.stopped_by->then, VERDICT_PERMIT);
+    request_fini(&req);
+}
+
+static void test_rules_conditions(void **state)
+{
+    (void)state;
+    struct request req;
+    struct eval ev;
+    request_init(&req);
+
+    /* Domain list with subdomains, case-insensitive. */
+    rcpt_request(&req, "192.0.2.1", NULL);
+    set(&req, ATTR_SENDER, "x@Mail.SPAM.example");
+    rules_eval_points(cfg->rules, &req, &ev);
+    assert_update(&ev, "ip", "ip:192.0.2.1", 51);
+
+    /* Log-only points rule: noted, adds nothing. */
+    rcpt_request(&req, "192.0.2.1", NULL);
+    set(&req, ATTR_HELO_NAME, "ylmf-pc");
+    rules_eval_points(cfg->rules, &req, &ev);
+    assert_update(&ev, "ip", "ip:192.0.2.1", 1);
+    assert_int_equal(ev.n_would_points, 1);
+
+    /* from = to, case-insensitively. */
+    rcpt_request(&req, "192.0.2.1", NULL);
+    set(&req, ATTR_RECIPIENT, "alice@customer.example");
+    rules_eval_points(cfg->rules, &req, &ev);
+    assert_update(&ev, "ip", "ip:192.0.2.1", 8);
+
+    /* Null sender: present and empty. */
+    rcpt_request(&req, "192.0.2.1", "carol");
+    set(&req, ATTR_SENDER, "");
+    rules_eval_points(cfg->rules, &req, &ev);
+    assert_update(&ev, "user", "user:carol", 4);
+    /* ... and the sender_domain key part is missing, so no pair. */
+    assert_null(update_of(&ev, "pair"));
+
+    /* Numeric comparison and points from an attribute. */
+    request_reset(&req);
+    set(&req, ATTR_PROTOCOL_STATE, "END-OF-MESSAGE");
+    set(&req, ATTR_CLIENT_ADDRESS, "192.0.2.1");
+    set(&req, ATTR_SASL_USERNAME, "carol");
+    set(&req, ATTR_SIZE, "25000000");
+    rules_eval_points(cfg->rules, &req, &ev);
+    assert_update(&ev, "mb", "mb:carol", 25);
+    assert_update(&ev, "ip", "ip:192.0.2.1", 5);
+    request_fini(&req);
+}
+
+static void decide_with(struct request *req, struct eval *ev, const double *scores_by_counter)
+{
+    double scores[RULES_MAX_COUNTERS];
+    for (size_t u = 0; u < ev->n_updates; u++)
+        scores[u] = scores_by_counter[ev->update_counter[u]];
+    rules_set_scores(cfg->rules, ev, scores, ev->n_updates);
+    rules_decide(cfg->rules, req, ev);
+}
+
+static void test_rules_decide_first_match_and_answers(void **state)
+{
+    (void)state;
+    struct request req;
+    struct eval ev;
+    char answer[ACTIONS_MAX_ANSWER];
+    double scores[RULES_MAX_COUNTERS] = {0};
+    request_init(&req);
+
+    /* 4.9998 rounds to 5: the 5th recipient trips ">= 5". */
+    rcpt_request(&req, "192.0.2.9", "carol");
+    rules_eval_points(cfg->rules, &req, &ev);
+    scores[counter("ip")] = 4.9998;
+    decide_with(&req, &ev, scores);
+    assert_non_null(ev.decided);
+    assert_string_equal(ev.decided->name, "flood");
+    assert_int_equal(ev.n_would, 1); /* the log-only rule before it */
+    actions_format(cfg->rules, ev.decided, &req, &ev, answer, sizeof answer);
+    assert_string_equal(answer, "550 5.7.1 192.0.2.9 score 5 rule flood");
+
+    /* Below: the next rule, any-of on two counters, text without code. */
+    scores[counter("ip")] = 4.4;
+    scores[counter("user")] = 4;
+    decide_with(&req, &ev, scores);
+    assert_string_equal(ev.decided->name, "slow");
+    actions_format(cfg->rules, ev.decided, &req, &ev, answer, sizeof answer);
+    assert_string_equal(answer, "DEFER try later carol");
+
+    /* Precision 1: 0.46 rounds to 0.5; no message: the default text. */
+    scores[counter("user")] = 0;
+    scores[counter("mb")] = 0.46;
+    decide_with(&req, &ev, scores);
+    assert_string_equal(ev.decided->name, "plain");
+    actions_format(cfg->rules, ev.decided, &req, &ev, answer, sizeof answer);
+    assert_string_equal(answer, "REJECT 5.7.1 Message rejected by policy");
+
+    /* Nothing over: a HELO without a dot gets a header. CR/LF from the
+     * client never reach Postfix. */
+    scores[counter("mb")] = 0;
+    set(&req, ATTR_HELO_NAME, "evil\r\naction=OK");
+    decide_with(&req, &ev, scores);
+    assert_non_null(ev.decided);
+    assert_string_equal(ev.decided->name, "tag");
+    actions_format(cfg->rules, ev.decided, &req, &ev, answer, sizeof answer);
+    assert_null(strchr(answer, '\r'));
+    assert_null(strchr(answer, '\n'));
+    assert_int_equal(strncmp(answer, "PREPEND X-Helo: evil", 20), 0);
+
+    /* Nothing at all matches: DUNNO. */
+    set(&req, ATTR_HELO_NAME, "pc.example");
+    decide_with(&req, &ev, scores);
+    assert_null(ev.decided);
+    actions_format(cfg->rules, NULL, &req, &ev, answer, sizeof answer);
+    assert_string_equal(answer, "DUNNO");
+    request_fini(&req);
+}
+
+/* A counter whose score is unknown (key missing) never matches. */
+static void test_rules_unknown_score_does_not_match(void **state)
+{
+    (void)state;
+    struct request req;
+    struct eval ev;
+    double scores[RULES_MAX_COUNTERS] = {0};
+    request_init(&req);
+    rcpt_request(&req, "192.0.2.9", NULL);
+    rules_eval_points(cfg->rules, &req, &ev);
+    scores[counter("user")] = 100; /* would match "slow" if it applied */
+    decide_with(&req, &ev, scores);
+    assert_true(ev.decided == NULL || strcmp(ev.decided->name, "slow") != 0);
+    request_fini(&req);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_rules_points_build_keys_and_add),
+        cmocka_unit_test(test_rules_whitelist_stops_counting),
+        cmocka_unit_test(test_rules_conditions),
+        cmocka_unit_test(test_rules_decide_first_match_and_answers),
+        cmocka_unit_test(test_rules_unknown_score_does_not_match),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}

@@ -1,0 +1,623 @@
+/*
+ * test_store_memory - the memory backend on a real uv loop with an
+ * injected clock: decay through the store equals decay_apply, reads do
+ * not create keys, expiry frees keys, the cap evicts and counts, every
+ * callback is deferred and runs exactly once, close fails what is
+ * pending, and test/vectors/decay.tsv (under $SMTPGUARD_SRCDIR, default
+ * ".") gives the same numbers through the store as through decay.c.
+ * Every test ends with uv_loop_close() == 0: no handle left behind.
+ */
+#include <errno.h>
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <cmocka.h>
+#include <uv.h>
+
+#include "decay.h"
+#include "store.h"
+
+#define VECTOR_REL_TOL 1e-9
+
+static double fake_now;
+
+static double fake_clock(void)
+{
+    return fake_now;
+}
+
+/* What one apply's callback saw. */
+struct result {
+    int calls;                  /* times the callback ran */
+    int status;                 /* last status */
+    size_t n;                   /* scores */
+    double scores[STORE_MAX_UPDATES]; /* copied out of the callback */
+    double now;                 /* the store's clock */
+};
+
+static void on_done(void *arg, int status, const double *scores, size_t n, double now)
+{
+    struct result *r = arg;
+    r->calls++;
+    r->status = status;
+    r->n = n;
+    r->now = now;
+    if (status == STORE_OK)
+        memcpy(r->scores, scores, n * sizeof *scores);
+}
+
+static void on_reset(void *arg, int status)
+{
+    struct result *r = arg;
+    r->calls++;
+    r->status = status;
+}
+
+struct fixture {
+    uv_loop_t loop;             /* one per test */
+    struct store *st;           /* memory store on it */
+};
+
+static struct store *fixture_open(struct fixture *f, size_t max_keys)
+{
+    struct store_config cfg = {.backend = STORE_BACKEND_MEMORY, .memory_max_keys = max_keys};
+    char err[256];
+
+    store_memory_clock = fake_clock;
+    fake_now = 1700000000.0;
+    assert_int_equal(uv_loop_init(&f->loop), 0);
+    assert_int_equal(store_open(&f->st, &cfg, &f->loop, err, sizeof err), 0);
+    assert_string_equal(store_name(f->st), "memory");
+    return f->st;
+}
+
+static void fixture_close(struct fixture *f)
+{
+    store_close(f->st);
+    assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&f->loop), 0);
+}
+
+static struct store_update upd(const char *key, enum decay_kind kind, double param, double points)
+{
+    struct store_update u = {.key = key, .key_len = strlen(key), .points = points};
+    u.decay.kind = kind;
+    u.decay.param = param;
+    return u;
+}
+
+/* apply_one - apply one update at the fake clock, run the loop, return
+ * the score; fails the test unless the callback ran once with STORE_OK. */
+static double apply_one(struct fixture *f, struct store_update u)
+{
+    struct result r = {0};
+
+    store_apply(f->st, &u, 1, on_done, &r);
+    assert_int_equal(r.calls, 0);
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    if (r.calls != 1 || r.status != STORE_OK || r.n != 1)
+        fail_msg("apply %s: got calls=%d status=%d n=%zu, want 1 OK 1", u.key, r.calls, r.status,
+                 r.n);
+    return r.scores[0];
+}
+
+static size_t keys_held(struct fixture *f)
+{
+    size_t keys;
+    store_memory_stats(f->st, &keys, NULL);
+    return keys;
+}
+
+static void test_store_memory_decay_matches_decay_apply(void **state)
+{
+    static const struct {
+        const char *label;
+        enum decay_kind kind;
+        double param;
+    } models[] = {
+        {"half-life 10m", DECAY_HALF_LIFE, 600},
+        {"half-life 90s", DECAY_HALF_LIFE, 90},
+        {"leak 100/h", DECAY_LEAK, 100.0 / 3600},
+        {"leak 2/s", DECAY_LEAK, 2},
+    };
+    static const double steps[][2] = {/* seconds later, points */
+                                      {0, 5},   {0.5, 1},  {0.125, 1}, {30, 2.5}, {600, 0},
+                                      {1, -1},  {3.25, 7}, {0, 0},     {90, 1},   {1e-3, 1}};
+    struct fixture f;
+
+    (void)state;
+    fixture_open(&f, 0);
+    for (size_t m = 0; m < sizeof models / sizeof models[0]; m++) {
+        struct decay d = {models[m].kind, models[m].param};
+        double want = 0, stored = 0, t_stored = 0, expires = 0;
+        bool exists = false;
+        for (size_t s = 0; s < sizeof steps / sizeof steps[0]; s++) {
+            fake_now += steps[s][0];
+            double got = apply_one(&f, upd(models[m].label, d.kind, d.param, steps[s][1]));
+            /* A key lives decay_ttl, at least a second (a negative score
+             * has a TTL of 0). */
+            if (exists && expires <= fake_now)
+                exists = false;
+            if (exists)
+                want = decay_apply(&d, stored, fake_now - t_stored, steps[s][1]);
+            else
+                want = steps[s][1] != 0 ? decay_apply(&d, 0, 0, steps[s][1]) : 0;
+            /* Mirror the store: a read leaves the stored pair alone. */
+            if (steps[s][1] != 0) {
+                stored = want;
+                t_stored = fake_now;
+                expires = fake_now + fmax(decay_ttl(&d, want), 1);
+                exists = true;
+            } else if (exists && !(want > DECAY_FLOOR)) {
+                exists = false;
+            }
+            if (got != want)
+                fail_msg("%s step %zu: got %.17g, want %.17g", models[m].label, s, got, want);
+        }
+    }
+    fixture_close(&f);
+}
+
+static void test_store_memory_read_does_not_create(void **state)
+{
+    struct fixture f;
+
+    (void)state;
+    fixture_open(&f, 0);
+    double got = apply_one(&f, upd("ip:192.0.2.7", DECAY_HALF_LIFE, 600, 0));
+    assert_true(got == 0);
+    assert_int_equal(keys_held(&f), 0);
+    got = apply_one(&f, upd("ip:192.0.2.7", DECAY_HALF_LIFE, 600, 3));
+    assert_true(got == 3);
+    assert_int_equal(keys_held(&f), 1);
+    /* A read of an existing key keeps it and returns the decayed score. */
+    fake_now += 600;
+    got = apply_one(&f, upd("ip:192.0.2.7", DECAY_HALF_LIFE, 600, 0));
+    assert_true(got == 1.5);
+    assert_int_equal(keys_held(&f), 1);
+    fixture_close(&f);
+}
+
+static void test_store_memory_read_drops_decayed_key(void **state)
+{
+    struct fixture f;
+
+    (void)state;
+    fixture_open(&f, 0);
+    apply_one(&f, upd("u:a", DECAY_LEAK, 1, 10));
+    /* Ten seconds leak it all; the key outlives that by less than its
+     * TTL rounding, so a read still finds it and drops it. */
+    fake_now += 9.9995;
+    double got = apply_one(&f, upd("u:a", DECAY_LEAK, 1, 0));
+    if (!(got <= DECAY_FLOOR))
+        fail_msg("got %.17g, want at most the floor", got);
+    assert_int_equal(keys_held(&f), 0);
+    fixture_close(&f);
+}
+
+static void test_store_memory_expiry_frees_keys(void **state)
+{
+    struct fixture f;
+    struct decay hl = {DECAY_HALF_LIFE, 60};
+    char key[32];
+
+    (void)state;
+    fixture_open(&f, 8); /* 16 buckets: one sweep step covers the table */
+    for (int i = 0; i < 6; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        apply_one(&f, upd(key, hl.kind, hl.param, 1 + i));
+    }
+    assert_int_equal(keys_held(&f), 6);
+    /* k0 (1 point) lives decay_ttl(1) seconds, k5 (6 points) longest. */
+    double ttl0 = decay_ttl(&hl, 1), ttl5 = decay_ttl(&hl, 6);
+    fake_now += ttl0 - 0.5;
+    apply_one(&f, upd("other", hl.kind, hl.param, 0));
+    assert_int_equal(keys_held(&f), 6);
+    fake_now += 1;
+    apply_one(&f, upd("other", hl.kind, hl.param, 0));
+    assert_int_equal(keys_held(&f), 5);
+    fake_now += ttl5 - ttl0;
+    apply_one(&f, upd("other", hl.kind, hl.param, 0));
+    assert_int_equal(keys_held(&f), 0);
+    /* An expired key reads as missing, even before a sweep reached it. */
+    apply_one(&f, upd("again", hl.kind, hl.param, 2));
+    fake_now += decay_ttl(&hl, 2) + 1;
+    assert_true(apply_one(&f, upd("again", hl.kind, hl.param, 0)) == 0);
+    assert_int_equal(keys_held(&f), 0);
+    fixture_close(&f);
+}
+
+static void test_store_memory_cap_evicts(void **state)
+{
+    struct fixture f;
+    unsigned long long evictions;
+    size_t keys;
+    char key[32];
+
+    (void)state;
+    fixture_open(&f, 4);
+    for (int i = 0; i < 4; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        apply_one(&f, upd(key, DECAY_LEAK, 1, 100 + i));
+    }
+    apply_one(&f, upd("k4", DECAY_LEAK, 1, 50));
+    store_memory_stats(f.st, &keys, &evictions);
+    assert_int_equal(keys, 4);
+    assert_int_equal(evictions, 1);
+    /* The newcomer is held. */
+    fake_now += 1;
+    assert_true(apply_one(&f, upd("k4", DECAY_LEAK, 1, 0)) == 49);
+
+    /* Let all but the newest expire: making room then costs no
+     * eviction. */
+    apply_one(&f, upd("long", DECAY_LEAK, 1, 100000));
+    fake_now += 1000;
+    for (int i = 0; i < 3; i++) {
+        snprintf(key, sizeof key, "n%d", i);
+        apply_one(&f, upd(key, DECAY_LEAK, 1, 10));
+    }
+    store_memory_stats(f.st, &keys, &evictions);
+    assert_int_equal(keys, 4);
+    assert_int_equal(evictions, 2);
+
+    /* Many more keys than the cap: the count never passes it. */
+    for (int i = 0; i < 1000; i++) {
+        snprintf(key, sizeof key, "m%d", i);
+        struct store_update u = upd(key, DECAY_LEAK, 1, 5);
+        struct result r = {0};
+        store_apply(f.st, &u, 1, on_done, &r);
+        uv_run(&f.loop, UV_RUN_DEFAULT);
+        assert_int_equal(r.calls, 1);
+        assert_true(keys_held(&f) <= 4);
+    }
+    store_memory_stats(f.st, &keys, &evictions);
+    assert_int_equal(keys, 4);
+    assert_int_equal(evictions, 2 + 1000);
+    fixture_close(&f);
+}
+
+static void test_store_memory_callbacks_deferred(void **state)
+{
+    struct fixture f;
+    struct store_update u[2];
+    struct result r1 = {0}, r2 = {0};
+
+    (void)state;
+    fixture_open(&f, 0);
+    u[0] = upd("a", DECAY_HALF_LIFE, 600, 1);
+    u[1] = upd("b", DECAY_LEAK, 1, 2);
+    store_apply(f.st, u, 2, on_done, &r1);
+    store_apply(f.st, u, 2, on_done, &r2);
+    assert_int_equal(r1.calls, 0);
+    assert_int_equal(r2.calls, 0);
+    assert_int_equal(uv_run(&f.loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(r1.calls, 1);
+    assert_int_equal(r2.calls, 1);
+    assert_int_equal(r1.n, 2);
+    assert_true(r1.scores[0] == 1 && r1.scores[1] == 2);
+    assert_true(r2.scores[0] == 2 && r2.scores[1] == 4);
+    assert_true(r1.now == fake_now);
+
+    /* reset is deferred too. */
+    const char *keys[] = {"a", "b"};
+    const size_t lens[] = {1, 1};
+    struct result rr = {0};
+    store_reset(f.st, keys, lens, 2, on_reset, &rr);
+    assert_int_equal(rr.calls, 0);
+    assert_int_equal(keys_held(&f), 0);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    assert_int_equal(rr.calls, 1);
+    assert_int_equal(rr.status, STORE_OK);
+    store_reset(f.st, keys, lens, 2, NULL, NULL);
+    fixture_close(&f);
+}
+
+/* A callback that applies again: answered on a later turn, not from
+ * inside the callback's own apply. */
+struct chain {
+    struct store *st;           /* the store */
+    int depth;                  /* applies still to start */
+    int calls;                  /* callbacks seen */
+    bool in_cb;                 /* inside on_chain */
+};
+
+static void on_chain(void *arg, int status, const double *scores, size_t n, double now)
+{
+    struct chain *c = arg;
+    struct store_update u = upd("chain", DECAY_LEAK, 1, 1);
+
+    (void)scores, (void)n, (void)now;
+    assert_false(c->in_cb);
+    assert_int_equal(status, STORE_OK);
+    c->calls++;
+    c->in_cb = true;
+    if (c->depth-- > 0)
+        store_apply(c->st, &u, 1, on_chain, c);
+    c->in_cb = false;
+}
+
+static void test_store_memory_callback_applies_again(void **state)
+{
+    struct fixture f;
+    struct chain c = {.depth = 5};
+    struct store_update u = upd("chain", DECAY_LEAK, 1, 1);
+
+    (void)state;
+    c.st = fixture_open(&f, 0);
+    store_apply(f.st, &u, 1, on_chain, &c);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    assert_int_equal(c.calls, 6);
+    fixture_close(&f);
+}
+
+/* apply from a timer callback (before poll): the loop must not block in
+ * poll waiting for an unrelated event before the check runs. */
+struct from_timer {
+    struct store *st;           /* the store */
+    struct result r;            /* what the apply saw */
+};
+
+static void on_timer(uv_timer_t *t)
+{
+    struct from_timer *ft = t->data;
+    struct store_update u = upd("t", DECAY_LEAK, 1, 1);
+    store_apply(ft->st, &u, 1, on_done, &ft->r);
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+static void on_watchdog(uv_timer_t *t)
+{
+    (void)t;
+}
+
+static void test_store_memory_apply_from_timer_does_not_block(void **state)
+{
+    struct fixture f;
+    struct from_timer ft = {0};
+    uv_timer_t timer, watchdog;
+
+    (void)state;
+    ft.st = fixture_open(&f, 0);
+    uv_timer_init(&f.loop, &timer);
+    timer.data = &ft;
+    uv_timer_start(&timer, on_timer, 1, 0);
+    /* An unreferenced timer far away: without the idle handle, poll
+     * would sleep until it fires. */
+    uv_timer_init(&f.loop, &watchdog);
+    uv_timer_start(&watchdog, on_watchdog, 3000, 0);
+    uv_unref((uv_handle_t *)&watchdog);
+    uint64_t t0 = uv_hrtime();
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    uint64_t ms = (uv_hrtime() - t0) / 1000000;
+    assert_int_equal(ft.r.calls, 1);
+    if (ms > 1000)
+        fail_msg("apply from a timer took %llu ms, want well under 1000",
+                 (unsigned long long)ms);
+    uv_close((uv_handle_t *)&watchdog, NULL);
+    fixture_close(&f);
+}
+
+static void test_store_memory_close_with_pending(void **state)
+{
+    struct fixture f;
+    struct result r[3] = {{0}};
+    struct result rr = {0};
+    struct store_update u = upd("x", DECAY_HALF_LIFE, 600, 1);
+    const char *key = "x";
+    size_t len = 1;
+
+    (void)state;
+    fixture_open(&f, 0);
+    for (int i = 0; i < 3; i++)
+        store_apply(f.st, &u, 1, on_done, &r[i]);
+    store_reset(f.st, &key, &len, 1, on_reset, &rr);
+    store_close(f.st);
+    for (int i = 0; i < 3; i++)
+        assert_int_equal(r[i].calls, 0);
+    assert_int_equal(rr.calls, 0);
+    assert_int_equal(uv_run(&f.loop, UV_RUN_DEFAULT), 0);
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(r[i].calls, 1);
+        assert_int_equal(r[i].status, STORE_TEMPFAIL);
+    }
+    assert_int_equal(rr.calls, 1);
+    assert_int_equal(rr.status, STORE_TEMPFAIL);
+    assert_int_equal(uv_loop_close(&f.loop), 0);
+}
+
+/* Closing from inside a callback: the rest fail, deferred, once. */
+struct closer {
+    struct store *st;           /* the store */
+    int calls;                  /* callbacks seen */
+    int fails;                  /* of them TEMPFAIL */
+};
+
+static void on_close_in_cb(void *arg, int status, const double *scores, size_t n, double now)
+{
+    struct closer *c = arg;
+
+    (void)scores, (void)n, (void)now;
+    c->calls++;
+    if (status == STORE_TEMPFAIL)
+        c->fails++;
+    if (c->calls == 1)
+        store_close(c->st);
+}
+
+static void test_store_memory_close_from_callback(void **state)
+{
+    struct fixture f;
+    struct closer c = {0};
+    struct store_update u = upd("x", DECAY_HALF_LIFE, 600, 1);
+
+    (void)state;
+    c.st = fixture_open(&f, 0);
+    for (int i = 0; i < 4; i++)
+        store_apply(f.st, &u, 1, on_close_in_cb, &c);
+    assert_int_equal(uv_run(&f.loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(c.calls, 4);
+    assert_int_equal(c.fails, 3);
+    assert_int_equal(uv_loop_close(&f.loop), 0);
+}
+
+static void test_store_memory_same_key_twice(void **state)
+{
+    struct fixture f;
+    struct store_update u[2];
+    struct result r = {0};
+
+    (void)state;
+    fixture_open(&f, 0);
+    u[0] = upd("dup", DECAY_LEAK, 1, 2);
+    u[1] = upd("dup", DECAY_LEAK, 1, 3);
+    store_apply(f.st, u, 2, on_done, &r);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    assert_int_equal(r.calls, 1);
+    assert_true(r.scores[0] == 2 && r.scores[1] == 5);
+    assert_int_equal(keys_held(&f), 1);
+    fixture_close(&f);
+}
+
+static void test_store_memory_too_many_updates(void **state)
+{
+    struct fixture f;
+    struct store_update u[STORE_MAX_UPDATES + 1];
+    struct result r = {0};
+
+    (void)state;
+    fixture_open(&f, 0);
+    for (size_t i = 0; i < STORE_MAX_UPDATES + 1; i++)
+        u[i] = upd("k", DECAY_LEAK, 1, 1);
+    store_apply(f.st, u, STORE_MAX_UPDATES + 1, on_done, &r);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(r.status, STORE_TEMPFAIL);
+    assert_int_equal(keys_held(&f), 0);
+    fixture_close(&f);
+}
+
+static double parse_double(const char *s, const char *what, unsigned long lineno)
+{
+    char *end;
+    double v = strtod(s, &end);
+
+    if (end == s || *end != '\0')
+        fail_msg("decay.tsv:%lu: bad %s \"%s\"", lineno, what, s);
+    return v;
+}
+
+static bool close_enough(double got, double want)
+{
+    return got == want || fabs(got - want) <= VECTOR_REL_TOL * fabs(want);
+}
+
+/*
+ * Each row: seed score_before at T0 (an apply of that many points on a
+ * fresh key), apply points at T0 + dt, compare the score; then check the
+ * key lives as long as want_ttl says (at least a second) and no longer.
+ * A negative seed cannot outlive its one second (its TTL is 0), so for
+ * rows that start below zero and wait a second or more the store must
+ * read the key as missing: the score is just the points.
+ */
+static void test_store_memory_vectors(void **state)
+{
+    const char *srcdir = getenv("SMTPGUARD_SRCDIR");
+    char path[4096], line[1024];
+    unsigned long lineno = 0, rows = 0;
+    FILE *fp;
+
+    (void)state;
+    snprintf(path, sizeof path, "%s/test/vectors/decay.tsv", srcdir ? srcdir : ".");
+    fp = fopen(path, "r");
+    if (!fp)
+        fail_msg("%s: %s (set SMTPGUARD_SRCDIR to the source tree)", path, strerror(errno));
+    while (fgets(line, sizeof line, fp)) {
+        char *field[9], *save = NULL;
+        size_t nf = 0;
+        struct fixture f;
+
+        lineno++;
+        line[strcspn(line, "\r\n")] = '\0';
+        if (line[0] == '#' || line[0] == '\0')
+            continue;
+        for (char *tok = strtok_r(line, "\t", &save); tok && nf < 9; tok = strtok_r(NULL, "\t", &save))
+            field[nf++] = tok;
+        if (nf != 8)
+            fail_msg("decay.tsv:%lu: got %zu fields, want 8", lineno, nf);
+        enum decay_kind kind;
+        if (strcmp(field[1], "half_life") == 0)
+            kind = DECAY_HALF_LIFE;
+        else if (strcmp(field[1], "leak") == 0)
+            kind = DECAY_LEAK;
+        else {
+            fail_msg("decay.tsv:%lu: bad kind \"%s\"", lineno, field[1]);
+            return;
+        }
+        double param = parse_double(field[2], "param", lineno);
+        double before = parse_double(field[3], "score_before", lineno);
+        double dt = parse_double(field[4], "dt_seconds", lineno);
+        double points = parse_double(field[5], "points", lineno);
+        double want = parse_double(field[6], "want_score", lineno);
+        double want_ttl = parse_double(field[7], "want_ttl", lineno);
+
+        fixture_open(&f, 8);
+        double t0 = fake_now;
+        if (before != 0)
+            apply_one(&f, upd(field[0], kind, param, before));
+        if (before < 0 && dt >= 1)
+            want = points;
+        fake_now = t0 + dt;
+        double got = apply_one(&f, upd(field[0], kind, param, points));
+        if (!close_enough(got, want))
+            fail_msg("%s (line %lu): score got %.17g, want %.17g", field[0], lineno, got, want);
+        if (points != 0) {
+            /* The write happened at the clock of the second apply (for
+             * dt < 0, the earlier one). */
+            double t = fake_now, life = want_ttl < 1 ? 1 : want_ttl;
+            assert_int_equal(keys_held(&f), 1);
+            fake_now = t + life - 0.25;
+            apply_one(&f, upd("sweep", kind, param, 0));
+            if (keys_held(&f) != 1)
+                fail_msg("%s (line %lu): key gone before its ttl %.17g", field[0], lineno, life);
+            fake_now = t + life + 0.25;
+            apply_one(&f, upd("sweep", kind, param, 0));
+            if (keys_held(&f) != 0)
+                fail_msg("%s (line %lu): key still there after its ttl %.17g", field[0], lineno,
+                         life);
+        } else if (!(want > DECAY_FLOOR)) {
+            assert_int_equal(keys_held(&f), 0);
+        }
+        fixture_close(&f);
+        rows++;
+    }
+    fclose(fp);
+    if (rows < 20)
+        fail_msg("decay.tsv: got %lu rows, want at least 20", rows);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_store_memory_decay_matches_decay_apply),
+        cmocka_unit_test(test_store_memory_read_does_not_create),
+        cmocka_unit_test(test_store_memory_read_drops_decayed_key),
+        cmocka_unit_test(test_store_memory_expiry_frees_keys),
+        cmocka_unit_test(test_store_memory_cap_evicts),
+        cmocka_unit_test(test_store_memory_callbacks_deferred),
+        cmocka_unit_test(test_store_memory_callback_applies_again),
+        cmocka_unit_test(test_store_memory_apply_from_timer_does_not_block),
+        cmocka_unit_test(test_store_memory_close_with_pending),
+        cmocka_unit_test(test_store_memory_close_from_callback),
+        cmocka_unit_test(test_store_memory_same_key_twice),
+        cmocka_unit_test(test_store_memory_too_many_updates),
+        cmocka_unit_test(test_store_memory_vectors),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
