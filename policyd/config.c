@@ -50,6 +50,8 @@ struct loader {
     char *basedir;              /* directory of the main file, for relative paths */
 };
 
+bool config_allow_files = true;
+
 /* ---- diagnostics ---- */
 
 static void config_error_add(struct config_errors *errs, char *msg)
@@ -261,6 +263,10 @@ static int config_parse_yaml(struct loader *ld, struct config_file *f, const cha
 
 static char *config_read_file(const char *path, size_t *len, int *err)
 {
+    if (!config_allow_files) {
+        *err = EPERM;
+        return NULL;
+    }
     FILE *fp = fopen(path, "rb");
     if (!fp) {
         *err = errno;
@@ -343,12 +349,9 @@ static yaml_node_t *config_root(struct loader *ld)
 static void config_parse_listen(struct loader *ld, yaml_node_t *n, const char *path)
 {
     struct config *cfg = ld->cfg;
-    if (config_is_scalar(n)) {
-        /* One address may be written without a list. */
-        cfg->n_listen = 0;
-    } else if (!config_expect(ld, n, YAML_SEQUENCE_NODE, path)) {
+    /* One address may be written without a list. */
+    if (!config_is_scalar(n) && !config_expect(ld, n, YAML_SEQUENCE_NODE, path))
         return;
-    }
     yaml_node_t *single = config_is_scalar(n) ? n : NULL;
     size_t count = single ? 1 : (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
     if (count == 0) {
@@ -480,7 +483,9 @@ static char *config_read_password(struct loader *ld, yaml_node_t *n, const char 
     char *file = config_resolve_path(ld, config_scalar(n));
     struct stat st;
     char *pw = NULL;
-    if (stat(file, &st) < 0) {
+    if (!config_allow_files) {
+        config_err(ld, n, path, "password files are disabled here");
+    } else if (stat(file, &st) < 0) {
         config_err(ld, n, path, "cannot read %s: %s", file, strerror(errno));
     } else if (st.st_mode & S_IRWXO) {
         config_err(ld, n, path,
@@ -918,6 +923,8 @@ static void config_parse_list(struct loader *ld, const char *name, yaml_node_t *
         }
         if (file && entries) {
             config_err(ld, n, path, "give either file or entries, not both");
+        } else if (file && !config_allow_files) {
+            config_err(ld, file, path, "file lists are disabled here");
         } else if (file) {
             char err[2048];
             l.file = config_resolve_path(ld, config_scalar(file));
@@ -1756,7 +1763,7 @@ static void config_parse_includes(struct loader *ld, yaml_node_t *n)
         }
         char *pattern = config_resolve_path(ld, config_scalar(item));
         glob_t g;
-        int rc = glob(pattern, GLOB_ERR, NULL, &g);
+        int rc = config_allow_files ? glob(pattern, GLOB_ERR, NULL, &g) : GLOB_ABORTED;
         if (rc == GLOB_NOMATCH) {
             /* A pattern may match nothing (an empty rules.d); a plain
              * file name must exist. */

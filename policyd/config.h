@@ -81,6 +81,10 @@ struct config *config_load(const char *path, struct config_errors *errs);
 struct config *config_load_string(const char *name, const char *text, size_t len,
                                   struct config_errors *errs);
 
+/* config_allow_files - false makes includes, list files and password
+ * files errors (the config fuzzer must not read the machine's files). */
+extern bool config_allow_files;
+
 struct config *config_ref(struct config *cfg);
 void config_unref(struct config *cfg);
 

@@ -21,6 +21,8 @@
 #include "store.h"
 #include "xalloc.h"
 
+#define CONN_INITIAL_BUFFER 2048 /* bytes; a typical request is 500-900 */
+
 static void conn_process(struct conn *c);
 static void conn_finish(struct conn *c);
 
@@ -118,9 +120,15 @@ static void conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     (void)suggested;
     struct conn *c = h->data;
-    size_t want = c->srv->cfg->limits.protocol.max_request + 1;
-    if (c->rcap < want) {
-        /* Grow once to the request cap; a reload may raise the cap. */
+    /* Start small and grow up to the request cap only when a request
+     * needs it: ten thousand idle Postfix connections must not cost
+     * ten thousand maximum-size buffers. Never while a request is being
+     * answered: its attributes point into this buffer. */
+    size_t cap = c->srv->cfg->limits.protocol.max_request + 1;
+    if (!c->busy && c->rcap - c->rlen < 512 && c->rcap < cap) {
+        size_t want = c->rcap ? c->rcap * 2 : CONN_INITIAL_BUFFER;
+        if (want > cap)
+            want = cap;
         c->rbuf = xrealloc(c->rbuf, want);
         c->rcap = want;
     }

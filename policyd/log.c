@@ -106,7 +106,8 @@ static int log_priority(enum log_level level)
     return LOG_INFO;
 }
 
-static void log_vwrite(enum log_level level, const char *fmt, va_list ap)
+__attribute__((format(printf, 2, 0))) static void log_vwrite(enum log_level level, const char *fmt,
+                                                         va_list ap)
 {
     char line[2048];
     vsnprintf(line, sizeof line, fmt, ap);

@@ -154,6 +154,8 @@ struct store {
     struct redis_fail *fail_head, *fail_tail; /* failures to report */
     struct redis_fail *free_fails; /* reusable */
 
+    bool quiet_loss;            /* the last loss was not logged: nor is its recovery */
+    struct log_limiter lim_lost;    /* connection losses (a flapping link) */
     struct log_limiter lim_connect; /* connect failures */
     struct log_limiter lim_timeout; /* request deadlines */
     struct log_limiter lim_error;   /* error replies */
@@ -343,9 +345,13 @@ static void redis_conn_down(struct store *st, const char *why)
         return;
     }
     st->state = REDIS_STATE_WAITING;
-    if (was_up)
-        log_warn("redis %s: connection lost: %s", st->address, why);
-    else
+    if (was_up) {
+        /* Once per loss, but a link that flaps must not flood the log. */
+        uint64_t before = st->lim_lost.last_ms;
+        log_warn_every(&st->lim_lost, REDIS_LOG_EVERY, "redis %s: connection lost: %s",
+                       st->address, why);
+        st->quiet_loss = st->lim_lost.last_ms == before;
+    } else
         log_warn_every(&st->lim_connect, REDIS_LOG_EVERY, "redis %s: cannot connect: %s",
                        st->address, why);
     uv_timer_start(&st->conn_timer, redis_on_backoff, st->backoff_ms, 0);
@@ -410,8 +416,9 @@ static void redis_on_auth(redisAsyncContext *ac, void *r, void *privdata)
                            "redis %s: a password is configured but Redis has none", st->address);
             return;
         }
-        char why[160];
-        snprintf(why, sizeof why, "authentication failed: %.100s", reply->str);
+        char why[LOG_QUOTE_BUF + 32], q[LOG_QUOTE_BUF];
+        snprintf(why, sizeof why, "authentication failed: %s",
+                 log_quote(reply->str, reply->len, q, sizeof q));
         redis_drop(st, why);
     }
 }
@@ -424,8 +431,9 @@ static void redis_on_select(redisAsyncContext *ac, void *r, void *privdata)
     if (!reply || st->ac != ac)
         return;
     if (reply->type == REDIS_REPLY_ERROR) {
-        char why[160];
-        snprintf(why, sizeof why, "SELECT %s failed: %.100s", st->db, reply->str);
+        char why[LOG_QUOTE_BUF + 48], q[LOG_QUOTE_BUF];
+        snprintf(why, sizeof why, "SELECT %s failed: %s", st->db,
+                 log_quote(reply->str, reply->len, q, sizeof q));
         redis_drop(st, why);
         return;
     }
@@ -433,7 +441,9 @@ static void redis_on_select(redisAsyncContext *ac, void *r, void *privdata)
     st->state = REDIS_STATE_UP;
     st->backoff_ms = REDIS_BACKOFF_MIN_MS;
     st->owing_since_ms = uv_now(st->loop);
-    log_info("redis %s: connected", st->address);
+    if (!st->quiet_loss)
+        log_info("redis %s: connected", st->address);
+    st->quiet_loss = false;
 }
 
 static void redis_on_backoff(uv_timer_t *t)
@@ -556,8 +566,11 @@ static void redis_on_reply(redisAsyncContext *ac, void *r, void *privdata)
     if (!reply) {
         /* Connection gone: logged by redis_conn_down. */
     } else if (reply->type == REDIS_REPLY_ERROR) {
-        log_warn_every(&st->lim_error, REDIS_LOG_EVERY, "redis %s: error reply: %.200s",
-                       st->address, reply->str);
+        /* Quoted: a script error may carry a key, and keys come from
+         * peers. */
+        char q[LOG_QUOTE_BUF];
+        log_warn_every(&st->lim_error, REDIS_LOG_EVERY, "redis %s: error reply: %s", st->address,
+                       log_quote(reply->str, reply->len, q, sizeof q));
     } else if (c->kind == REDIS_KIND_APPLY) {
         if (redis_parse_scores(reply, c->n, scores, &now) == 0)
             status = STORE_OK;

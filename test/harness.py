@@ -698,6 +698,20 @@ class Daemon:
                                   % (rc, self.log_tail()))
         return rc
 
+    def wait_exit(self, timeout=10):
+        """For a daemon expected to exit by itself: its exit code, or None if
+        it was still running at the deadline (then it is killed)."""
+        if self.proc is None:
+            return None
+        try:
+            rc = self.proc.wait(timeout * SLOW)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            return None
+        self.proc = None
+        self.logf.close()
+        return rc
+
     def kill(self):
         """Hard stop without checks (cleanup path)."""
         if self.proc is not None:

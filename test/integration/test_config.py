@@ -67,14 +67,10 @@ class CommandLineTest(h.SGTestCase):
 
     def test_start_with_broken_config_fails(self):
         d = h.Daemon(self.tmp, BROKEN.format(port=h.free_port()))
+        self._daemons.append(d)
         d.start(wait_ready=False)
-        try:
-            rc = d.proc.wait(10 * h.SLOW)
-        except subprocess.TimeoutExpired:
-            d.kill()
-            self.fail("smtpguard kept running with a broken config")
-        d.logf.close()
-        d.proc = None
+        rc = d.wait_exit(10)
+        self.assertIsNotNone(rc, "smtpguard kept running with a broken config")
         self.assertNotEqual(rc, 0)
         self.assertRegex(d.log(), re.escape(d.conf_path) + r":4:1: ")
 
@@ -159,8 +155,8 @@ class ReloadTest(h.SGTestCase):
         for i in range(5):
             self.d.signal(signal.SIGHUP)
             for j in range(20):
-                self.assertEqual(c.request(h.policy_request(client_address="203.0.113.%d" % (j + 1))),
-                                 "DUNNO")
+                ip = "203.0.113.%d" % (i * 20 + j + 1)
+                self.assertEqual(c.request(h.policy_request(client_address=ip)), "DUNNO")
         self.d.wait_log(r"config reloaded generation=6\b", timeout=10)
 
     def test_sigterm_graceful_exit(self):

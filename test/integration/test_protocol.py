@@ -25,17 +25,37 @@ class ProtocolTest(h.SGTestCase):
             act = c.request(h.policy_request(client_address="198.51.100.222"))
         self.assertEqual(act, "550 5.7.1 198.51.100.222 sent too much")
 
-    def test_coalesced_requests_in_one_write(self):
+    def test_request_in_one_write_then_next(self):
+        # A whole request in one segment, answer, the next: what Postfix does.
         c = self.client(self.d)
-        reqs = [h.policy_request(client_address="198.51.100.50") for _ in range(6)]
-        c.send_raw(b"".join(c.encode(r) for r in reqs))
-        acts = [c.read_action() for _ in reqs]
-        self.assertEqual(acts[:4], ["DUNNO"] * 4, acts)
-        self.assertEqual(acts[4], "550 5.7.1 198.51.100.50 sent too much", acts)
-        self.assertEqual(acts[5], "550 5.7.1 198.51.100.50 sent too much", acts)
-        # Nothing more arrives: exactly one answer per request.
+        c.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        acts = []
+        for _ in range(6):
+            c.send_raw(c.encode(h.policy_request(client_address="198.51.100.50")))
+            acts.append(c.read_action())
+        self.assertEqual(acts, ["DUNNO"] * 4 + ["550 5.7.1 198.51.100.50 sent too much"] * 2)
         self.assertFalse(c.is_closed(0.3))
         self.assertEqual(c.buf, b"", "extra bytes after the answers")
+
+    def test_pipelined_requests(self):
+        # Postfix never sends a request before the previous answer. A client
+        # that does gets either every answer, in order, or a closed
+        # connection with a log line -- never a wrong answer or a crash.
+        c = self.client(self.d)
+        m = self.d.mark()
+        reqs = [h.policy_request(client_address="198.51.100.51") for _ in range(6)]
+        c.send_raw(b"".join(c.encode(r) for r in reqs))
+        want = ["DUNNO"] * 4 + ["550 5.7.1 198.51.100.51 sent too much"] * 2
+        got = []
+        try:
+            for _ in reqs:
+                got.append(c.read_action())
+        except h.PolicyClosed:
+            self.assertRegex(self.d.log_since(m), r"c=\w+[^\n]*(pipelin|more than one request|closing)",
+                             "closed a pipelining client without saying why")
+        self.assertEqual(got, want[:len(got)], "answers out of order or wrong")
+        with self.d.client() as c2:
+            self.assertEqual(c2.request(h.policy_request(client_address="198.51.100.52")), "DUNNO")
 
     def test_split_writes(self):
         c = self.client(self.d)

@@ -1,0 +1,916 @@
+/*
+ * test_store_redis - the redis backend and store_redis.lua against a
+ * REAL redis-server, started by scripts/with-redis, which exports
+ *   SMTPGUARD_TEST_REDIS       "127.0.0.1:PORT"
+ *   SMTPGUARD_TEST_REDIS_UNIX  "unix:/path" (optional)
+ *   SMTPGUARD_TEST_REDIS_PID   the server's PID, for the SIGSTOP test
+ *   SMTPGUARD_TEST_REDIS6      "[::1]:PORT" (optional)
+ * and test/vectors/decay.tsv under $SMTPGUARD_SRCDIR (default ".").
+ *
+ * The script's arithmetic is checked row by row with an injected "now"
+ * over a synchronous hiredis connection (same embedded script text as the
+ * daemon); everything else goes through the store on a real uv loop, and
+ * every test ends with uv_loop_close() == 0.
+ *
+ * Build and run: see scripts/with-redis.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <math.h>
+#include <setjmp.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/time.h>
+#include <sys/types.h>
+#include <unistd.h>
+
+#include <cmocka.h>
+#include <hiredis/hiredis.h>
+#include <uv.h>
+
+#include "decay.h"
+#include "log.h"
+#include "sha1.h"
+#include "store.h"
+#include "store_redis_lua.h"
+
+#define VECTOR_REL_TOL 1e-9
+#define TEST_TIMEOUT_MS 300     /* store timeout used by most tests */
+
+static char redis_host[256];
+static int redis_port;
+
+/* --- helpers ---------------------------------------------------------- */
+
+static redisContext *sync_connect(void)
+{
+    struct timeval tv = {2, 0};
+    redisContext *c = redisConnectWithTimeout(redis_host, redis_port, tv);
+
+    if (!c || c->err)
+        fail_msg("connect %s:%d: %s", redis_host, redis_port, c ? c->errstr : "out of memory");
+    return c;
+}
+
+/* sync_cmd - run a command; fails the test on an error reply. */
+static redisReply *sync_cmd(redisContext *c, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    redisReply *r = redisvCommand(c, fmt, ap);
+    va_end(ap);
+    if (!r)
+        fail_msg("redis: %s", c->errstr);
+    if (r->type == REDIS_REPLY_ERROR)
+        fail_msg("redis: %s", r->str);
+    return r;
+}
+
+static long long sync_int(redisContext *c, const char *fmt, const char *arg)
+{
+    redisReply *r = sync_cmd(c, fmt, arg);
+    long long v = r->integer;
+    if (r->type != REDIS_REPLY_INTEGER)
+        fail_msg("redis %s: got reply type %d, want integer", fmt, r->type);
+    freeReplyObject(r);
+    return v;
+}
+
+struct result {
+    int calls;                  /* times the callback ran */
+    int status;                 /* last status */
+    size_t n;                   /* scores */
+    double scores[STORE_MAX_UPDATES]; /* copied out */
+    double now;                 /* store clock */
+};
+
+static void on_done(void *arg, int status, const double *scores, size_t n, double now)
+{
+    struct result *r = arg;
+    r->calls++;
+    r->status = status;
+    r->n = n;
+    r->now = now;
+    if (status == STORE_OK)
+        memcpy(r->scores, scores, n * sizeof *scores);
+}
+
+static void on_reset(void *arg, int status)
+{
+    struct result *r = arg;
+    r->calls++;
+    r->status = status;
+}
+
+struct fixture {
+    uv_loop_t loop;             /* one per test */
+    uv_timer_t tick;            /* wakes the loop while we wait */
+};
+
+static void on_tick(uv_timer_t *t)
+{
+    (void)t;
+}
+
+static void fixture_init(struct fixture *f)
+{
+    assert_int_equal(uv_loop_init(&f->loop), 0);
+    uv_timer_init(&f->loop, &f->tick);
+}
+
+static void fixture_fini(struct fixture *f)
+{
+    uv_close((uv_handle_t *)&f->tick, NULL);
+    assert_int_equal(uv_run(&f->loop, UV_RUN_DEFAULT), 0);
+    assert_int_equal(uv_loop_close(&f->loop), 0);
+}
+
+static struct store *open_store(struct fixture *f, const char *address, const char *password,
+                                const char *prefix, unsigned timeout_ms)
+{
+    struct store_config cfg = {
+        .backend = STORE_BACKEND_REDIS,
+        .redis_address = (char *)address,
+        .redis_password = (char *)password,
+        .prefix = (char *)prefix,
+        .timeout_ms = timeout_ms,
+    };
+    struct store *st;
+    char err[256];
+
+    if (store_open(&st, &cfg, &f->loop, err, sizeof err) != 0)
+        fail_msg("store_open %s: %s", address, err);
+    assert_string_equal(store_name(st), "redis");
+    return st;
+}
+
+/* run_until - run the loop until *flag or ms pass; returns *flag. */
+static bool run_until(struct fixture *f, const int *flag, bool (*up)(const struct store *),
+                      const struct store *st, unsigned ms)
+{
+    uint64_t end = uv_hrtime() + (uint64_t)ms * 1000000;
+
+    uv_timer_start(&f->tick, on_tick, 5, 5);
+    while (uv_hrtime() < end) {
+        if (flag && *flag)
+            break;
+        if (up && up(st))
+            break;
+        uv_run(&f->loop, UV_RUN_ONCE);
+    }
+    uv_timer_stop(&f->tick);
+    return flag ? *flag != 0 : up(st);
+}
+
+static void wait_up(struct fixture *f, struct store *st)
+{
+    if (!run_until(f, NULL, store_is_up, st, 3000))
+        fail_msg("store did not come up within 3 s");
+}
+
+static struct store_update upd(const char *key, enum decay_kind kind, double param, double points)
+{
+    struct store_update u = {.key = key, .key_len = strlen(key), .points = points};
+    u.decay.kind = kind;
+    u.decay.param = param;
+    return u;
+}
+
+/* apply_wait - apply, check the callback is deferred, wait for it. */
+static void apply_wait(struct fixture *f, struct store *st, const struct store_update *u, size_t n,
+                       struct result *r)
+{
+    memset(r, 0, sizeof *r);
+    store_apply(st, u, n, on_done, r);
+    if (r->calls != 0)
+        fail_msg("callback ran inside store_apply");
+    if (!run_until(f, &r->calls, NULL, NULL, 5000))
+        fail_msg("no callback within 5 s");
+    assert_int_equal(r->calls, 1);
+}
+
+static void close_store(struct fixture *f, struct store *st)
+{
+    store_close(st);
+    uv_run(&f->loop, UV_RUN_NOWAIT);
+    (void)f;
+}
+
+static bool close_enough(double got, double want, double tol)
+{
+    return got == want || fabs(got - want) <= tol * fabs(want);
+}
+
+/* --- the script against the vectors ----------------------------------- */
+
+static double parse_double(const char *s, const char *what, unsigned long lineno)
+{
+    char *end;
+    double v = strtod(s, &end);
+
+    if (end == s || *end != '\0')
+        fail_msg("decay.tsv:%lu: bad %s \"%s\"", lineno, what, s);
+    return v;
+}
+
+/* script_call - EVALSHA (EVAL on NOSCRIPT) of one key with injected now. */
+static redisReply *script_call(redisContext *c, const char *sha, const char *key, double now,
+                               const char *kind, double param, double points)
+{
+    char nows[40], params[40], pointss[40];
+    const char *argv[8] = {"EVALSHA", sha, "1", key, nows, kind, params, pointss};
+    size_t len[8];
+
+    snprintf(nows, sizeof nows, "%.17g", now);
+    snprintf(params, sizeof params, "%.17g", param);
+    snprintf(pointss, sizeof pointss, "%.17g", points);
+    for (int i = 0; i < 8; i++)
+        len[i] = strlen(argv[i]);
+    redisReply *r = redisCommandArgv(c, 8, argv, len);
+    if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0) {
+        freeReplyObject(r);
+        argv[0] = "EVAL";
+        argv[1] = store_redis_lua;
+        len[0] = 4;
+        len[1] = strlen(store_redis_lua);
+        r = redisCommandArgv(c, 8, argv, len);
+    }
+    if (!r)
+        fail_msg("redis: %s", c->errstr);
+    if (r->type == REDIS_REPLY_ERROR)
+        fail_msg("script: %s", r->str);
+    return r;
+}
+
+static void test_store_redis_script_vectors(void **state)
+{
+    const char *srcdir = getenv("SMTPGUARD_SRCDIR");
+    char path[4096], line[1024], sha[SHA1_HEX_LEN + 1];
+    unsigned long lineno = 0, rows = 0;
+    redisContext *c = sync_connect();
+    FILE *fp;
+
+    (void)state;
+    sha1_hex(store_redis_lua, strlen(store_redis_lua), sha);
+    snprintf(path, sizeof path, "%s/test/vectors/decay.tsv", srcdir ? srcdir : ".");
+    fp = fopen(path, "r");
+    if (!fp)
+        fail_msg("%s: %s (set SMTPGUARD_SRCDIR to the source tree)", path, strerror(errno));
+    while (fgets(line, sizeof line, fp)) {
+        char *field[9], *save = NULL, key[200];
+        size_t nf = 0;
+
+        lineno++;
+        line[strcspn(line, "\r\n")] = '\0';
+        if (line[0] == '#' || line[0] == '\0')
+            continue;
+        for (char *tok = strtok_r(line, "\t", &save); tok && nf < 9;
+             tok = strtok_r(NULL, "\t", &save))
+            field[nf++] = tok;
+        if (nf != 8)
+            fail_msg("decay.tsv:%lu: got %zu fields, want 8", lineno, nf);
+        const char *kind = strcmp(field[1], "half_life") == 0 ? "h"
+                           : strcmp(field[1], "leak") == 0    ? "l"
+                                                              : NULL;
+        if (!kind)
+            fail_msg("decay.tsv:%lu: bad kind \"%s\"", lineno, field[1]);
+        double param = parse_double(field[2], "param", lineno);
+        double before = parse_double(field[3], "score_before", lineno);
+        double dt = parse_double(field[4], "dt_seconds", lineno);
+        double points = parse_double(field[5], "points", lineno);
+        double want = parse_double(field[6], "want_score", lineno);
+        double want_ttl = parse_double(field[7], "want_ttl", lineno);
+        double t0 = 1700000000.25, now = t0 + dt;
+
+        snprintf(key, sizeof key, "sgtest:vec:%s", field[0]);
+        freeReplyObject(sync_cmd(c, "DEL %s", key));
+        /* A score of 0 is a missing key (what the stores hold for it). */
+        if (before != 0) {
+            char seed[80];
+            snprintf(seed, sizeof seed, "%.17g %.17g", before, t0);
+            freeReplyObject(sync_cmd(c, "SET %s %s", key, seed));
+        }
+        redisReply *r = script_call(c, sha, key, now, kind, param, points);
+        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
+            r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING)
+            fail_msg("%s: want an array of 2 strings", field[0]);
+        double got_now = strtod(r->element[0]->str, NULL);
+        double got = strtod(r->element[1]->str, NULL);
+        freeReplyObject(r);
+        if (got_now != now)
+            fail_msg("%s (line %lu): now got %.17g, want %.17g", field[0], lineno, got_now, now);
+        if (!close_enough(got, want, VECTOR_REL_TOL))
+            fail_msg("%s (line %lu): score got %.17g, want %.17g", field[0], lineno, got, want);
+
+        long long exists = sync_int(c, "EXISTS %s", key);
+        if (points != 0) {
+            long long want_ms = (long long)(want_ttl < 1 ? 1 : want_ttl) * 1000;
+            long long pttl = sync_int(c, "PTTL %s", key);
+            /* Set a few ms ago: a little under want_ms, never over. */
+            if (pttl > want_ms || pttl < want_ms - 1000)
+                fail_msg("%s (line %lu): PTTL got %lld ms, want %lld ms (just under)", field[0],
+                         lineno, pttl, want_ms);
+            /* The stored pair is the new score at now, digit for digit. */
+            char want_val[80];
+            snprintf(want_val, sizeof want_val, "%.17g %.17g", got, now);
+            redisReply *v = sync_cmd(c, "GET %s", key);
+            if (v->type != REDIS_REPLY_STRING || strcmp(v->str, want_val) != 0)
+                fail_msg("%s: stored \"%s\", want \"%s\"", field[0],
+                         v->type == REDIS_REPLY_STRING ? v->str : "(nil)", want_val);
+            freeReplyObject(v);
+        } else if (!(want > DECAY_FLOOR)) {
+            if (exists)
+                fail_msg("%s (line %lu): a read down to the floor left the key", field[0], lineno);
+        } else if (exists != (before != 0)) {
+            fail_msg("%s (line %lu): a read changed whether the key exists", field[0], lineno);
+        }
+        freeReplyObject(sync_cmd(c, "DEL %s", key));
+        rows++;
+    }
+    fclose(fp);
+    redisFree(c);
+    if (rows < 20)
+        fail_msg("decay.tsv: got %lu rows, want at least 20", rows);
+}
+
+/* The script with now = "" takes TIME; it also must refuse bad input
+ * without writing. */
+static void test_store_redis_script_time_and_bad_args(void **state)
+{
+    redisContext *c = sync_connect();
+    redisReply *r;
+    struct timeval tv;
+
+    (void)state;
+    gettimeofday(&tv, NULL);
+    r = sync_cmd(c, "EVAL %s 1 sgtest:time:k %s h 600 1", store_redis_lua, "");
+    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    double now = strtod(r->element[0]->str, NULL);
+    freeReplyObject(r);
+    if (fabs(now - ((double)tv.tv_sec + tv.tv_usec / 1e6)) > 5)
+        fail_msg("Redis TIME %.6f is far from ours", now);
+    freeReplyObject(sync_cmd(c, "DEL sgtest:time:k"));
+
+    r = redisCommand(c, "EVAL %s 1 sgtest:bad:k 1000 x 600 1", store_redis_lua);
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_ERROR);
+    freeReplyObject(r);
+    r = redisCommand(c, "EVAL %s 1 sgtest:bad:k 1000 h 600", store_redis_lua);
+    assert_non_null(r);
+    assert_int_equal(r->type, REDIS_REPLY_ERROR);
+    freeReplyObject(r);
+    assert_int_equal(sync_int(c, "EXISTS %s", "sgtest:bad:k"), 0);
+    redisFree(c);
+}
+
+/* --- the store -------------------------------------------------------- */
+
+static void test_store_redis_apply_and_decay(void **state)
+{
+    struct fixture f;
+    struct result r1, r2;
+    struct store_update u[2];
+    struct decay hl = {DECAY_HALF_LIFE, 600}, lk = {DECAY_LEAK, 100.0 / 3600};
+
+    (void)state;
+    fixture_init(&f);
+    struct store *st = open_store(&f, getenv("SMTPGUARD_TEST_REDIS"), NULL, "sgtest:decay:",
+                                  TEST_TIMEOUT_MS);
+    wait_up(&f, st);
+    const char *keys[] = {"ip", "user"};
+    const size_t lens[] = {2, 4};
+    struct result rr;
+    memset(&rr, 0, sizeof rr);
+    store_reset(st, keys, lens, 2, on_reset, &rr);
+    assert_int_equal(rr.calls, 0);
+    run_until(&f, &rr.calls, NULL, NULL, 2000);
+    assert_int_equal(rr.status, STORE_OK);
+
+    u[0] = upd("ip", hl.kind, hl.param, 4);
+    u[1] = upd("user", lk.kind, lk.param, 6);
+    apply_wait(&f, st, u, 2, &r1);
+    assert_int_equal(r1.status, STORE_OK);
+    assert_int_equal(r1.n, 2);
+    assert_true(r1.scores[0] == 4 && r1.scores[1] == 6);
+    usleep(200000);
+    u[0].points = 1;
+    u[1].points = 1;
+    apply_wait(&f, st, u, 2, &r2);
+    assert_int_equal(r2.status, STORE_OK);
+    /* Same numbers as decay_apply over Redis's own dt. */
+    double dt = r2.now - r1.now;
+    if (!(dt > 0.15 && dt < 2))
+        fail_msg("dt got %.6f, want about 0.2", dt);
+    double want0 = decay_apply(&hl, 4, dt, 1), want1 = decay_apply(&lk, 6, dt, 1);
+    if (!close_enough(r2.scores[0], want0, 1e-12) || !close_enough(r2.scores[1], want1, 1e-12))
+        fail_msg("got %.17g %.17g, want %.17g %.17g", r2.scores[0], r2.scores[1], want0, want1);
+
+    /* TTL as decay_ttl says. */
+    redisContext *c = sync_connect();
+    long long pttl = sync_int(c, "PTTL %s", "sgtest:decay:ip");
+    long long want_ms = (long long)decay_ttl(&hl, r2.scores[0]) * 1000;
+    if (pttl > want_ms || pttl < want_ms - 1000)
+        fail_msg("PTTL got %lld, want just under %lld", pttl, want_ms);
+    redisFree(c);
+
+    memset(&rr, 0, sizeof rr);
+    store_reset(st, keys, lens, 2, on_reset, &rr);
+    run_until(&f, &rr.calls, NULL, NULL, 2000);
+    assert_int_equal(rr.status, STORE_OK);
+    c = sync_connect();
+    assert_int_equal(sync_int(c, "EXISTS %s", "sgtest:decay:ip"), 0);
+    assert_int_equal(sync_int(c, "EXISTS %s", "sgtest:decay:user"), 0);
+    redisFree(c);
+    close_store(&f, st);
+    fixture_fini(&f);
+}
+
+static void test_store_redis_read_does_not_create(void **state)
+{
+    struct fixture f;
+    struct result r;
+    struct store_update u = upd("nobody", DECAY_HALF_LIFE, 600, 0);
+
+    (void)state;
+    fixture_init(&f);
+    struct store *st = open_store(&f, getenv("SMTPGUARD_TEST_REDIS"), NULL, "sgtest:ro:",
+                                  TEST_TIMEOUT_MS);
+    wait_up(&f, st);
+    apply_wait(&f, st, &u, 1, &r);
+    assert_int_equal(r.status, STORE_OK);
+    assert_true(r.scores[0] == 0);
+    redisContext *c = sync_connect();
+    assert_int_equal(sync_int(c, "EXISTS %s", "sgtest:ro:nobody"), 0);
+    redisFree(c);
+    close_store(&f, st);
+    fixture_fini(&f);
+}
+
+static void test_store_redis_shared_between_stores(void **state)
+{
+    struct fixture f;
+    struct result r;
+    struct store_update u = upd("shared", DECAY_HALF_LIFE, 3600, 1);
+
+    (void)state;
+    fixture_init(&f);
+    struct store *a = open_store(&f, getenv("SMTPGUARD_TEST_REDIS"), NULL, "sgtest:two:",
+                                 TEST_TIMEOUT_MS);
+    const char *unix_addr = getenv("SMTPGUARD_TEST_REDIS_UNIX");
+    /* The second one over the unix socket when there is one. */
+    struct store *b = open_store(&f, unix_addr ? unix_addr : getenv("SMTPGUARD_TEST_REDIS"), NULL,
+                                 "sgtest:two:", TEST_TIMEOUT_MS);
+    wait_up(&f, a);
+    wait_up(&f, b);
+    const char *key = "shared";
+    size_t len = 6;
+    struct result rr;
+    memset(&rr, 0, sizeof rr);
+    store_reset(a, &key, &len, 1, on_reset, &rr);
+    run_until(&f, &rr.calls, NULL, NULL, 2000);
+
+    apply_wait(&f, a, &u, 1, &r);
+    assert_int_equal(r.status, STORE_OK);
+    u.points = 2;
+    apply_wait(&f, b, &u, 1, &r);
+    assert_int_equal(r.status, STORE_OK);
+    if (!(r.scores[0] > 2.999 && r.scores[0] <= 3))
+        fail_msg("b sees %.17g, want just under 3", r.scores[0]);
+    u.points = 0;
+    apply_wait(&f, a, &u, 1, &r);
+    if (!(r.scores[0] > 2.999 && r.scores[0] <= 3))
+        fail_msg("a sees %.17g, want just under 3", r.scores[0]);
+    store_reset(b, &key, &len, 1, NULL, NULL);
+    close_store(&f, a);
+    close_store(&f, b);
+    fixture_fini(&f);
+}
+
+/* The server drops us (a restart, CLIENT KILL, a proxy): logged once,
+ * reconnected after the first backoff step, and working again. */
+static void test_store_redis_reconnects_after_kill(void **state)
+{
+    struct fixture f;
+    struct result r;
+    struct store_update u = upd("kill", DECAY_LEAK, 1, 1);
+
+    (void)state;
+    fixture_init(&f);
+    struct store *st = open_store(&f, getenv("SMTPGUARD_TEST_REDIS"), NULL, "sgtest:kill:",
+                                  TEST_TIMEOUT_MS);
+    wait_up(&f, st);
+    for (int round = 0; round < 3; round++) {
+        apply_wait(&f, st, &u, 1, &r);
+        assert_int_equal(r.status, STORE_OK);
+        redisContext *c = sync_connect();
+        freeReplyObject(sync_cmd(c, "CLIENT KILL TYPE normal"));
+        redisFree(c);
+        /* An apply racing the kill may go either way, but answers. */
+        apply_wait(&f, st, &u, 1, &r);
+        uint64_t t0 = uv_hrtime();
+        run_until(&f, NULL, store_is_up, st, 50);
+        if (!run_until(&f, NULL, store_is_up, st, 2000))
+            fail_msg("round %d: not up again within 2 s", round);
+        apply_wait(&f, st, &u, 1, &r);
+        assert_int_equal(r.status, STORE_OK);
+        if (round == 0)
+            print_message("reconnected %llu ms after CLIENT KILL\n",
+                          (unsigned long long)((uv_hrtime() - t0) / 1000000));
+    }
+    const char *key = "kill";
+    size_t len = 4;
+    store_reset(st, &key, &len, 1, NULL, NULL);
+    close_store(&f, st);
+    fixture_fini(&f);
+}
+
+static void test_store_redis_ipv6(void **state)
+{
+    const char *addr = getenv("SMTPGUARD_TEST_REDIS6");
+    struct fixture f;
+    struct result r;
+    struct store_update u = upd("v6", DECAY_LEAK, 1, 0);
+
+    (void)state;
+    if (!addr) {
+        print_message("no IPv6 loopback: skipped\n");
+        skip();
+    }
+    fixture_init(&f);
+    struct store *st = open_store(&f, addr, NULL, "sgtest:v6:", TEST_TIMEOUT_MS);
+    wait_up(&f, st);
+    apply_wait(&f, st, &u, 1, &r);
+    assert_int_equal(r.status, STORE_OK);
+    close_store(&f, st);
+    fixture_fini(&f);
+}
+
+static void test_store_redis_noscript(void **state)
+{
+    struct fixture f;
+    struct result r;
+    struct store_update u = upd("ns", DECAY_LEAK, 1, 1);
+    char sha[SHA1_HEX_LEN + 1];
+
+    (void)state;
+    sha1_hex(store_redis_lua, strlen(store_redis_lua), sha);
+    fixture_init(&f);
+    struct store *st = open_store(&f, getenv("SMTPGUARD_TEST_REDIS"), NULL, "sgtest:ns:",
+                                  TEST_TIMEOUT_MS);
+    wait_up(&f, st);
+    redisContext *c = sync_connect();
+    for (int round = 0; round < 3; round++) {
+        freeReplyObject(sync_cmd(c, "SCRIPT FLUSH"));
+        apply_wait(&f, st, &u, 1, &r);
+        if (r.status != STORE_OK)
+            fail_msg("round %d: apply after SCRIPT FLUSH failed", round);
+        /* Loaded again by the EVAL, under the SHA-1 we computed. */
+        redisReply *e = sync_cmd(c, "SCRIPT EXISTS %s", sha);
+        assert_int_equal(e->type, REDIS_REPLY_ARRAY);
+        assert_int_equal(e->element[0]->integer, 1);
+        freeReplyObject(e);
+        apply_wait(&f, st, &u, 1, &r);
+        assert_int_equal(r.status, STORE_OK);
+    }
+    freeReplyObject(sync_cmd(c, "DEL sgtest:ns:ns"));
+    redisFree(c);
+    close_store(&f, st);
+    fixture_fini(&f);
+}
+
+static void test_store_redis_deferred_and_close_pending(void **state)
+{
+    struct fixture f;
+    struct result r[4];
+    struct store_update u = upd("cp", DECAY_LEAK, 1, 1);
+
+    (void)state;
+    fixture_init(&f);
+    struct store *st = open_store(&f, getenv("SMTPGUARD_TEST_REDIS"), NULL, "sgtest:cp:",
+                                  TEST_TIMEOUT_MS);
+    wait_up(&f, st);
+    memset(r, 0, sizeof r);
+    for (int i = 0; i < 4; i++)
+        store_apply(st, &u, 1, on_done, &r[i]);
+    store_close(st);
+    for (int i = 0; i < 4; i++)
+        assert_int_equal(r[i].calls, 0);
+    uv_close((uv_handle_t *)&f.tick, NULL);
+    assert_int_equal(uv_run(&f.loop, UV_RUN_DEFAULT), 0);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(r[i].calls, 1);
+        assert_int_equal(r[i].status, STORE_TEMPFAIL);
+    }
+    assert_int_equal(uv_loop_close(&f.loop), 0);
+}
+
+static void test_store_redis_down_fails_fast(void **state)
+{
+    struct fixture f;
+    struct result r;
+    struct store_update u = upd("down", DECAY_LEAK, 1, 1);
+
+    (void)state;
+    fixture_init(&f);
+    /* Port 1 on loopback: nothing listens there. */
+    struct store *st = open_store(&f, "127.0.0.1:1", NULL, "sgtest:", 200);
+    assert_false(store_is_up(st));
+    uint64_t t0 = uv_hrtime();
+    apply_wait(&f, st, &u, 1, &r);
+    uint64_t ms = (uv_hrtime() - t0) / 1000000;
+    assert_int_equal(r.status, STORE_TEMPFAIL);
+    if (ms > 50)
+        fail_msg("failing while down took %llu ms, want at once", (unsigned long long)ms);
+    /* Let it try and back off a few times, then close in the middle. */
+    run_until(&f, NULL, store_is_up, st, 700);
+    assert_false(store_is_up(st));
+    close_store(&f, st);
+    fixture_fini(&f);
+}
+
+static void test_store_redis_bad_addresses(void **state)
+{
+    static const char *const bad[] = {"", "[::1", "[::1]x", "::1:6379", "host:0", "host:65536",
+                                      "host:x", "unix:relative", ":6379"};
+    struct fixture f;
+    char err[256];
+
+    (void)state;
+    fixture_init(&f);
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        struct store_config cfg = {.backend = STORE_BACKEND_REDIS, .redis_address = (char *)bad[i]};
+        struct store *st = NULL;
+        err[0] = '\0';
+        if (store_open(&st, &cfg, &f.loop, err, sizeof err) != -EINVAL)
+            fail_msg("address \"%s\": got success, want -EINVAL", bad[i]);
+        if (!err[0])
+            fail_msg("address \"%s\": no message", bad[i]);
+    }
+    fixture_fini(&f);
+}
+
+static void sigstop_cleanup(pid_t pid)
+{
+    if (pid > 0)
+        kill(pid, SIGCONT);
+}
+
+/* Never leave Redis stopped behind a failed assertion. */
+static int sigstop_teardown(void **state)
+{
+    const char *pid_s = getenv("SMTPGUARD_TEST_REDIS_PID");
+
+    (void)state;
+    if (pid_s && atol(pid_s) > 1)
+        sigstop_cleanup((pid_t)atol(pid_s));
+    return 0;
+}
+
+static void test_store_redis_sigstop(void **state)
+{
+    const char *pid_s = getenv("SMTPGUARD_TEST_REDIS_PID");
+    struct fixture f;
+    struct result r;
+    struct store_update u = upd("stop", DECAY_LEAK, 1, 1);
+    pid_t pid = 0;
+
+    (void)state;
+    if (!pid_s || (pid = (pid_t)atol(pid_s)) <= 1) {
+        print_message("SMTPGUARD_TEST_REDIS_PID not set: skipped\n");
+        skip();
+    }
+    fixture_init(&f);
+    struct store *st = open_store(&f, getenv("SMTPGUARD_TEST_REDIS"), NULL, "sgtest:stop:",
+                                  TEST_TIMEOUT_MS);
+    wait_up(&f, st);
+    apply_wait(&f, st, &u, 1, &r);
+    assert_int_equal(r.status, STORE_OK);
+
+    assert_int_equal(kill(pid, SIGSTOP), 0);
+    uint64_t t0 = uv_hrtime();
+    memset(&r, 0, sizeof r);
+    store_apply(st, &u, 1, on_done, &r);
+    run_until(&f, &r.calls, NULL, NULL, 3000);
+    uint64_t ms = (uv_hrtime() - t0) / 1000000;
+    sigstop_cleanup(pid);
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(r.status, STORE_TEMPFAIL);
+    if (ms < TEST_TIMEOUT_MS - 5 || ms > TEST_TIMEOUT_MS + 100)
+        fail_msg("TEMPFAIL after %llu ms, want %u ms + a little", (unsigned long long)ms,
+                 TEST_TIMEOUT_MS);
+    print_message("redis paused: TEMPFAIL after %llu ms (timeout %u ms)\n",
+                  (unsigned long long)ms, TEST_TIMEOUT_MS);
+
+    /* Back: works again (possibly after a reconnect). */
+    uint64_t t1 = uv_hrtime();
+    for (;;) {
+        apply_wait(&f, st, &u, 1, &r);
+        if (r.status == STORE_OK)
+            break;
+        if ((uv_hrtime() - t1) / 1000000 > 3000)
+            fail_msg("still failing 3 s after SIGCONT");
+        run_until(&f, NULL, store_is_up, st, 100);
+    }
+
+    /* Paused long enough to be dropped: it reconnects after SIGCONT. */
+    assert_int_equal(kill(pid, SIGSTOP), 0);
+    for (int i = 0; i < 3; i++) {
+        apply_wait(&f, st, &u, 1, &r);
+        assert_int_equal(r.status, STORE_TEMPFAIL);
+    }
+    sigstop_cleanup(pid);
+    t1 = uv_hrtime();
+    run_until(&f, NULL, store_is_up, st, 3000);
+    for (;;) {
+        apply_wait(&f, st, &u, 1, &r);
+        if (r.status == STORE_OK)
+            break;
+        if ((uv_hrtime() - t1) / 1000000 > 6000)
+            fail_msg("still failing 6 s after SIGCONT");
+        run_until(&f, NULL, store_is_up, st, 100);
+    }
+    print_message("redis resumed: OK again after %llu ms\n",
+                  (unsigned long long)((uv_hrtime() - t1) / 1000000));
+    const char *key = "stop";
+    size_t len = 4;
+    store_reset(st, &key, &len, 1, NULL, NULL);
+    close_store(&f, st);
+    fixture_fini(&f);
+}
+
+/* The log goes to a file during the password test, to check the secret
+ * never shows. */
+static int saved_stderr = -1;
+static char log_path[] = "/tmp/test_store_redis_log.XXXXXX";
+
+static void capture_stderr(void)
+{
+    int fd = mkstemp(log_path);
+    assert_true(fd >= 0);
+    fflush(stderr);
+    saved_stderr = dup(2);
+    dup2(fd, 2);
+    close(fd);
+}
+
+static char *release_stderr(void)
+{
+    static char text[65536];
+    fflush(stderr);
+    dup2(saved_stderr, 2);
+    close(saved_stderr);
+    FILE *fp = fopen(log_path, "r");
+    size_t n = fp ? fread(text, 1, sizeof text - 1, fp) : 0;
+    text[n] = '\0';
+    if (fp)
+        fclose(fp);
+    unlink(log_path);
+    return text;
+}
+
+static int password_teardown(void **state)
+{
+    redisContext *c = sync_connect();
+    redisReply *r;
+
+    (void)state;
+    r = redisCommand(c, "AUTH %s", "s3cret-Pa55");
+    freeReplyObject(r);
+    r = redisCommand(c, "CONFIG SET requirepass %s", "");
+    freeReplyObject(r);
+    redisFree(c);
+    return 0;
+}
+
+static void test_store_redis_password(void **state)
+{
+    struct fixture f;
+    struct result r;
+    struct store_update u = upd("pw", DECAY_LEAK, 1, 1);
+    const char *addr = getenv("SMTPGUARD_TEST_REDIS");
+
+    (void)state;
+    redisContext *c = sync_connect();
+    freeReplyObject(sync_cmd(c, "CONFIG SET requirepass %s", "s3cret-Pa55"));
+    redisFree(c);
+
+    capture_stderr();
+    fixture_init(&f);
+    struct store *good = open_store(&f, addr, "s3cret-Pa55", "sgtest:pw:", TEST_TIMEOUT_MS);
+    struct store *bad = open_store(&f, addr, "wr0ng-Pa55", "sgtest:pw:", TEST_TIMEOUT_MS);
+    struct store *none = open_store(&f, addr, NULL, "sgtest:pw:", TEST_TIMEOUT_MS);
+    wait_up(&f, good);
+    apply_wait(&f, good, &u, 1, &r);
+    int good_status = r.status;
+    run_until(&f, NULL, store_is_up, bad, 800);
+    bool bad_up = store_is_up(bad), none_up = store_is_up(none);
+    apply_wait(&f, bad, &u, 1, &r);
+    int bad_status = r.status;
+    apply_wait(&f, none, &u, 1, &r);
+    int none_status = r.status;
+    close_store(&f, good);
+    close_store(&f, bad);
+    close_store(&f, none);
+    fixture_fini(&f);
+    char *log = release_stderr();
+
+    assert_int_equal(good_status, STORE_OK);
+    assert_false(bad_up);
+    assert_false(none_up);
+    assert_int_equal(bad_status, STORE_TEMPFAIL);
+    assert_int_equal(none_status, STORE_TEMPFAIL);
+    if (strstr(log, "Pa55"))
+        fail_msg("a password reached the log:\n%s", log);
+    if (!strstr(log, "authentication failed"))
+        fail_msg("want an authentication failure in the log, got:\n%s", log);
+    /* Connect failures are rate-limited: one line per store here. */
+    const char *p = log;
+    int lines = 0;
+    while ((p = strstr(p, "cannot connect")) != NULL) {
+        lines++;
+        p++;
+    }
+    if (lines > 2)
+        fail_msg("got %d connect-failure lines, want at most 2 (rate-limited):\n%s", lines, log);
+}
+
+static int cmp_u64(const void *a, const void *b)
+{
+    uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return x < y ? -1 : x > y;
+}
+
+/* Not a pass/fail test: prints the round trip of a 3-counter apply. */
+static void test_store_redis_latency(void **state)
+{
+    enum { ROUNDS = 2000 };
+    static uint64_t ns[ROUNDS];
+    struct fixture f;
+    struct result r;
+    struct store_update u[3];
+
+    (void)state;
+    fixture_init(&f);
+    struct store *st = open_store(&f, getenv("SMTPGUARD_TEST_REDIS"), NULL, "sgtest:lat:",
+                                  TEST_TIMEOUT_MS);
+    wait_up(&f, st);
+    u[0] = upd("ip:192.0.2.7", DECAY_HALF_LIFE, 600, 1);
+    u[1] = upd("net:192.0.2.0/24", DECAY_HALF_LIFE, 600, 1);
+    u[2] = upd("user:alice@example.org", DECAY_LEAK, 100.0 / 3600, 1);
+    for (int i = 0; i < ROUNDS; i++) {
+        uint64_t t0 = uv_hrtime();
+        apply_wait(&f, st, u, 3, &r);
+        ns[i] = uv_hrtime() - t0;
+        assert_int_equal(r.status, STORE_OK);
+    }
+    qsort(ns, ROUNDS, sizeof ns[0], cmp_u64);
+    print_message("redis apply of 3 counters, %d rounds: median %.1f us, p99 %.1f us\n", ROUNDS,
+                  ns[ROUNDS / 2] / 1e3, ns[ROUNDS * 99 / 100] / 1e3);
+    const char *keys[] = {u[0].key, u[1].key, u[2].key};
+    const size_t lens[] = {u[0].key_len, u[1].key_len, u[2].key_len};
+    store_reset(st, keys, lens, 3, NULL, NULL);
+    close_store(&f, st);
+    fixture_fini(&f);
+}
+
+int main(void)
+{
+    const char *addr = getenv("SMTPGUARD_TEST_REDIS");
+    const char *colon;
+
+    if (!addr || !(colon = strrchr(addr, ':')) || (size_t)(colon - addr) >= sizeof redis_host) {
+        fprintf(stderr, "test_store_redis: set SMTPGUARD_TEST_REDIS=host:port "
+                        "(scripts/with-redis does)\n");
+        return 77;
+    }
+    memcpy(redis_host, addr, (size_t)(colon - addr));
+    redis_port = atoi(colon + 1);
+    log_threshold = LOG_LEVEL_WARN;
+    /* hiredis write()s: a socket the server closed must give EPIPE, not
+     * kill us (the daemon ignores SIGPIPE too). */
+    signal(SIGPIPE, SIG_IGN);
+
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_store_redis_script_vectors),
+        cmocka_unit_test(test_store_redis_script_time_and_bad_args),
+        cmocka_unit_test(test_store_redis_apply_and_decay),
+        cmocka_unit_test(test_store_redis_read_does_not_create),
+        cmocka_unit_test(test_store_redis_shared_between_stores),
+        cmocka_unit_test(test_store_redis_noscript),
+        cmocka_unit_test(test_store_redis_reconnects_after_kill),
+        cmocka_unit_test(test_store_redis_ipv6),
+        cmocka_unit_test(test_store_redis_deferred_and_close_pending),
+        cmocka_unit_test(test_store_redis_down_fails_fast),
+        cmocka_unit_test(test_store_redis_bad_addresses),
+        cmocka_unit_test_teardown(test_store_redis_sigstop, sigstop_teardown),
+        cmocka_unit_test_teardown(test_store_redis_password, password_teardown),
+        cmocka_unit_test(test_store_redis_latency),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
