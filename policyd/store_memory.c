@@ -31,6 +31,9 @@
  *   are stopped when the queue is empty, so an idle store costs nothing.
  * - Completion slots (with room for STORE_MAX_UPDATES scores) are kept
  *   on a free list and reused: no allocation per apply once warm.
+ * - cfg->prefix is not used: these keys never leave the process.
+ * - A score at or below the floor has a TTL of 0, so a key pushed below
+ *   zero by negative points lives one second, here as in Redis.
  */
 #include "store.h"
 
@@ -52,6 +55,7 @@
 #define MEM_EVICT_SAMPLE 5      /* entries compared to pick a victim */
 #define MEM_EVICT_PROBES 64     /* buckets tried to fill the sample */
 #define MEM_KEY_MAX 0xffffu     /* bytes; longer keys are refused */
+#define MEM_BUCKETS_MAX ((size_t)1 << 26) /* 512 MB of chains; past it chains grow */
 
 struct mem_entry {
     struct mem_entry *next;     /* bucket chain */
@@ -139,7 +143,9 @@ static uint64_t mem_siphash(const struct store *st, const char *key, size_t len)
     } while (0)
 
     for (i = 0; i + 8 <= len; i += 8) {
-        memcpy(&m, p + i, 8);   /* little-endian hosts only matter for speed, not correctness */
+        /* Host byte order: on a big-endian host the value differs from
+         * reference SipHash, which a private table does not care about. */
+        memcpy(&m, p + i, 8);
         v3 ^= m;
         SIPROUND;
         SIPROUND;
@@ -387,9 +393,12 @@ static int mem_open(struct store **out, const struct store_config *cfg, uv_loop_
     st->base.ops = &store_memory_ops;
     st->loop = loop;
     st->max_keys = cfg->memory_max_keys ? cfg->memory_max_keys : MEM_DEFAULT_MAX_KEYS;
-    /* Load factor at most 1 at the cap, and no rehash ever: see the top. */
+    /* Load factor at most 1 at the cap, and no rehash ever: see the top.
+     * XXX: the bucket array is allocated for the cap up front (8 bytes per
+     * allowed key; calloc'd pages cost memory only once touched). An
+     * incremental rehash would let it follow the keys instead. */
     st->nbuckets = 16;
-    while (st->nbuckets < st->max_keys && st->nbuckets < ((size_t)1 << 40))
+    while (st->nbuckets < st->max_keys && st->nbuckets < MEM_BUCKETS_MAX)
         st->nbuckets <<= 1;
     rc = uv_random(NULL, NULL, seed, sizeof seed, 0, NULL);
     if (rc < 0) {

@@ -39,10 +39,12 @@
  *   the loop does not block in poll meanwhile, as in store_memory.c),
  *   never from inside apply. Replies and deadlines call back directly:
  *   they already run from the loop.
- * - Logs: "connection lost" once per loss, "connected" once per
- *   recovery; connect failures, timeouts and Redis errors through
- *   log_warn_every, one line per minute at most. The password is never
- *   logged.
+ * - Logs: "connection lost" once per loss and "connected" once per
+ *   recovery (losses of a link that flaps are rate-limited, and so are
+ *   their recoveries); connect failures, timeouts and Redis errors go
+ *   through log_warn_every, one line per minute at most. Error text
+ *   from Redis is quoted (a script error may carry a key). The password
+ *   is never logged.
  *
  * XXX: hiredis resolves a host name with a blocking getaddrinfo() at each
  * connect attempt; use an IP address or a unix socket in redis.address.
