@@ -80,6 +80,7 @@ $(B)/gen/store_redis_lua.h: policyd/store_redis.lua scripts/embed-text
 	sh scripts/embed-text store_redis_lua $< > $@.tmp && mv $@.tmp $@
 
 $(B)/policyd/store_redis.o: $(B)/gen/store_redis_lua.h
+$(B)/test/integration/test_store_redis.o: $(B)/gen/store_redis_lua.h
 
 $(B)/%.o: %.c
 	@mkdir -p $(dir $@)
