@@ -60,6 +60,11 @@ double decay_ttl(const struct decay *d, double score)
 {
     double t;
 
+    /* A negative score (a rule that subtracts) decays toward 0 under a
+     * half-life just as a positive one does, so it lives as long as its
+     * magnitude says; under a leak it is clamped to 0 at the next update. */
+    if (d->kind == DECAY_HALF_LIFE)
+        score = fabs(score);
     /* !(score > floor) also catches NaN. */
     if (!(score > DECAY_FLOOR))
         return 0;

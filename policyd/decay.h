@@ -35,8 +35,9 @@ const char *decay_kind_name(enum decay_kind k);  /* "half_life" / "leak" */
  * several hosts may disagree slightly), plus points. */
 double decay_apply(const struct decay *d, double score, double dt, double points);
 
-/* decay_ttl - seconds until score decays to DECAY_FLOOR; 0 if it already
- * is there. Always a whole number of seconds, rounded up. */
+/* decay_ttl - seconds until score decays to DECAY_FLOOR (its magnitude,
+ * under a half-life); 0 if it already is there. Always a whole number of
+ * seconds, rounded up. */
 double decay_ttl(const struct decay *d, double score);
 
 /* decay_round - round half up to precision decimal places (0-6). */

@@ -279,7 +279,7 @@ static double mem_update(struct store *st, const struct store_update *u, double 
         if (!e)
             return 0;
         score = decay_apply(&u->decay, e->score, now - e->updated_at, 0);
-        if (!(score > DECAY_FLOOR))
+        if (decay_ttl(&u->decay, score) == 0)
             mem_unlink_free(st, link);
         return score;
     }

@@ -55,6 +55,9 @@ end
 
 -- decay_ttl in decay.c: whole seconds until the score reaches FLOOR.
 local function ttl(kind, param, score)
+    if kind == 'h' then
+        score = math.abs(score)
+    end
     if not (score > FLOOR) then
         return 0
     end
@@ -105,7 +108,7 @@ for i = 1, #KEYS do
             ms = 1e15
         end
         redis.call('SET', KEYS[i], fmt(score) .. ' ' .. fmt(now), 'PX', string.format('%d', ms))
-    elseif old and not (score > FLOOR) then
+    elseif old and ttl(kind, param, score) == 0 then
         redis.call('DEL', KEYS[i])
     end
     out[i + 1] = fmt(score)

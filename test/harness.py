@@ -27,7 +27,6 @@ Environment:
   CI=true            missing redis-server/postfix is a failure, not a skip
 """
 
-import errno
 import os
 import random
 import re

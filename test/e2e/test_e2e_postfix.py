@@ -7,7 +7,6 @@ SMTP session. Reply texts are what Postfix makes of smtpguard's actions:
   END-OF-MESSAGE: 554 5.7.1 <END-OF-MESSAGE>: End-of-data rejected: TEXT
 """
 
-import os
 import time
 
 import harness as h

@@ -1,6 +1,5 @@
 """Config checking (-t), SIGHUP reload, SIGTERM, command-line basics."""
 
-import os
 import re
 import signal
 import subprocess

@@ -324,7 +324,7 @@ static void test_store_redis_script_vectors(void **state)
                 fail_msg("%s: stored \"%s\", want \"%s\"", field[0],
                          v->type == REDIS_REPLY_STRING ? v->str : "(nil)", want_val);
             freeReplyObject(v);
-        } else if (!(want > DECAY_FLOOR)) {
+        } else if (want_ttl == 0) {
             if (exists)
                 fail_msg("%s (line %lu): a read down to the floor left the key", field[0], lineno);
         } else if (exists != (before != 0)) {

@@ -166,7 +166,7 @@ static void test_decay_ttl(void **state)
         double param, score, want;
     } cases[] = {
         {"hl zero", DECAY_HALF_LIFE, 600, 0, 0},
-        {"hl negative", DECAY_HALF_LIFE, 600, -3, 0},
+        {"hl negative", DECAY_HALF_LIFE, 600, -3, 6931}, /* magnitude: 600*log2(3000)=6930.6 */
         {"hl at floor", DECAY_HALF_LIFE, 600, DECAY_FLOOR, 0},
         {"hl NaN", DECAY_HALF_LIFE, 600, NAN, 0},
         {"hl one point", DECAY_HALF_LIFE, 600, 1, 5980},     /* 600*log2(1000)=5979.45 */
