@@ -928,20 +928,20 @@ static void config_parse_list(struct loader *ld, const char *name, yaml_node_t *
         } else if (file) {
             char err[2048];
             l.file = config_resolve_path(ld, config_scalar(file));
+            /* Note the file's identity before reading it: a change made
+             * while we read is then seen by the next list_refresh. */
+            struct stat st;
+            if (stat(l.file, &st) == 0) {
+                l.mtime = st.st_mtim;
+                l.size = st.st_size;
+                l.ino = st.st_ino;
+            }
             int rc = list_load_file(l.file, &d, err, sizeof err);
             if (rc < 0) {
                 char *kpath = config_path(path, "file");
                 config_err(ld, file, kpath, "%s", err);
                 free(kpath);
                 d = NULL;
-            } else {
-                /* Remember what we loaded so list_refresh sees changes. */
-                struct stat st;
-                if (stat(l.file, &st) == 0) {
-                    l.mtime = st.st_mtim;
-                    l.size = st.st_size;
-                    l.ino = st.st_ino;
-                }
             }
         } else if (entries) {
             d = list_data_new();
