@@ -136,6 +136,26 @@ static void conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     buf->len = c->rcap - c->rlen;
 }
 
+static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
+
+/* conn_update_reading - a client that sends ahead of our answers (Postfix
+ * never does) can fill the buffer while a request is in flight, and the
+ * buffer may not move then (the request points into it): stop reading
+ * until the answer is out, then go on. */
+static void conn_update_reading(struct conn *c)
+{
+    if (c->closing)
+        return;
+    bool full = c->busy && c->rcap - c->rlen < 512;
+    if (full && !c->read_paused) {
+        uv_read_stop(&c->h.stream);
+        c->read_paused = true;
+    } else if (!full && c->read_paused) {
+        c->read_paused = false;
+        uv_read_start(&c->h.stream, conn_on_alloc, conn_on_read);
+    }
+}
+
 static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     (void)buf;
@@ -156,6 +176,7 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     conn_idle_restart(c);
     if (!c->busy)
         conn_process(c);
+    conn_update_reading(c);
 }
 
 void conn_start(struct conn *c)
@@ -359,6 +380,7 @@ static void conn_finish(struct conn *c)
     }
     if (!c->in_process && !c->closing && c->rlen)
         conn_process(c);
+    conn_update_reading(c);
 }
 
 static void conn_on_resume(uv_timer_t *t)
@@ -400,4 +422,5 @@ static void conn_process(struct conn *c)
      * loop turn rather than wait for bytes that may never come. */
     if (round == 32 && !c->busy && !c->closing && c->rlen)
         uv_timer_start(&c->wait_timer, conn_on_resume, 0, 0);
+    conn_update_reading(c);
 }

@@ -46,6 +46,7 @@ struct conn {
     bool busy;                  /* a request is being answered */
     bool in_process;            /* conn_process is on the stack */
     bool close_when_idle;       /* shutdown: close after this answer */
+    bool read_paused;           /* reading stopped: buffer full while busy */
     char *rbuf;                 /* read buffer, max_request + 1 bytes */
     size_t rlen;                /* bytes in rbuf */
     size_t rcap;                /* bytes allocated */

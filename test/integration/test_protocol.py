@@ -38,22 +38,18 @@ class ProtocolTest(h.SGTestCase):
         self.assertEqual(c.buf, b"", "extra bytes after the answers")
 
     def test_pipelined_requests(self):
-        # Postfix never sends a request before the previous answer. A client
-        # that does gets either every answer, in order, or a closed
-        # connection with a log line -- never a wrong answer or a crash.
+        # Postfix never sends a request before the previous answer, but a
+        # client that does is served: every answer, in order. 60 requests
+        # of ~600 bytes overflow the initial read buffer, so reading must
+        # pause while a request is in flight and resume after its answer.
         c = self.client(self.d)
-        m = self.d.mark()
-        reqs = [h.policy_request(client_address="198.51.100.51") for _ in range(6)]
+        pad = "x" * 500
+        reqs = [h.policy_request(client_address="198.51.100.51", ccert_subject=pad)
+                for _ in range(60)]
         c.send_raw(b"".join(c.encode(r) for r in reqs))
-        want = ["DUNNO"] * 4 + ["550 5.7.1 198.51.100.51 sent too much"] * 2
-        got = []
-        try:
-            for _ in reqs:
-                got.append(c.read_action())
-        except h.PolicyClosed:
-            self.assertRegex(self.d.log_since(m), r"c=\w+[^\n]*(pipelin|more than one request|closing)",
-                             "closed a pipelining client without saying why")
-        self.assertEqual(got, want[:len(got)], "answers out of order or wrong")
+        want = ["DUNNO"] * 4 + ["550 5.7.1 198.51.100.51 sent too much"] * 56
+        got = [c.read_action() for _ in reqs]
+        self.assertEqual(got, want, "answers out of order or wrong")
         with self.d.client() as c2:
             self.assertEqual(c2.request(h.policy_request(client_address="198.51.100.52")), "DUNNO")
 
