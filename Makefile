@@ -113,7 +113,7 @@ $(B)/itest/test_store_redis: $(B)/test/integration/test_store_redis.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS) $(CMOCKA_LIBS)
 
 test:
-	sh scripts/test-all
+	bash scripts/test-all
 
 asan:
 	$(MAKE) VARIANT=asan all check
