@@ -48,6 +48,7 @@ SRCS += policyd/template.c
 SRCS += policyd/config.c
 SRCS += policyd/rules.c
 SRCS += policyd/actions.c
+SRCS += policyd/engine.c
 SRCS += policyd/store.c
 SRCS += policyd/sha1.c
 SRCS += policyd/store_memory.c

@@ -2,10 +2,10 @@
  * conn - one Postfix connection. See conn.h.
  *
  * The request cycle: read -> protocol_scan (incremental, limits checked
- * as bytes arrive) -> protocol_parse in place -> rules_eval_points ->
- * one store_apply -> rules_decide -> answer (possibly held back by a
- * `wait`) -> log and side effects -> drop the request's bytes and look
- * for the next one. Nothing here allocates per request: the read buffer,
+ * as bytes arrive) -> protocol_parse in place -> engine_start (points,
+ * one store round trip, decision) -> answer (possibly held back by a
+ * `wait`) -> engine_finish (log, side effects) -> drop the request's
+ * bytes and look for the next one. Nothing here allocates per request: the read buffer,
  * the request arena, the eval state and the answer buffers are reused.
  */
 #include "conn.h"
@@ -13,25 +13,16 @@
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "config.h"
 #include "log.h"
 #include "server.h"
-#include "store.h"
 #include "xalloc.h"
 
 #define CONN_INITIAL_BUFFER 2048 /* bytes; a typical request is 500-900 */
 
 static void conn_process(struct conn *c);
 static void conn_finish(struct conn *c);
-
-static uint64_t conn_now_ns(void)
-{
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
-}
 
 static void conn_unref(struct conn *c)
 {
@@ -45,9 +36,7 @@ static void conn_unref(struct conn *c)
     if (c->next)
         c->next->prev = c->prev;
     srv->n_conns--;
-    if (c->cfg)
-        config_unref(c->cfg);
-    request_fini(&c->req);
+    engine_req_fini(&c->er);
     free(c->rbuf);
     free(c);
     server_conn_closed(srv);
@@ -105,7 +94,7 @@ struct conn *conn_new(struct server *srv, bool is_pipe)
     c->idle_timer.data = c;
     c->wait_timer.data = c;
     c->refs = 3; /* the three handles */
-    request_init(&c->req);
+    engine_req_init(&c->er);
     protocol_scan_reset(&c->scan);
     c->next = srv->conns;
     if (srv->conns)
@@ -201,11 +190,10 @@ static void conn_on_written(uv_write_t *w, int status)
 
 static void conn_write_answer(struct conn *c)
 {
-    size_t alen = strlen(c->answer);
-    size_t n = protocol_format_answer(c->wbuf, sizeof c->wbuf, c->answer, alen);
-    if (n == 0) {
-        log_panic("c=%lx answer does not fit: %zu bytes", c->id, alen); /* sizes are static */
-    }
+    size_t alen = strlen(c->er.answer);
+    size_t n = protocol_format_answer(c->wbuf, sizeof c->wbuf, c->er.answer, alen);
+    if (n == 0) /* sizes are static: the answer always fits */
+        log_panic("c=%lx answer does not fit: %zu bytes", c->id, alen);
     uv_buf_t b = uv_buf_init(c->wbuf, (unsigned)n);
     int rc = uv_try_write(&c->h.stream, &b, 1);
     if (rc == (int)n)
@@ -231,49 +219,13 @@ static void conn_write_answer(struct conn *c)
     }
 }
 
-static void conn_noop_reset(void *arg, int status)
-{
-    (void)arg;
-    (void)status;
-}
-
-static void conn_side_effects(struct conn *c)
-{
-    const struct action_rule *ar = c->ev.decided;
-    if (!ar || !ar->side_delete || c->store_failed)
-        return;
-    const char *keys[RULES_MAX_COUNTERS];
-    size_t lens[RULES_MAX_COUNTERS];
-    size_t n = 0;
-    for (size_t i = 0; i < ar->n_delete; i++) {
-        int u = c->ev.slot[ar->delete_counters[i]];
-        if (u < 0)
-            continue;
-        keys[n] = c->ev.updates[u].key;
-        lens[n] = c->ev.updates[u].key_len;
-        n++;
-    }
-    if (n)
-        store_reset(c->srv->store, keys, lens, n, conn_noop_reset, NULL);
-}
-
-/* conn_send - answer, record, side effects, then the next request. */
+/* conn_send - answer, let the engine record it and run the side
+ * effects, then look at the next request. */
 static void conn_send(struct conn *c)
 {
     if (!c->closing)
         conn_write_answer(c);
-    struct decision d = {
-        .conn_id = c->id,
-        .req_no = c->req_no,
-        .rules = c->cfg->rules,
-        .req = &c->req,
-        .ev = &c->ev,
-        .answer = c->answer,
-        .store_failed = c->store_failed,
-        .elapsed_ms = (double)(conn_now_ns() - c->started_ns) / 1e6,
-    };
-    actions_log(&d);
-    conn_side_effects(c);
+    engine_finish(&c->er, c->id, c->req_no);
     c->srv->requests++;
     conn_finish(c);
 }
@@ -283,82 +235,25 @@ static void conn_on_wait(uv_timer_t *t)
     conn_send(t->data);
 }
 
-/* conn_decided - the verdict is known; hold it back if the rule says so. */
-static void conn_decided(struct conn *c)
+/* conn_on_decided - the engine's verdict; hold it back if the rule says
+ * so (a tarpit that blocks nothing else). */
+static void conn_on_decided(struct engine_req *er, void *arg)
 {
-    const struct action_rule *ar = c->ev.decided;
-    if (ar && ar->wait > 0 && !c->closing) {
-        uv_timer_start(&c->wait_timer, conn_on_wait, (uint64_t)(ar->wait * 1000), 0);
-        return;
-    }
-    conn_send(c);
-}
-
-static void conn_answer_on_error(struct conn *c)
-{
-    c->store_failed = true;
-    snprintf(c->answer, sizeof c->answer, "%s", c->cfg->on_error);
-    log_warn_every(&c->srv->store_limiter, 60, "store %s unavailable: answering \"%s\"",
-                   c->cfg->store.backend == STORE_BACKEND_REDIS ? c->cfg->store.redis_address : "memory",
-                   c->cfg->on_error);
-    conn_send(c);
-}
-
-static void conn_on_scores(void *arg, int status, const double *scores, size_t n, double now)
-{
-    (void)now;
+    (void)er;
     struct conn *c = arg;
     if (c->closing) {
+        /* The connection went away while the store was asked: record
+         * the decision all the same, then let go. */
+        engine_finish(&c->er, c->id, c->req_no);
         conn_unref(c);
         return;
     }
     c->refs--; /* cannot reach 0: the handles are open */
-    if (status != STORE_OK) {
-        conn_answer_on_error(c);
+    if (c->er.wait > 0) {
+        uv_timer_start(&c->wait_timer, conn_on_wait, (uint64_t)(c->er.wait * 1000), 0);
         return;
     }
-    const struct rules *r = c->cfg->rules;
-    rules_set_scores(r, &c->ev, scores, n);
-    const struct action_rule *ar = rules_decide(r, &c->req, &c->ev);
-    actions_format(r, ar, &c->req, &c->ev, c->answer, sizeof c->answer);
-    conn_decided(c);
-}
-
-static void conn_noop_scores(void *arg, int status, const double *scores, size_t n, double now)
-{
-    (void)arg;
-    (void)status;
-    (void)scores;
-    (void)n;
-    (void)now;
-}
-
-/* conn_evaluate - rules for the request just parsed. */
-static void conn_evaluate(struct conn *c)
-{
-    struct server *srv = c->srv;
-    const struct rules *r = c->cfg->rules;
-    c->store_failed = false;
-    c->started_ns = conn_now_ns();
-    if (rules_eval_points(r, &c->req, &c->ev)) {
-        /* Whitelisted: answer now; what was counted before is stored
-         * without waiting for it. */
-        if (c->ev.n_updates)
-            store_apply(srv->store, c->ev.updates, c->ev.n_updates, conn_noop_scores, NULL);
-        snprintf(c->answer, sizeof c->answer, "%s",
-                 c->ev.stopped_by->then == VERDICT_PERMIT ? "OK" : "DUNNO");
-        conn_send(c);
-        return;
-    }
-    if (c->ev.n_updates == 0) {
-        /* No counter concerns this request: decide on attributes alone. */
-        const struct action_rule *ar = rules_decide(r, &c->req, &c->ev);
-        actions_format(r, ar, &c->req, &c->ev, c->answer, sizeof c->answer);
-        conn_decided(c);
-        return;
-    }
-    c->refs++;
-    store_apply(srv->store, c->ev.updates, c->ev.n_updates, conn_on_scores, c);
+    conn_send(c);
 }
 
 /* conn_finish - forget the request, keep the bytes after it. */
@@ -370,9 +265,6 @@ static void conn_finish(struct conn *c)
     c->rlen = rest;
     c->req_len = 0;
     protocol_scan_reset(&c->scan);
-    request_reset(&c->req);
-    config_unref(c->cfg);
-    c->cfg = NULL;
     c->busy = false;
     if (c->close_when_idle) {
         conn_close(c);
@@ -402,7 +294,7 @@ static void conn_process(struct conn *c)
         enum protocol_status st = protocol_scan(&c->scan, lim, c->rbuf, c->rlen, &req_len, &why);
         if (st == PROTOCOL_NEED_MORE)
             break;
-        if (st == PROTOCOL_READY && protocol_parse(c->rbuf, req_len, &c->req, &why) < 0)
+        if (st == PROTOCOL_READY && protocol_parse(c->rbuf, req_len, &c->er.req, &why) < 0)
             st = PROTOCOL_ERROR;
         if (st == PROTOCOL_ERROR) {
             log_warn_every(&srv->proto_limiter, 10, "c=%lx peer=%s bad request: %s; closing", c->id,
@@ -413,8 +305,8 @@ static void conn_process(struct conn *c)
         c->req_len = req_len;
         c->req_no++;
         c->busy = true;
-        c->cfg = config_ref(srv->cfg);
-        conn_evaluate(c);
+        c->refs++; /* until the engine calls back */
+        engine_start(&c->er, srv->cfg, srv->store, conn_on_decided, c);
     }
     c->in_process = false;
     /* A client that pipelines (Postfix does not, load generators may)

@@ -5,8 +5,8 @@
  * Postfix sends one request and waits for its answer, on a connection it
  * keeps open for many requests. A connection therefore has at most one
  * request in flight; bytes that arrive meanwhile wait in the buffer.
- * The request is evaluated against the config current when it was
- * parsed (the conn holds a reference until the answer is written).
+ * The request is decided by the engine against the config current when
+ * it was parsed (the engine holds a reference until the answer is out).
  *
  * Lifetime: conn_close() stops reading and closes the handles; the conn
  * is freed when the last close callback has run and no store callback is
@@ -21,9 +21,8 @@
 #include <uv.h>
 
 #include "actions.h"
+#include "engine.h"
 #include "protocol.h"
-#include "request.h"
-#include "rules.h"
 
 struct server;
 
@@ -47,18 +46,13 @@ struct conn {
     bool in_process;            /* conn_process is on the stack */
     bool close_when_idle;       /* shutdown: close after this answer */
     bool read_paused;           /* reading stopped: buffer full while busy */
-    char *rbuf;                 /* read buffer, max_request + 1 bytes */
+    char *rbuf;                 /* read buffer, grown up to max_request + 1 bytes */
     size_t rlen;                /* bytes in rbuf */
     size_t rcap;                /* bytes allocated */
     size_t req_len;             /* bytes of rbuf the current request uses */
     struct protocol_scan scan;
-    struct request req;
-    struct eval ev;
-    struct config *cfg;         /* reference held while busy */
-    bool store_failed;          /* current request answered with on_error */
-    uint64_t started_ns;        /* when the current request was parsed */
-    char answer[ACTIONS_MAX_ANSWER];  /* action text of the current request */
-    char wbuf[ACTIONS_MAX_ANSWER + 16];
+    struct engine_req er;       /* the request being answered */
+    char wbuf[ACTIONS_MAX_ANSWER + 16]; /* "action=...\n\n" */
     uv_write_t write_req;       /* used only when a write would block */
     bool writing;
 };

@@ -1,0 +1,64 @@
+/*
+ * engine - deciding one request: the points rules, one store round trip,
+ * the action rules, the answer text; and once the answer is out, the
+ * decision record and the side effects (delete).
+ *
+ * The daemon's connections drive requests through it, and so can an
+ * offline tool (a dry run, a replay) with a memory store and its own
+ * clock: the engine does no socket I/O.
+ *
+ * Lifetime: the caller owns the struct engine_req (a connection embeds
+ * one and reuses it), fills er->req, and calls engine_start(). The done
+ * callback runs exactly once, either before engine_start() returns (no
+ * counter concerns the request, or it was whitelisted) or later from the
+ * store's callback; the caller must keep er alive until then. After the
+ * answer has been delivered the caller calls engine_finish(), which logs,
+ * starts the side effects and drops the config reference; then er may be
+ * reused.
+ */
+#ifndef SMTPGUARD_ENGINE_H
+#define SMTPGUARD_ENGINE_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "actions.h"
+#include "config.h"
+#include "request.h"
+#include "rules.h"
+#include "store.h"
+
+struct engine_req;
+
+typedef void (*engine_done_cb)(struct engine_req *er, void *arg);
+
+struct engine_req {
+    struct request req;         /* the request; the caller fills it */
+    struct eval ev;             /* rule evaluation state */
+    struct config *cfg;         /* reference held from start to finish */
+    struct store *store;        /* where the counters went */
+    bool store_failed;          /* answered with on_error */
+    bool busy;                  /* between start and finish */
+    uint64_t started_ns;        /* monotonic, for elapsed_ms */
+    char answer[ACTIONS_MAX_ANSWER]; /* the Postfix action text */
+    double wait;                /* seconds the answer is to be held back */
+    engine_done_cb cb;
+    void *cb_arg;
+};
+
+void engine_req_init(struct engine_req *er);
+void engine_req_fini(struct engine_req *er);
+
+/* engine_start - decide er->req with cfg's rules and store st. */
+void engine_start(struct engine_req *er, struct config *cfg, struct store *st, engine_done_cb cb,
+                  void *arg);
+
+/* engine_finish - after the answer went out: record the decision
+ * (conn_id and req_no name it in logs), start side effects, release the
+ * config, reset the request. */
+void engine_finish(struct engine_req *er, unsigned long conn_id, unsigned long req_no);
+
+/* engine_now_ns - the monotonic clock the engine times requests with. */
+uint64_t engine_now_ns(void);
+
+#endif
