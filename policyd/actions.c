@@ -43,12 +43,6 @@ static void out_str(struct outbuf *o, const char *s)
     out_add(o, s, strlen(s));
 }
 
-static bool actions_has_code(const char *s, size_t len)
-{
-    return len >= 4 && s[0] >= '2' && s[0] <= '5' && s[1] >= '0' && s[1] <= '9' && s[2] >= '0' &&
-           s[2] <= '9' && s[3] == ' ';
-}
-
 size_t actions_format(const struct rules *r, const struct action_rule *ar, struct request *req,
                       const struct eval *ev, char *out, size_t cap)
 {
@@ -77,7 +71,7 @@ size_t actions_format(const struct rules *r, const struct action_rule *ar, struc
         out_str(&o, "OK");
         break;
     case VERDICT_DEFER:
-        if (tlen && actions_has_code(text, tlen)) {
+        if (tlen && ar->message_coded) {
             out_add(&o, text, tlen);
             return o.len;
         }
@@ -86,7 +80,7 @@ size_t actions_format(const struct rules *r, const struct action_rule *ar, struc
             out_str(&o, " 4.7.1 Too much mail from you, try again later");
         break;
     case VERDICT_REJECT:
-        if (tlen && actions_has_code(text, tlen)) {
+        if (tlen && ar->message_coded) {
             out_add(&o, text, tlen);
             return o.len;
         }
@@ -310,7 +304,7 @@ static void actions_log_json(const struct decision *d)
 
 void actions_log(const struct decision *d)
 {
-    if (actions_log_wanted(d))
+    if (log_threshold >= LOG_LEVEL_INFO && actions_log_wanted(d))
         actions_log_line(d);
     if (actions_json)
         actions_log_json(d);

@@ -33,6 +33,9 @@
 
 #define CONFIG_MAX_FILES 256
 #define CONFIG_MAX_DEPTH 16         /* nesting of when: conditions */
+/* wait/sleep at most this many seconds: Postfix gives up on a policy
+ * server after its timeout (100 s by default, often set to 10 s). */
+#define CONFIG_MAX_HOLD 90
 
 struct config_file {
     char *name;                 /* as shown in diagnostics */
@@ -240,6 +243,35 @@ static void config_unknown_key(struct loader *ld, yaml_node_t *k, const char *pa
 
 /* ---- file loading ---- */
 
+/* config_check_duplicates - YAML lets a mapping repeat a key and keeps
+ * the last; for a config that hides a typo or a half-edited rule, so
+ * every repeated key of every mapping is an error. */
+static void config_check_duplicates(struct loader *ld, struct config_file *f)
+{
+    for (yaml_node_t *n = f->doc.nodes.start; n < f->doc.nodes.top; n++) {
+        if (n->type != YAML_MAPPING_NODE)
+            continue;
+        for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+            yaml_node_t *k = yaml_document_get_node(&f->doc, p->key);
+            if (!k || k->type != YAML_SCALAR_NODE)
+                continue;
+            for (yaml_node_pair_t *q = n->data.mapping.pairs.start; q < p; q++) {
+                yaml_node_t *e = yaml_document_get_node(&f->doc, q->key);
+                if (e && e->type == YAML_SCALAR_NODE && e->data.scalar.length == k->data.scalar.length &&
+                    memcmp(e->data.scalar.value, k->data.scalar.value, k->data.scalar.length) == 0) {
+                    config_error_add(ld->errs,
+                                     xasprintf("%s:%lu:%lu: \"%s\" is given twice in this mapping (first at line %lu)",
+                                               f->name, (unsigned long)k->start_mark.line + 1,
+                                               (unsigned long)k->start_mark.column + 1,
+                                               (const char *)k->data.scalar.value,
+                                               (unsigned long)e->start_mark.line + 1));
+                    break;
+                }
+            }
+        }
+    }
+}
+
 static int config_parse_yaml(struct loader *ld, struct config_file *f, const char *text, size_t len)
 {
     yaml_parser_t parser;
@@ -257,7 +289,19 @@ static int config_parse_yaml(struct loader *ld, struct config_file *f, const cha
         return -EINVAL;
     }
     f->loaded = true;
+    /* A second document in one file would be ignored silently: refuse. */
+    yaml_document_t extra;
+    if (yaml_parser_load(&parser, &extra)) {
+        yaml_node_t *root = yaml_document_get_root_node(&extra);
+        if (root)
+            config_error_add(ld->errs,
+                             xasprintf("%s:%lu:%lu: a second YAML document (after \"---\"); put everything in one",
+                                       f->name, (unsigned long)root->start_mark.line + 1,
+                                       (unsigned long)root->start_mark.column + 1));
+        yaml_document_delete(&extra);
+    }
     yaml_parser_delete(&parser);
+    config_check_duplicates(ld, f);
     return 0;
 }
 
@@ -814,7 +858,8 @@ static void config_parse_counter(struct loader *ld, const char *name, yaml_node_
                     config_err(ld, v, kpath, "a key needs at least one attribute");
                     ok = false;
                 }
-            } else if (!config_parse_key_part(ld, v, kpath, &c.parts[c.n_parts++])) {
+            } else if (c.n_parts >= RULES_MAX_KEY_PARTS ||
+                       !config_parse_key_part(ld, v, kpath, &c.parts[c.n_parts++])) {
                 ok = false;
             }
         } else if (!strcmp(key, "half_life") || !strcmp(key, "leak")) {
@@ -1285,6 +1330,8 @@ static struct cond *config_parse_when(struct loader *ld, yaml_node_t *n, const c
                     free(ipath);
                 }
                 if (child->n_children == 0) {
+                    if (ok)
+                        config_err(ld, v, kpath, "an empty list matches nothing; remove it or add conditions");
                     config_cond_free(child);
                     child = NULL;
                 }
@@ -1536,7 +1583,8 @@ static bool config_parse_do_item(struct loader *ld, yaml_node_t *item, const cha
     }
     if (!strcmp(word, "delete")) {
         ar->side_delete = true;
-        /* "delete" alone: the counters this rule tests; else names. */
+        /* "delete ip user": the counters to reset (a bare "delete" is
+         * refused once the rule is read, with a hint). */
         char names[512];
         snprintf(names, sizeof names, "%s", arg);
         for (char *save = NULL, *tok = strtok_r(names, " ,\t", &save); tok;
@@ -1554,8 +1602,10 @@ static bool config_parse_do_item(struct loader *ld, yaml_node_t *item, const cha
     }
     if (!strcmp(word, "wait")) {
         double d;
-        if (!*arg || decay_parse_duration(arg, &d) < 0 || d <= 0 || d > 300) {
-            config_err(ld, item, path, "wait needs a duration up to 300s, e.g. \"wait 5s\"");
+        if (!*arg || decay_parse_duration(arg, &d) < 0 || d <= 0 || d > CONFIG_MAX_HOLD) {
+            config_err(ld, item, path,
+                       "wait needs a duration up to %ds (keep it below Postfix's policy timeout), e.g. \"wait 5s\"",
+                       CONFIG_MAX_HOLD);
             return false;
         }
         ar->wait = d;
@@ -1593,8 +1643,8 @@ static bool config_parse_do_item(struct loader *ld, yaml_node_t *item, const cha
     }
     if (v == VERDICT_SLEEP) {
         double d;
-        if (decay_parse_duration(arg, &d) < 0 || d < 1 || d > 300) {
-            config_err(ld, item, path, "sleep needs a duration from 1s to 300s");
+        if (decay_parse_duration(arg, &d) < 0 || d < 1 || d > CONFIG_MAX_HOLD) {
+            config_err(ld, item, path, "sleep needs a duration from 1s to %ds", CONFIG_MAX_HOLD);
             return false;
         }
         ar->sleep = (unsigned)d;
@@ -1696,6 +1746,12 @@ static void config_parse_action_rule(struct loader *ld, yaml_node_t *n, const ch
     }
     if (ok && message) {
         config_check_message_code(ld, message, mpath, &ar, config_scalar(message));
+        /* Only the operator's literal text may carry the SMTP code: a
+         * message starting with %{...} must not let a client's value
+         * ("550 ...") turn a defer into a reject. */
+        const char *m = config_scalar(message);
+        ar.message_coded = strlen(m) >= 4 && m[0] >= '2' && m[0] <= '5' && m[1] >= '0' &&
+                           m[1] <= '9' && m[2] >= '0' && m[2] <= '9' && m[3] == ' ';
         ar.message = config_compile_template(ld, message, config_scalar(message), mpath);
         if (!ar.message)
             ok = false;
@@ -1860,6 +1916,10 @@ static struct config *config_run(struct loader *ld)
     struct config *cfg = ld->cfg;
     ld->cur = &ld->files[0];
     yaml_node_t *root = config_root(ld);
+    if (!root && ld->errs->n == 0)
+        config_error_add(ld->errs, xasprintf("%s:1:1: the file is empty (a truncated copy?); "
+                                             "a config needs at least its rules or settings",
+                                             ld->files[0].name));
     if (root) {
         config_main_settings(ld, root);
         CONFIG_FOR_PAIRS(ld, root, pair) {

@@ -22,6 +22,7 @@
 #define CONN_INITIAL_BUFFER 2048 /* bytes; a typical request is 500-900 */
 
 static void conn_process(struct conn *c);
+static void conn_on_wait(uv_timer_t *t);
 static void conn_finish(struct conn *c);
 
 static void conn_unref(struct conn *c)
@@ -60,10 +61,14 @@ void conn_close(struct conn *c)
 
 void conn_shutdown(struct conn *c)
 {
-    if (c->busy)
-        c->close_when_idle = true;
-    else
+    if (!c->busy) {
         conn_close(c);
+        return;
+    }
+    c->close_when_idle = true;
+    /* An answer held back by `wait` goes out now rather than be lost. */
+    if (c->holding)
+        uv_timer_start(&c->wait_timer, conn_on_wait, 0, 0);
 }
 
 static void conn_on_idle(uv_timer_t *t)
@@ -128,14 +133,17 @@ static void conn_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 /* conn_update_reading - a client that sends ahead of our answers (Postfix
- * never does) can fill the buffer while a request is in flight, and the
- * buffer may not move then (the request points into it): stop reading
- * until the answer is out, then go on. */
+ * never does) can fill the buffer while a request is in flight (the
+ * buffer may not move then: the request points into it), while an answer
+ * waits to be written, or up to the request cap: stop reading until
+ * there is room again, then go on. */
 static void conn_update_reading(struct conn *c)
 {
     if (c->closing)
         return;
-    bool full = c->busy && c->rcap - c->rlen < 512;
+    size_t cap = c->srv->cfg->limits.protocol.max_request + 1;
+    bool stuck = c->busy || c->writing || c->rcap >= cap; /* cannot grow now */
+    bool full = stuck && c->rcap - c->rlen < 512;
     if (full && !c->read_paused) {
         uv_read_stop(&c->h.stream);
         c->read_paused = true;
@@ -163,7 +171,7 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     }
     c->rlen += (size_t)nread;
     conn_idle_restart(c);
-    if (!c->busy)
+    if (!c->busy && !c->writing)
         conn_process(c);
     conn_update_reading(c);
 }
@@ -184,6 +192,11 @@ static void conn_on_written(uv_write_t *w, int status)
         if (!c->closing)
             log_info("c=%lx write error: %s", c->id, uv_strerror(status));
         conn_close(c);
+    } else if (!c->closing && !c->busy) {
+        /* The next request waited for this answer to leave. */
+        if (c->rlen)
+            conn_process(c);
+        conn_update_reading(c);
     }
     conn_unref(c);
 }
@@ -203,9 +216,10 @@ static void conn_write_answer(struct conn *c)
         conn_close(c);
         return;
     }
-    /* The socket buffer is full (rare: answers are tiny). Queue the rest;
-     * wbuf stays untouched until the next request, which Postfix sends
-     * only after it has read this answer. */
+    /* The socket buffer is full: the client sends but does not read
+     * (Postfix always reads). Queue the rest; no further request is
+     * started until it is written (conn_process checks c->writing), so
+     * wbuf and write_req stay ours until conn_on_written. */
     size_t done = rc > 0 ? (size_t)rc : 0;
     b = uv_buf_init(c->wbuf + done, (unsigned)(n - done));
     c->write_req.data = c;
@@ -225,14 +239,16 @@ static void conn_send(struct conn *c)
 {
     if (!c->closing)
         conn_write_answer(c);
-    engine_finish(&c->er, c->id, c->req_no);
+    engine_finish(&c->er, c->srv->store, c->id, c->req_no);
     c->srv->requests++;
     conn_finish(c);
 }
 
 static void conn_on_wait(uv_timer_t *t)
 {
-    conn_send(t->data);
+    struct conn *c = t->data;
+    c->holding = false;
+    conn_send(c);
 }
 
 /* conn_on_decided - the engine's verdict; hold it back if the rule says
@@ -244,12 +260,13 @@ static void conn_on_decided(struct engine_req *er, void *arg)
     if (c->closing) {
         /* The connection went away while the store was asked: record
          * the decision all the same, then let go. */
-        engine_finish(&c->er, c->id, c->req_no);
+        engine_finish(&c->er, c->srv->store, c->id, c->req_no);
         conn_unref(c);
         return;
     }
     c->refs--; /* cannot reach 0: the handles are open */
     if (c->er.wait > 0) {
+        c->holding = true;
         uv_timer_start(&c->wait_timer, conn_on_wait, (uint64_t)(c->er.wait * 1000), 0);
         return;
     }
@@ -266,11 +283,13 @@ static void conn_finish(struct conn *c)
     c->req_len = 0;
     protocol_scan_reset(&c->scan);
     c->busy = false;
+    if (!c->closing)
+        conn_idle_restart(c);
     if (c->close_when_idle) {
         conn_close(c);
         return;
     }
-    if (!c->in_process && !c->closing && c->rlen)
+    if (!c->in_process && !c->closing && !c->writing && c->rlen)
         conn_process(c);
     conn_update_reading(c);
 }
@@ -287,7 +306,7 @@ static void conn_process(struct conn *c)
     struct server *srv = c->srv;
     c->in_process = true;
     int round;
-    for (round = 0; round < 32 && !c->busy && !c->closing; round++) {
+    for (round = 0; round < 32 && !c->busy && !c->writing && !c->closing; round++) {
         const struct protocol_limits *lim = &srv->cfg->limits.protocol;
         size_t req_len = 0;
         const char *why = NULL;
@@ -305,6 +324,7 @@ static void conn_process(struct conn *c)
         c->req_len = req_len;
         c->req_no++;
         c->busy = true;
+        uv_timer_stop(&c->idle_timer); /* it is our turn, not the client's */
         c->refs++; /* until the engine calls back */
         engine_start(&c->er, srv->cfg, srv->store, conn_on_decided, c);
     }
@@ -312,7 +332,7 @@ static void conn_process(struct conn *c)
     /* A client that pipelines (Postfix does not, load generators may)
      * can leave whole requests behind the bound: come back on the next
      * loop turn rather than wait for bytes that may never come. */
-    if (round == 32 && !c->busy && !c->closing && c->rlen)
+    if (round == 32 && !c->busy && !c->writing && !c->closing && c->rlen)
         uv_timer_start(&c->wait_timer, conn_on_resume, 0, 0);
     conn_update_reading(c);
 }

@@ -34,7 +34,7 @@ struct conn {
         uv_pipe_t pipe;
     } h;                        /* the client socket */
     uv_timer_t idle_timer;      /* closes a silent connection */
-    uv_timer_t wait_timer;      /* holds an answer back (wait action) */
+    uv_timer_t wait_timer;      /* holds an answer back (wait), or resumes parsing */
     struct server *srv;
     struct conn *prev, *next;   /* in srv->conns */
     unsigned long id;           /* for log lines (c=%lx) */
@@ -45,7 +45,8 @@ struct conn {
     bool busy;                  /* a request is being answered */
     bool in_process;            /* conn_process is on the stack */
     bool close_when_idle;       /* shutdown: close after this answer */
-    bool read_paused;           /* reading stopped: buffer full while busy */
+    bool read_paused;           /* reading stopped: no room in the buffer now */
+    bool holding;               /* the answer is held back by `wait` */
     char *rbuf;                 /* read buffer, grown up to max_request + 1 bytes */
     size_t rlen;                /* bytes in rbuf */
     size_t rcap;                /* bytes allocated */

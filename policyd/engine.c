@@ -92,7 +92,6 @@ void engine_start(struct engine_req *er, struct config *cfg, struct store *st, e
                   void *arg)
 {
     er->cfg = config_ref(cfg);
-    er->store = st;
     er->cb = cb;
     er->cb_arg = arg;
     er->busy = true;
@@ -126,10 +125,10 @@ static void engine_ignore_reset(void *arg, int status)
 
 /* engine_delete - the `delete` side effect: reset the rule's counters
  * for this request's keys. */
-static void engine_delete(struct engine_req *er)
+static void engine_delete(struct engine_req *er, struct store *st)
 {
     const struct action_rule *ar = er->ev.decided;
-    if (!ar || !ar->side_delete || er->store_failed)
+    if (!ar || !ar->side_delete || er->store_failed || !st)
         return;
     const char *keys[RULES_MAX_COUNTERS];
     size_t lens[RULES_MAX_COUNTERS];
@@ -143,10 +142,11 @@ static void engine_delete(struct engine_req *er)
         n++;
     }
     if (n)
-        store_reset(er->store, keys, lens, n, engine_ignore_reset, NULL);
+        store_reset(st, keys, lens, n, engine_ignore_reset, NULL);
 }
 
-void engine_finish(struct engine_req *er, unsigned long conn_id, unsigned long req_no)
+void engine_finish(struct engine_req *er, struct store *st, unsigned long conn_id,
+                   unsigned long req_no)
 {
     struct decision d = {
         .conn_id = conn_id,
@@ -159,7 +159,7 @@ void engine_finish(struct engine_req *er, unsigned long conn_id, unsigned long r
         .elapsed_ms = (double)(engine_now_ns() - er->started_ns) / 1e6,
     };
     actions_log(&d);
-    engine_delete(er);
+    engine_delete(er, st);
     request_reset(&er->req);
     config_unref(er->cfg);
     er->cfg = NULL;

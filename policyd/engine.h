@@ -36,7 +36,6 @@ struct engine_req {
     struct request req;         /* the request; the caller fills it */
     struct eval ev;             /* rule evaluation state */
     struct config *cfg;         /* reference held from start to finish */
-    struct store *store;        /* where the counters went */
     bool store_failed;          /* answered with on_error */
     bool busy;                  /* between start and finish */
     uint64_t started_ns;        /* monotonic, for elapsed_ms */
@@ -54,9 +53,11 @@ void engine_start(struct engine_req *er, struct config *cfg, struct store *st, e
                   void *arg);
 
 /* engine_finish - after the answer went out: record the decision
- * (conn_id and req_no name it in logs), start side effects, release the
- * config, reset the request. */
-void engine_finish(struct engine_req *er, unsigned long conn_id, unsigned long req_no);
+ * (conn_id and req_no name it in logs), start side effects on st (the
+ * store current now: a reload may have replaced the one the request
+ * started with; NULL skips them), release the config, reset the request. */
+void engine_finish(struct engine_req *er, struct store *st, unsigned long conn_id,
+                   unsigned long req_no);
 
 /* engine_now_ns - the monotonic clock the engine times requests with. */
 uint64_t engine_now_ns(void);

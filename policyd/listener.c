@@ -40,7 +40,8 @@ static void listener_on_connection(uv_stream_t *server_stream, int status)
     struct listener *l = server_stream->data;
     struct server *srv = l->srv;
     if (status < 0) {
-        log_warn("listener %s: accept failed: %s", l->address, uv_strerror(status));
+        log_warn_every(&srv->limit_limiter, 60, "listener %s: accept failed: %s", l->address,
+                       uv_strerror(status));
         return;
     }
     struct conn *c = conn_new(srv, l->is_pipe);

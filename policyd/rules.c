@@ -19,6 +19,13 @@
 #include <strings.h>
 
 #include "cidr.h"
+#include "log.h"
+#include "sha1.h"
+
+#define RULES_REGEX_MATCH_LIMIT 100000  /* backtracking steps per test */
+#define RULES_REGEX_DEPTH_LIMIT 10000   /* nested backtracking */
+
+static struct log_limiter rules_regex_limiter;
 
 const char *verdict_name(enum verdict v)
 {
@@ -98,39 +105,78 @@ void rules_eval_reset(struct eval *ev, const struct rules *r)
     }
 }
 
+/* rules_key_part - the value of one key part, or NULL when missing. */
+static const char *rules_key_part(const struct key_part *p, struct request *req, size_t *len)
+{
+    const char *v;
+    if (p->v4_bits >= 0)
+        v = request_client_prefix(req, p->v4_bits, p->v6_bits, len);
+    else
+        v = request_get(req, p->attr, len);
+    return v && *len ? v : NULL;
+}
+
+/*
+ * rules_counter_key - "NAME:value[|value...]", lower-cased where the
+ * attribute is case-insensitive. A key that would be longer than
+ * RULES_MAX_KEY becomes "NAME:#" + the SHA-1 of the value: a sender
+ * cannot escape counting with a 1 kB address, and the store's keys stay
+ * short.
+ */
 const char *rules_counter_key(const struct counter *c, struct request *req, size_t *len)
 {
     char buf[RULES_MAX_KEY];
-    size_t o = 0;
     size_t nlen = strlen(c->name);
-    if (nlen + 1 >= sizeof buf)
+    size_t o = nlen + 1;
+    bool hashed = false;
+    struct sha1 h;
+    if (o >= sizeof buf)
         return NULL;
     memcpy(buf, c->name, nlen);
-    o = nlen;
-    buf[o++] = ':';
+    buf[nlen] = ':';
     for (unsigned i = 0; i < c->n_parts; i++) {
         const struct key_part *p = &c->parts[i];
         size_t vlen;
-        const char *v;
-        if (p->v4_bits >= 0)
-            v = request_client_prefix(req, p->v4_bits, p->v6_bits, &vlen);
-        else
-            v = request_get(req, p->attr, &vlen);
-        if (!v || vlen == 0)
-            return NULL;
-        if (i > 0) {
-            if (o + 1 >= sizeof buf)
-                return NULL;
-            buf[o++] = '|';
-        }
-        if (o + vlen >= sizeof buf)
+        const char *v = rules_key_part(p, req, &vlen);
+        if (!v)
             return NULL;
         bool fold = p->v4_bits < 0 && attr_is_case_insensitive(p->attr);
+        if (!hashed && o + (i > 0) + vlen >= sizeof buf) {
+            /* Too long: hash what we have so far and the rest. */
+            hashed = true;
+            sha1_init(&h);
+            sha1_update(&h, buf + nlen + 1, o - nlen - 1);
+        }
+        char sep = '|';
+        if (hashed) {
+            if (i > 0)
+                sha1_update(&h, &sep, 1);
+            for (size_t k = 0; k < vlen; k++) {
+                char ch = v[k];
+                if (fold && ch >= 'A' && ch <= 'Z')
+                    ch = (char)(ch - 'A' + 'a');
+                sha1_update(&h, &ch, 1);
+            }
+            continue;
+        }
+        if (i > 0)
+            buf[o++] = sep;
         for (size_t k = 0; k < vlen; k++) {
             char ch = v[k];
             if (fold && ch >= 'A' && ch <= 'Z')
                 ch = (char)(ch - 'A' + 'a');
             buf[o++] = ch;
+        }
+    }
+    if (hashed) {
+        static const char hex[] = "0123456789abcdef";
+        unsigned char digest[SHA1_DIGEST_LEN];
+        sha1_final(&h, digest);
+        o = nlen + 1;
+        buf[o++] = '#';
+        for (int i = 0; i < SHA1_DIGEST_LEN; i++) {
+            buf[o++] = hex[digest[i] >> 4];
+            buf[o++] = hex[digest[i] & 15];
         }
     }
     *len = o;
@@ -250,11 +296,23 @@ static bool rules_text_equals(const struct cond *c, const char *v, size_t vlen)
 static bool rules_regex_match(const struct cond *c, const char *v, size_t vlen)
 {
     /* One match-data block per thread, sized for the whole match only:
-     * we never read captures, and it saves an allocation per test. */
+     * we never read captures, and it saves an allocation per test. The
+     * limits bound what a badly written regex can cost on a peer's
+     * value: past them the regex does not match (and we go on). */
     static _Thread_local pcre2_match_data *md;
-    if (!md)
+    static _Thread_local pcre2_match_context *mc;
+    if (!md) {
         md = pcre2_match_data_create(1, NULL);
-    int rc = pcre2_match((const pcre2_code *)c->regex, (PCRE2_SPTR)v, vlen, 0, 0, md, NULL);
+        mc = pcre2_match_context_create(NULL);
+        if (!md || !mc)
+            log_panic("out of memory for regex match data");
+        pcre2_set_match_limit(mc, RULES_REGEX_MATCH_LIMIT);
+        pcre2_set_depth_limit(mc, RULES_REGEX_DEPTH_LIMIT);
+    }
+    int rc = pcre2_match((const pcre2_code *)c->regex, (PCRE2_SPTR)v, vlen, 0, 0, md, mc);
+    if (rc == PCRE2_ERROR_MATCHLIMIT || rc == PCRE2_ERROR_DEPTHLIMIT)
+        log_warn_every(&rules_regex_limiter, 60, "a regex hit its match limit on a %zu-byte value; treated as no match",
+                       vlen);
     return rc >= 0;
 }
 
@@ -275,6 +333,10 @@ bool rules_cond_match(const struct rules *r, const struct cond *c, struct reques
                 return true;
         return false;
     case COND_NOT:
+        /* A counter this request has no score for matches nothing,
+         * negated or not. */
+        if (c->subject.is_counter && (!ev || !ev->have_score[c->subject.index]))
+            return false;
         return !rules_cond_match(r, c->children[0], req, ev);
     default:
         break;
@@ -338,15 +400,21 @@ const struct action_rule *rules_decide(const struct rules *r, struct request *re
 
 int rules_template_resolve(void *rules, const char *name, size_t len)
 {
-    const struct rules *r = rules;
+    struct rules *r = rules;
     if (len == 4 && memcmp(name, "rule", 4) == 0)
         return RULES_VAR_RULE;
+    /* A counter a message shows is fetched with the request, like one
+     * a condition tests. */
     if (len > 6 && memcmp(name, "score.", 6) == 0) {
         int ci = rules_find_counter(r, name + 6, len - 6);
+        if (ci >= 0 && r->counter_read)
+            r->counter_read[ci] = true;
         return ci < 0 ? -1 : RULES_VAR_SCORE + ci;
     }
     if (len > 4 && memcmp(name, "key.", 4) == 0) {
         int ci = rules_find_counter(r, name + 4, len - 4);
+        if (ci >= 0 && r->counter_read)
+            r->counter_read[ci] = true;
         return ci < 0 ? -1 : RULES_VAR_KEY + ci;
     }
     return attr_lookup(name, len);

@@ -101,7 +101,7 @@ struct cond {
     struct subject subject;     /* leaves */
     struct cond **children;     /* ALL / ANY / NOT */
     size_t n_children;
-    char *text;                 /* EQUALS: the value (lower-cased if case-insensitive) */
+    char *text;                 /* EQUALS: the value as written (compared case-insensitively where the attribute says so) */
     size_t text_len;
     struct cidr net;            /* CIDR */
     int list;                   /* IN_LIST: index into rules->lists */
@@ -141,6 +141,7 @@ struct action_rule {
     enum verdict verdict;
     struct template *arg;       /* redirect/prepend/filter argument, or NULL */
     struct template *message;   /* text for reject/defer/..., or NULL */
+    bool message_coded;         /* the literal message starts with "NNN " */
     double wait;                /* seconds to hold the answer back; 0 = none */
     unsigned sleep;             /* VERDICT_SLEEP: seconds Postfix pauses */
     bool side_log;

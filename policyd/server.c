@@ -44,7 +44,8 @@ static void server_on_signal(uv_signal_t *s, int signum)
     struct server *srv = s->data;
     switch (signum) {
     case SIGHUP:
-        server_reload(srv);
+        if (!srv->stopping)
+            server_reload(srv);
         break;
     case SIGUSR1:
         if (srv->cfg->log.json) {

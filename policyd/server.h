@@ -5,8 +5,9 @@
  *   SIGHUP   reload config, rules and lists; a broken config is refused
  *            with every error logged, and the old one keeps serving.
  *            Requests in flight finish on the rules they started with.
- *   SIGTERM  stop accepting, let requests in flight finish (bounded),
- *   SIGINT   close everything, return from server_run().
+ *   SIGTERM  stop accepting, let requests in flight finish (bounded:
+ *   SIGINT   held answers go out at once), close everything; the loop
+ *            then ends.
  *   SIGUSR1  reopen the JSON decision log (logrotate).
  * File lists are checked for changes every few seconds.
  */

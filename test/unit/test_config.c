@@ -124,7 +124,16 @@ static const struct error_case error_cases[] = {
      "expected \"host:port\" or \"unix:/path\""},
     {"limit out of range", "limits: { max_attrs: 3 }\n", "expected a whole number from 8 to 10000"},
     {"then", "points:\n  - { name: a, then: reject }\n", "expected ok (stop counting"},
-    {"wait too long", "actions:\n  - { name: a, do: [\"wait 1h\"] }\n", "wait needs a duration up to 300s"},
+    {"wait too long", "actions:\n  - { name: a, do: [\"wait 1h\"] }\n", "wait needs a duration up to 90s"},
+    {"duplicate key", "counters:\n  ip: { key: client_address, half_life: 1m, key: sender }\n",
+     "t.yaml:2:45: \"key\" is given twice in this mapping (first at line 2)"},
+    {"duplicate rule key", "actions:\n  - name: a\n    do: reject\n    do: defer\n",
+     "t.yaml:4:5: \"do\" is given twice"},
+    {"empty any", "points:\n  - { name: t, when: { any: [] }, then: permit }\n",
+     "points[0].when.any: an empty list matches nothing"},
+    {"second document", "listen: [\"127.0.0.1:1\"]\n---\nactions: []\n", "t.yaml:3:1: a second YAML document"},
+    {"empty file", "", "t.yaml:1:1: the file is empty"},
+    {"comments only", "# nothing here\n", "the file is empty"},
     {"redirect without address", "actions:\n  - { name: a, do: redirect }\n", "redirect needs an argument"},
 };
 

@@ -41,7 +41,9 @@ static const char *rules_yaml =
     "  - { name: flood, when: { ip: \">= 5\" }, do: [reject, log], message: \"550 5.7.1 %{client_address} score %{score.ip} rule %{rule}\" }\n"
     "  - { name: slow, when: { any: [ { user: \">= 4\" }, { net: \">= 10\" } ] }, do: defer, message: \"try later %{sasl_username}\" }\n"
     "  - { name: plain, when: { mb: \">= 0.5\" }, do: reject }\n"
-    "  - { name: tag, when: { not: { helo_name: { re: \"\\\\.\" } }, protocol_state: RCPT }, do: \"prepend X-Helo: %{helo_name}\" }\n";
+    "  - { name: tag, when: { not: { helo_name: { re: \"\\\\.\" } }, protocol_state: RCPT }, do: \"prepend X-Helo: %{helo_name}\" }\n"
+    "  - { name: quiet-user, when: { user: { not: \">= 1\" } }, do: warn }\n"
+    "  - { name: show, when: { protocol_state: DATA }, do: defer, message: \"%{sasl_username} sent %{score.pair} to %{key.pair}\" }\n";
 
 static struct config *cfg;
 
@@ -259,6 +261,7 @@ static void test_rules_decide_first_match_and_answers(void **state)
 
     /* Nothing at all matches: DUNNO. */
     set(&req, ATTR_HELO_NAME, "pc.example");
+    scores[counter("user")] = 2; /* neither "slow" (>= 4) nor "quiet-user" (< 1) */
     decide_with(&req, &ev, scores);
     assert_null(ev.decided);
     actions_format(cfg->rules, NULL, &req, &ev, answer, sizeof answer);
@@ -282,6 +285,89 @@ static void test_rules_unknown_score_does_not_match(void **state)
     request_fini(&req);
 }
 
+/* A message that starts with a variable never takes its SMTP code from
+ * the client: "550 ..." as a SASL name must not turn a defer into a
+ * reject. Counters a message shows are fetched with the request. */
+static void test_rules_message_code_only_from_the_config(void **state)
+{
+    (void)state;
+    struct request req;
+    struct eval ev;
+    char answer[ACTIONS_MAX_ANSWER];
+    double scores[RULES_MAX_COUNTERS] = {0};
+    request_init(&req);
+    rcpt_request(&req, "192.0.2.9", "550 5.7.1 gotcha");
+    set(&req, ATTR_PROTOCOL_STATE, "DATA");
+    set(&req, ATTR_HELO_NAME, "pc.example");
+    rules_eval_points(cfg->rules, &req, &ev);
+    assert_non_null(update_of(&ev, "pair")); /* read because the message shows it */
+    scores[counter("pair")] = 7;
+    scores[counter("user")] = 2; /* keeps quiet-user from matching */
+    decide_with(&req, &ev, scores);
+    assert_non_null(ev.decided);
+    assert_string_equal(ev.decided->name, "show");
+    actions_format(cfg->rules, ev.decided, &req, &ev, answer, sizeof answer);
+    assert_string_equal(answer, "DEFER 550 5.7.1 gotcha sent 7 to 550 5.7.1 gotcha|customer.example");
+    request_fini(&req);
+}
+
+/* not: on a counter the request has no key for matches nothing. */
+static void test_rules_not_on_missing_counter(void **state)
+{
+    (void)state;
+    struct request req;
+    struct eval ev;
+    double scores[RULES_MAX_COUNTERS] = {0};
+    request_init(&req);
+    rcpt_request(&req, "192.0.2.9", NULL); /* no SASL user: no "user" score */
+    set(&req, ATTR_HELO_NAME, "pc.example");
+    rules_eval_points(cfg->rules, &req, &ev);
+    decide_with(&req, &ev, scores);
+    assert_null(ev.decided);
+    rcpt_request(&req, "192.0.2.9", "carol"); /* score 0: "not >= 1" holds */
+    set(&req, ATTR_HELO_NAME, "pc.example");
+    rules_eval_points(cfg->rules, &req, &ev);
+    decide_with(&req, &ev, scores);
+    assert_non_null(ev.decided);
+    assert_string_equal(ev.decided->name, "quiet-user");
+    request_fini(&req);
+}
+
+/* A very long key value is hashed, not skipped: a sender cannot escape
+ * counting with a long address, and equal values give equal keys. */
+static void test_rules_long_keys_are_hashed(void **state)
+{
+    (void)state;
+    struct request req;
+    struct eval ev;
+    char user[700];
+    request_init(&req);
+    memset(user, 'A', sizeof user - 1);
+    user[sizeof user - 1] = '\0';
+    rcpt_request(&req, "192.0.2.9", user);
+    rules_eval_points(cfg->rules, &req, &ev);
+    const struct store_update *u = update_of(&ev, "user");
+    assert_non_null(u);
+    assert_int_equal(u->key_len, strlen("user:#") + 40);
+    assert_memory_equal(u->key, "user:#", 6);
+    char first[64];
+    memcpy(first, u->key, u->key_len);
+    /* Case-folded like any SASL name: the same key for lower case. */
+    for (size_t i = 0; i < sizeof user - 1; i++)
+        user[i] = 'a';
+    rcpt_request(&req, "192.0.2.9", user);
+    rules_eval_points(cfg->rules, &req, &ev);
+    u = update_of(&ev, "user");
+    assert_memory_equal(u->key, first, u->key_len);
+    /* A different value, a different key. */
+    user[0] = 'b';
+    rcpt_request(&req, "192.0.2.9", user);
+    rules_eval_points(cfg->rules, &req, &ev);
+    u = update_of(&ev, "user");
+    assert_true(memcmp(u->key, first, u->key_len) != 0);
+    request_fini(&req);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -290,6 +376,9 @@ int main(void)
         cmocka_unit_test(test_rules_conditions),
         cmocka_unit_test(test_rules_decide_first_match_and_answers),
         cmocka_unit_test(test_rules_unknown_score_does_not_match),
+        cmocka_unit_test(test_rules_message_code_only_from_the_config),
+        cmocka_unit_test(test_rules_not_on_missing_counter),
+        cmocka_unit_test(test_rules_long_keys_are_hashed),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

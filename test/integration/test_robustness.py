@@ -1,0 +1,124 @@
+"""Clients and operators doing awkward things at awkward moments: a
+client that writes without reading, an answer held by `wait` across an
+idle timeout, a reload that swaps the store under a held request, and a
+stop while an answer is held."""
+
+import signal
+import socket
+import time
+
+import harness as h
+
+
+def wait_config(port, hold="2s", **extra):
+    cfg = h.base_config(port)
+    cfg["points"] = [{"name": "per-rcpt", "when": {"protocol_state": "RCPT"}, "add": {"ip": 1}}]
+    cfg["actions"] = [{"name": "tarpit", "when": {"ip": ">= 1"},
+                       "do": ["defer", "wait %s" % hold, "delete ip"],
+                       "message": "450 4.7.1 held"}]
+    cfg.update(extra)
+    return cfg
+
+
+class RobustnessTest(h.SGTestCase):
+
+    def test_client_that_writes_without_reading(self):
+        # Thousands of requests written ahead with a tiny receive buffer:
+        # the daemon's answers back up, it must stop taking new requests
+        # until they drain, and never corrupt its write queue.
+        # Long answers, so that they fill the socket buffers quickly.
+        cfg = h.base_config(h.free_port())
+        text = "550 5.7.1 " + "x" * 900
+        cfg["actions"] = [{"name": "all", "when": {"protocol_state": "CONNECT"}, "do": "reject",
+                           "message": text}]
+        d = self.start_daemon(cfg)
+        host, port = d.listen.rsplit(":", 1)
+        s = socket.socket()
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        s.connect((host, int(port)))
+        self.addCleanup(s.close)
+        one = b"request=smtpd_access_policy\nprotocol_state=CONNECT\nclient_address=198.51.100.3\n\n"
+        n = 4000    # ~3.6 MB of answers: far beyond the socket buffers
+        s.setblocking(False)
+        data = one * n
+        sent = 0
+        deadline = time.monotonic() + 20 * h.SLOW
+        answers = b""
+        blocked_since = None
+        while sent < len(data) and time.monotonic() < deadline:
+            try:
+                sent += s.send(data[sent:sent + 65536])
+                blocked_since = None
+                continue
+            except BlockingIOError:
+                pass
+            # Our send is blocked. Read only once it has stayed blocked a
+            # while: until then the daemon's answers pile up unread,
+            # which is the case that matters.
+            now = time.monotonic()
+            if blocked_since is None:
+                blocked_since = now
+            if now - blocked_since < 0.1:
+                time.sleep(0.01)
+                continue
+            try:
+                while True:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        self.fail("closed after %d answers" % answers.count(b"\n\n"))
+                    answers += chunk
+            except BlockingIOError:
+                pass
+            blocked_since = None
+        self.assertEqual(sent, len(data), "could not send every request")
+        s.setblocking(True)
+        s.settimeout(10 * h.SLOW)
+        while answers.count(b"\n\n") < n:
+            chunk = s.recv(65536)
+            self.assertTrue(chunk, "connection closed after %d answers" % answers.count(b"\n\n"))
+            answers += chunk
+        self.assertEqual(answers, ("action=%s\n\n" % text).encode() * n)
+        with d.client() as c2:
+            self.assertEqual(c2.request(h.policy_request(client_address="198.51.100.4")), "DUNNO")
+
+    def test_held_answer_outlives_idle_timeout(self):
+        # The idle timeout counts the client's silence, not ours.
+        cfg = wait_config(h.free_port(), hold="2s")
+        cfg["limits"]["idle_timeout"] = "1s"
+        d = self.start_daemon(cfg)
+        c = self.client(d)
+        t0 = time.monotonic()
+        self.assertEqual(c.request(h.policy_request(client_address="198.51.100.5"), timeout=10 * h.SLOW),
+                         "450 4.7.1 held")
+        self.assertGreaterEqual(time.monotonic() - t0, 1.9)
+        # ... and after the answer the connection is idle again: closed.
+        self.assertTrue(c.is_closed(timeout=5 * h.SLOW), "idle connection not closed")
+
+    def test_reload_swaps_store_under_held_request(self):
+        # A request held by `wait` with a `delete` side effect, then a
+        # reload that replaces the store: the delete must go to the new
+        # store, not to the freed old one (ASan would see that).
+        port = h.free_port()
+        d = self.start_daemon(wait_config(port, hold="1s"))
+        c = self.client(d)
+        c.send_raw(c.encode(h.policy_request(client_address="198.51.100.6")))
+        time.sleep(0.2)
+        new = wait_config(port, hold="1s")
+        new["store"]["memory"] = {"max_keys": 5000}
+        ok, text = d.reload(new)
+        self.assertTrue(ok, text)
+        self.assertIn("store changed", text)
+        self.assertEqual(c.read_action(timeout=5 * h.SLOW), "450 4.7.1 held")
+        self.assertEqual(c.request(h.policy_request(client_address="198.51.100.6"),
+                                   timeout=5 * h.SLOW), "450 4.7.1 held")
+
+    def test_stop_answers_held_requests(self):
+        d = self.start_daemon(wait_config(h.free_port(), hold="60s"))
+        c = self.client(d)
+        c.send_raw(c.encode(h.policy_request(client_address="198.51.100.7")))
+        time.sleep(0.3)
+        t0 = time.monotonic()
+        d.signal(signal.SIGTERM)
+        self.assertEqual(c.read_action(timeout=5 * h.SLOW), "450 4.7.1 held")
+        self.assertLess(time.monotonic() - t0, 3 * h.SLOW, "held answer not released at stop")
+        self.assertEqual(d.wait_exit(timeout=10), 0)
