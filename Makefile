@@ -125,14 +125,17 @@ fuzz:
 bench: all
 	sh scripts/bench
 
-PREFIX  ?= /usr/local
-DESTDIR ?=
+PREFIX     ?= /usr/local
+SYSCONFDIR ?= $(PREFIX)/etc
+DESTDIR    ?=
+# make install PREFIX=/usr SYSCONFDIR=/etc for a system-wide install.
 install: all
-	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/etc/smtpguard/rules.d \
-	    $(DESTDIR)$(PREFIX)/share/smtpguard/contrib
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(SYSCONFDIR)/smtpguard/rules.d \
+	    $(DESTDIR)$(PREFIX)/share/smtpguard/contrib $(DESTDIR)$(PREFIX)/share/doc/smtpguard
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/sbin/smtpguard
-	install -m 0644 smtpguard.yaml.example $(DESTDIR)$(PREFIX)/etc/smtpguard/smtpguard.yaml.example
-	install -m 0644 rules.d/*.yaml $(DESTDIR)$(PREFIX)/etc/smtpguard/rules.d/
+	install -m 0644 smtpguard.yaml.example $(DESTDIR)$(SYSCONFDIR)/smtpguard/smtpguard.yaml.example
+	install -m 0644 rules.d/*.yaml $(DESTDIR)$(SYSCONFDIR)/smtpguard/rules.d/
+	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/smtpguard/README.md
 	cp -R contrib/. $(DESTDIR)$(PREFIX)/share/smtpguard/contrib/
 
 clean:
