@@ -1046,15 +1046,7 @@ static void config_cond_add_child(struct cond *parent, struct cond *child)
 
 static void config_cond_free(struct cond *c)
 {
-    if (!c)
-        return;
-    for (size_t i = 0; i < c->n_children; i++)
-        config_cond_free(c->children[i]);
-    free(c->children);
-    free(c->text);
-    if (c->regex)
-        pcre2_code_free((pcre2_code *)c->regex);
-    free(c);
+    rules_cond_free(c);
 }
 
 /* ">= 5", "<10", "== 0": returns true and fills op/number. */
@@ -1463,6 +1455,39 @@ static bool config_parse_add(struct loader *ld, yaml_node_t *n, const char *path
     return ok;
 }
 
+/* config_parse_rule_field - name:, when: and mode:, which points and
+ * action rules share. Returns true if key was one of them; clears *ok
+ * on a problem (already reported). */
+static bool config_parse_rule_field(struct loader *ld, const char *key, yaml_node_t *v,
+                                    const char *kpath, bool counters_ok, char **name,
+                                    struct cond **when, bool *log_only, bool *ok)
+{
+    if (!strcmp(key, "name")) {
+        if (config_expect(ld, v, YAML_SCALAR_NODE, kpath) && config_valid_name(config_scalar(v))) {
+            free(*name);
+            *name = xstrdup(config_scalar(v));
+        } else {
+            if (v->type == YAML_SCALAR_NODE)
+                config_err(ld, v, kpath, "a rule name uses letters, digits, '_' and '-' only");
+            *ok = false;
+        }
+        return true;
+    }
+    if (!strcmp(key, "when")) {
+        config_cond_free(*when);
+        *when = config_parse_when(ld, v, kpath, counters_ok, 0);
+        if (!*when)
+            *ok = false;
+        return true;
+    }
+    if (!strcmp(key, "mode")) {
+        if (!config_parse_mode(ld, v, kpath, log_only))
+            *ok = false;
+        return true;
+    }
+    return false;
+}
+
 static void config_parse_points_rule(struct loader *ld, yaml_node_t *n, const char *path)
 {
     if (!config_expect(ld, n, YAML_MAPPING_NODE, path))
@@ -1478,20 +1503,9 @@ static void config_parse_points_rule(struct loader *ld, yaml_node_t *n, const ch
         }
         yaml_node_t *v = config_node(ld, pair->value);
         char *kpath = config_path(path, key);
-        if (!strcmp(key, "name")) {
-            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath) && config_valid_name(config_scalar(v))) {
-                free(pr.name);
-                pr.name = xstrdup(config_scalar(v));
-            } else {
-                if (v->type == YAML_SCALAR_NODE)
-                    config_err(ld, v, kpath, "a rule name uses letters, digits, '_' and '-' only");
-                ok = false;
-            }
-        } else if (!strcmp(key, "when")) {
-            config_cond_free(pr.when);
-            pr.when = config_parse_when(ld, v, kpath, false, 0);
-            if (!pr.when)
-                ok = false;
+        if (config_parse_rule_field(ld, key, v, kpath, false, &pr.name, &pr.when, &pr.log_only,
+                                    &ok)) {
+            ; /* name, when, mode */
         } else if (!strcmp(key, "add")) {
             have_add = true;
             if (!config_parse_add(ld, v, kpath, &pr))
@@ -1514,9 +1528,6 @@ static void config_parse_points_rule(struct loader *ld, yaml_node_t *n, const ch
             } else {
                 ok = false;
             }
-        } else if (!strcmp(key, "mode")) {
-            if (!config_parse_mode(ld, v, kpath, &pr.log_only))
-                ok = false;
         } else {
             config_unknown_key(ld, k, path, key, "name, when, add, then, mode");
             ok = false;
@@ -1692,20 +1703,9 @@ static void config_parse_action_rule(struct loader *ld, yaml_node_t *n, const ch
         }
         yaml_node_t *v = config_node(ld, pair->value);
         char *kpath = config_path(path, key);
-        if (!strcmp(key, "name")) {
-            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath) && config_valid_name(config_scalar(v))) {
-                free(ar.name);
-                ar.name = xstrdup(config_scalar(v));
-            } else {
-                if (v->type == YAML_SCALAR_NODE)
-                    config_err(ld, v, kpath, "a rule name uses letters, digits, '_' and '-' only");
-                ok = false;
-            }
-        } else if (!strcmp(key, "when")) {
-            config_cond_free(ar.when);
-            ar.when = config_parse_when(ld, v, kpath, true, 0);
-            if (!ar.when)
-                ok = false;
+        if (config_parse_rule_field(ld, key, v, kpath, true, &ar.name, &ar.when, &ar.log_only,
+                                    &ok)) {
+            ; /* name, when, mode */
         } else if (!strcmp(key, "do")) {
             have_do = true;
             if (v->type == YAML_SEQUENCE_NODE) {
@@ -1727,9 +1727,6 @@ static void config_parse_action_rule(struct loader *ld, yaml_node_t *n, const ch
             } else {
                 ok = false;
             }
-        } else if (!strcmp(key, "mode")) {
-            if (!config_parse_mode(ld, v, kpath, &ar.log_only))
-                ok = false;
         } else {
             config_unknown_key(ld, k, path, key, "name, when, do, message, mode");
             ok = false;

@@ -451,7 +451,7 @@ const char *rules_template_value(void *vctx, int id, size_t *len)
     return request_get(ctx->req, (enum attr)id, len);
 }
 
-static void rules_cond_free(struct cond *c)
+void rules_cond_free(struct cond *c)
 {
     if (!c)
         return;

@@ -225,6 +225,8 @@ struct rules_template_ctx {
 };
 const char *rules_template_value(void *ctx, int id, size_t *len);
 
+/* rules_cond_free - a condition tree (NULL is fine). */
+void rules_cond_free(struct cond *c);
 void rules_free(struct rules *r);
 
 #endif
