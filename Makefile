@@ -56,6 +56,11 @@ SRCS += policyd/store_redis.c
 SRCS += policyd/conn.c
 SRCS += policyd/listener.c
 SRCS += policyd/server.c
+SRCS += policyd/metrics.c
+SRCS += policyd/record.c
+SRCS += policyd/admin.c
+SRCS += policyd/explain.c
+SRCS += policyd/replay.c
 
 OBJS := $(SRCS:%.c=$(B)/%.o)
 LIB  := $(B)/libpolicyd.a

@@ -101,7 +101,7 @@ struct cond {
     struct subject subject;     /* leaves */
     struct cond **children;     /* ALL / ANY / NOT */
     size_t n_children;
-    char *text;                 /* EQUALS: the value (lower-cased if case-insensitive) */
+    char *text;                 /* EQUALS: the value (lower-cased if case-insensitive); REGEX: the pattern */
     size_t text_len;
     struct cidr net;            /* CIDR */
     int list;                   /* IN_LIST: index into rules->lists */
