@@ -75,6 +75,11 @@ static void explain_cond(struct explain *x, const struct rules *r, const struct 
         return;
     case COND_ALL:
     case COND_ANY:
+        /* A group of one is its member. */
+        if (c->n_children == 1) {
+            explain_cond(x, r, c->children[0], req, ev, depth, top);
+            return;
+        }
         /* A when: mapping is an "all of" its keys: shown flat. */
         if (!(top && c->kind == COND_ALL))
             fprintf(x->out, "%*s%s: %s\n", ind, "", c->kind == COND_ALL ? "all of" : "any of", res);
@@ -93,10 +98,10 @@ static void explain_cond(struct explain *x, const struct rules *r, const struct 
     if (c->subject.is_counter) {
         int ci = c->subject.index;
         if (ev && ev->have_score[ci])
-            fprintf(x->out, "%*s%s score %.*f %s %g: %s\n", ind, "", name,
+            fprintf(x->out, "%*s%s score %.*f %s %.15g: %s\n", ind, "", name,
                     r->counters[ci].precision, ev->score[ci], explain_ops[c->op], c->number, res);
         else
-            fprintf(x->out, "%*s%s (no key for this request) %s %g: %s\n", ind, "", name,
+            fprintf(x->out, "%*s%s (no key for this request) %s %.15g: %s\n", ind, "", name,
                     explain_ops[c->op], c->number, res);
         return;
     }
@@ -117,11 +122,11 @@ static void explain_cond(struct explain *x, const struct rules *r, const struct 
         fprintf(x->out, "%*s%s %s in list %s: %s\n", ind, "", name, v, r->lists[c->list].name, res);
         break;
     case COND_REGEX:
-        fprintf(x->out, "%*s%s %s matches /%s/: %s\n", ind, "", name, v,
-                c->text ? log_quote(c->text, c->text_len, q, sizeof q) : "?", res);
+        fprintf(x->out, "%*s%s %s matches /%s/: %s\n", ind, "", name, v, c->text ? c->text : "?",
+                res);
         break;
     case COND_CMP:
-        fprintf(x->out, "%*s%s %s %s %g: %s\n", ind, "", name, v, explain_ops[c->op], c->number,
+        fprintf(x->out, "%*s%s %s %s %.15g: %s\n", ind, "", name, v, explain_ops[c->op], c->number,
                 res);
         break;
     case COND_SAME_AS: {
@@ -232,11 +237,15 @@ static void explain_scores(struct explain *x, const struct rules *r, const struc
     for (size_t u = 0; u < ev->n_updates; u++) {
         const struct counter *c = &r->counters[ev->update_counter[u]];
         char q[LOG_QUOTE_BUF];
-        fprintf(x->out, "    %s key %s: before %.*f, %+g, after %.*f (%s %s)\n", c->name,
+        char model[64];
+        if (c->decay.kind == DECAY_HALF_LIFE)
+            snprintf(model, sizeof model, "half_life %gs", c->decay.param);
+        else
+            snprintf(model, sizeof model, "leak %g/h", c->decay.param * 3600);
+        fprintf(x->out, "    %s key %s: before %.*f, %+g, after %.*f (%s)\n", c->name,
                 log_quote(ev->updates[u].key, ev->updates[u].key_len, q, sizeof q), c->precision,
                 decay_round(before[u], c->precision), ev->updates[u].points, c->precision,
-                decay_round(after[u], c->precision), decay_kind_name(c->decay.kind),
-                c->decay.kind == DECAY_HALF_LIFE ? "seconds" : "points/second");
+                decay_round(after[u], c->precision), model);
     }
 }
 
