@@ -19,7 +19,9 @@
  * written; each request is explained against the scores as they are now,
  * so several requests do not add up). With --fresh, against an empty
  * memory store private to this run, where the requests do add up in
- * order, so "the 5th recipient trips >= 5" can be shown from a file.
+ * order, so "the 5th recipient trips >= 5" can be shown from a file; they
+ * are taken as arriving at one instant (no decay between them), so the
+ * same input always gives the same transcript.
  *
  * Exit status: 0, 1 on a config or input error, 2 on a usage error,
  * 3 when the store cannot be reached (try --fresh).
