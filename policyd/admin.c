@@ -39,6 +39,7 @@
 
 #define ADMIN_KEY_MAX 512           /* bytes of a key parameter */
 #define ADMIN_TOP_DEFAULT 20        /* keys /top lists without n= */
+#define ADMIN_LINGER_MS 2000        /* reading after the response, at most */
 
 struct admin {
     union {
@@ -74,6 +75,7 @@ struct admin_conn {
     char buf[ADMIN_MAX_REQUEST + 1]; /* request bytes, NUL-terminated */
     size_t len;                 /* bytes in buf */
     uv_write_t wr;
+    uv_shutdown_t shut;         /* lingering close after the response */
     char *out;                  /* response being written */
     /* What an asynchronous answer needs. */
     char counter[METRICS_NAME_MAX]; /* counter name */
@@ -212,11 +214,36 @@ static void admin_conn_close(struct admin_conn *c)
     uv_close((uv_handle_t *)&c->timer, admin_conn_on_close);
 }
 
-static void admin_on_written(uv_write_t *w, int status)
+static void admin_on_shutdown(uv_shutdown_t *req, int status)
 {
     (void)status;
+    admin_conn_unref(req->data);
+}
+
+static void admin_on_linger(uv_timer_t *t)
+{
+    admin_conn_close(t->data);
+}
+
+/* admin_on_written - the response is out: half-close and read what the
+ * client still sends until it closes (a bounded linger), so that closing
+ * with unread bytes does not reset the connection before the client has
+ * read the response (an oversized request, say). */
+static void admin_on_written(uv_write_t *w, int status)
+{
     struct admin_conn *c = w->data;
-    admin_conn_close(c);
+    if (status < 0 || c->closing) {
+        admin_conn_close(c);
+    } else {
+        c->shut.data = c;
+        c->refs++;
+        if (uv_shutdown(&c->shut, &c->h.stream, admin_on_shutdown) < 0) {
+            c->refs--;
+            admin_conn_close(c);
+        } else {
+            uv_timer_start(&c->timer, admin_on_linger, ADMIN_LINGER_MS, 0);
+        }
+    }
     admin_conn_unref(c);
 }
 
@@ -266,7 +293,6 @@ static void admin_respond(struct admin_conn *c, int code, const char *ctype, cha
     memcpy(c->out, head, (size_t)hl);
     memcpy(c->out + hl, body, blen + 1);
     free(body);
-    uv_read_stop(&c->h.stream);
     uv_buf_t b = uv_buf_init(c->out, (unsigned)((size_t)hl + blen));
     c->wr.data = c;
     c->refs++;
@@ -726,19 +752,24 @@ static void admin_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
 {
     (void)suggested;
     struct admin_conn *c = h->data;
-    *buf = uv_buf_init(c->buf + c->len, (unsigned)(ADMIN_MAX_REQUEST - c->len));
+    if (c->answered) /* lingering: what comes now is read and dropped */
+        *buf = uv_buf_init(c->buf, ADMIN_MAX_REQUEST);
+    else
+        *buf = uv_buf_init(c->buf + c->len, (unsigned)(ADMIN_MAX_REQUEST - c->len));
 }
 
 static void admin_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
 {
     (void)buf;
     struct admin_conn *c = s->data;
-    if (nread == 0 || c->answered)
+    if (nread == 0)
         return;
     if (nread < 0) {
         admin_conn_close(c);
         return;
     }
+    if (c->answered)
+        return;
     c->len += (size_t)nread;
     admin_try(c);
     if (!c->answered && c->len >= ADMIN_MAX_REQUEST)

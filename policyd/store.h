@@ -14,7 +14,8 @@
  * update leaves it at or above top_floor, the set holds at most top_size
  * keys per counter (Redis: a sorted set per counter; memory: one pool of
  * top_size x STORE_TOP_POOL_FACTOR keys), and a query decays the members
- * to now, drops the expired ones and sorts. Never a keyspace scan.
+ * to now, drops those expired or now below the floor, and sorts. Never a
+ * keyspace scan. The floor compares unrounded scores.
  *
  * A backend is a const struct store_ops chosen by name (OpenSMTPD's
  * table_* shape); callers hold an opaque struct store.

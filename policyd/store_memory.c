@@ -38,7 +38,8 @@
  *   slot, so freeing it leaves the pool in O(1)); an update that leaves a
  *   key at or above top_floor puts it in, replacing the member with the
  *   lowest stored score when the pool is full. A top query decays the
- *   members of one counter to now and sorts them: O(pool), not O(keys).
+ *   members of one counter to now, leaves out those now below the floor
+ *   and sorts the rest: O(pool), not O(keys).
  * - peek computes what a read would return and touches nothing.
  */
 #include "store.h"
@@ -595,6 +596,8 @@ static void mem_top(struct store *st, const char *counter, const struct decay *d
         t[k].key = kp;
         t[k].key_len = e->key_len;
         t[k].score = decay_apply(dc, e->score, now - e->updated_at, 0);
+        if (t[k].score < st->top_floor)
+            continue; /* decayed below the floor since it entered */
         kp += e->key_len;
         k++;
     }

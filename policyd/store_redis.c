@@ -973,7 +973,10 @@ static void redis_top(struct store *st, const char *counter, const struct decay 
     p += c->argvlen[6] + 1;
     c->argv[7] = p;
     c->argvlen[7] = (size_t)snprintf(p, REDIS_NUM_LEN, "%zu", n);
-    c->argc = 8;
+    p += c->argvlen[7] + 1;
+    c->argv[8] = st->top_floor[0] ? st->top_floor : "0";
+    c->argvlen[8] = strlen(c->argv[8]);
+    c->argc = 9;
     if (redis_cmd_send(st, c) < 0) {
         redis_cmd_put(c);
         redis_fail_later(st, REDIS_KIND_TOP, NULL, NULL, cb, arg);

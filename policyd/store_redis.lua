@@ -18,8 +18,10 @@
 -- nothing at all is written or deleted (explain, the admin API).
 --
 -- Top query: ARGV[1] == "top", KEYS[1] the sorted set, ARGV[2] the decay
--- kind, ARGV[3] its parameter, ARGV[4] how many. The members are decayed
--- to now; members whose key is gone or worthless are removed from the set.
+-- kind, ARGV[3] its parameter, ARGV[4] how many, ARGV[5] the floor. The
+-- members are decayed to now; members whose key is gone or has decayed
+-- (or been reset) below the floor leave the set: an update above the
+-- floor brings them back.
 -- Returns {now, key1, score1, key2, score2, ...}, highest score first.
 -- A key holds the string "SCORE TIME" (%.17g each, so both survive the
 -- round trip bit for bit): the score as it was at TIME.
@@ -99,8 +101,8 @@ local function parse_pair(v)
 end
 
 if ARGV[1] == 'top' then
-    local kind, param, want = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4])
-    if #KEYS ~= 1 or not param or not want or (kind ~= 'h' and kind ~= 'l') then
+    local kind, param, want, floor = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+    if #KEYS ~= 1 or not param or not want or not floor or (kind ~= 'h' and kind ~= 'l') then
         return redis.error_reply('ERR smtpguard script: bad top arguments')
     end
     local found = {}
@@ -111,7 +113,7 @@ if ARGV[1] == 'top' then
             s, t = parse_pair(v)
         end
         local score = s and decay(kind, param, s, now - t, 0)
-        if score and ttl(kind, param, score) > 0 then
+        if score and ttl(kind, param, score) > 0 and score >= floor then
             found[#found + 1] = {m, score}
         else
             redis.call('ZREM', KEYS[1], m)
