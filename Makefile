@@ -136,6 +136,7 @@ install: all
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/etc/smtpguard/rules.d \
 	    $(DESTDIR)$(PREFIX)/share/smtpguard/contrib
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/sbin/smtpguard
+	install -m 0755 scripts/smtpguardctl $(DESTDIR)$(PREFIX)/sbin/smtpguardctl
 	install -m 0644 smtpguard.yaml.example $(DESTDIR)$(PREFIX)/etc/smtpguard/smtpguard.yaml.example
 	install -m 0644 rules.d/*.yaml $(DESTDIR)$(PREFIX)/etc/smtpguard/rules.d/
 	cp -R contrib/. $(DESTDIR)$(PREFIX)/share/smtpguard/contrib/

@@ -403,6 +403,16 @@ class MetricsTest(h.SGTestCase):
         self.assertEqual(sample(m3, "smtpguard_config_generation"), 2)
         self.assertGreater(sample(m3, "smtpguard_admin_requests_total"), 3)
 
+        # The Grafana dashboard graphs only metrics that exist.
+        with open(os.path.join(h.ROOT, "contrib", "grafana-smtpguard.json")) as f:
+            dash = json.load(f)
+        exprs = [t["expr"] for p in dash["panels"] for t in p["targets"]]
+        self.assertGreater(len(exprs), 10)
+        names = set(re.findall(r"smtpguard_[a-z_]+", " ".join(exprs)))
+        for n in sorted(names):
+            fam = re.sub(r"_(bucket|sum|count)$", "", n)
+            self.assertIn(fam, m3, "dashboard uses %s, which /metrics does not have" % n)
+
     def test_strict_parser_rejects(self):
         # The parser used above must fail on what Prometheus refuses.
         bad = [
