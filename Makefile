@@ -56,6 +56,11 @@ SRCS += policyd/store_redis.c
 SRCS += policyd/conn.c
 SRCS += policyd/listener.c
 SRCS += policyd/server.c
+SRCS += policyd/metrics.c
+SRCS += policyd/record.c
+SRCS += policyd/admin.c
+SRCS += policyd/explain.c
+SRCS += policyd/replay.c
 
 OBJS := $(SRCS:%.c=$(B)/%.o)
 LIB  := $(B)/libpolicyd.a
@@ -133,6 +138,7 @@ install: all
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(SYSCONFDIR)/smtpguard/rules.d \
 	    $(DESTDIR)$(PREFIX)/share/smtpguard/contrib $(DESTDIR)$(PREFIX)/share/doc/smtpguard
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/sbin/smtpguard
+	install -m 0755 scripts/smtpguardctl $(DESTDIR)$(PREFIX)/sbin/smtpguardctl
 	install -m 0644 smtpguard.yaml.example $(DESTDIR)$(SYSCONFDIR)/smtpguard/smtpguard.yaml.example
 	install -m 0644 rules.d/*.yaml $(DESTDIR)$(SYSCONFDIR)/smtpguard/rules.d/
 	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/smtpguard/README.md

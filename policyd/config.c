@@ -641,6 +641,40 @@ static void config_parse_on_error(struct loader *ld, yaml_node_t *n, const char 
     ld->cfg->on_error = action;
 }
 
+/* store.top: { floor: POINTS, size: N } - the top set behind "top keys". */
+static void config_parse_top(struct loader *ld, yaml_node_t *n, const char *path)
+{
+    struct store_config *sc = &ld->cfg->store;
+    if (!config_expect(ld, n, YAML_MAPPING_NODE, path))
+        return;
+    CONFIG_FOR_PAIRS(ld, n, pair) {
+        yaml_node_t *k;
+        const char *key = config_pair_key(ld, pair, path, &k);
+        if (!key)
+            continue;
+        yaml_node_t *v = config_node(ld, pair->value);
+        char *kpath = config_path(path, key);
+        unsigned long u;
+        if (!strcmp(key, "floor")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
+                char *end;
+                double d = strtod(config_scalar(v), &end);
+                if (!*config_scalar(v) || *end || !(d >= 0) || d > 1e12)
+                    config_err(ld, v, kpath, "expected points, 0 (off) or more, got \"%s\"",
+                               config_scalar(v));
+                else
+                    sc->top_floor = d;
+            }
+        } else if (!strcmp(key, "size")) {
+            if (config_parse_uint(ld, v, kpath, 1, STORE_MAX_TOP, &u))
+                sc->top_size = (unsigned)u;
+        } else {
+            config_unknown_key(ld, k, path, key, "floor, size");
+        }
+        free(kpath);
+    }
+}
+
 static void config_parse_store(struct loader *ld, yaml_node_t *n, const char *path)
 {
     struct store_config *sc = &ld->cfg->store;
@@ -686,8 +720,10 @@ static void config_parse_store(struct loader *ld, yaml_node_t *n, const char *pa
             }
         } else if (!strcmp(key, "on_error")) {
             config_parse_on_error(ld, v, kpath);
+        } else if (!strcmp(key, "top")) {
+            config_parse_top(ld, v, kpath);
         } else {
-            config_unknown_key(ld, k, path, key, "backend, redis, memory, on_error");
+            config_unknown_key(ld, k, path, key, "backend, redis, memory, on_error, top");
         }
         free(kpath);
     }
@@ -740,6 +776,134 @@ static void config_parse_log(struct loader *ld, yaml_node_t *n, const char *path
         }
         free(kpath);
     }
+}
+
+/* admin: { listen: ADDRESS, token_file: PATH } */
+static void config_parse_admin(struct loader *ld, yaml_node_t *n, const char *path)
+{
+    struct config_admin *ad = &ld->cfg->admin;
+    if (!config_expect(ld, n, YAML_MAPPING_NODE, path))
+        return;
+    CONFIG_FOR_PAIRS(ld, n, pair) {
+        yaml_node_t *k;
+        const char *key = config_pair_key(ld, pair, path, &k);
+        if (!key)
+            continue;
+        yaml_node_t *v = config_node(ld, pair->value);
+        char *kpath = config_path(path, key);
+        if (!strcmp(key, "listen")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
+                const char *s = config_scalar(v);
+                free(ad->listen);
+                ad->listen = NULL;
+                if (config_is_null(v))
+                    ;
+                else if (!strncmp(s, "unix:/", 6))
+                    ad->listen = xstrdup(s);
+                else if (!strncmp(s, "127.", 4) || !strncmp(s, "[::1]:", 6)) {
+                    const char *colon = strrchr(s, ':');
+                    char *end;
+                    long port = colon ? strtol(colon + 1, &end, 10) : 0;
+                    if (!colon || !colon[1] || *end || port < 1 || port > 65535)
+                        config_err(ld, v, kpath, "expected \"127.0.0.1:PORT\", \"[::1]:PORT\" or "
+                                   "\"unix:/path\", got \"%s\"", s);
+                    else
+                        ad->listen = xstrdup(s);
+                } else
+                    config_err(ld, v, kpath,
+                               "the admin API listens on loopback (127.0.0.0/8, [::1]) or a unix "
+                               "socket only, got \"%s\"", s);
+            }
+        } else if (!strcmp(key, "token_file")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
+                char *tok = config_read_password(ld, v, kpath);
+                if (tok && !*tok) {
+                    config_err(ld, v, kpath, "the token file is empty");
+                    free(tok);
+                } else if (tok) {
+                    free(ad->token);
+                    ad->token = tok;
+                }
+            }
+        } else {
+            config_unknown_key(ld, k, path, key, "listen, token_file");
+        }
+        free(kpath);
+    }
+    if (!ad->token) {
+        const char *env = getenv("SMTPGUARD_ADMIN_TOKEN");
+        if (env && *env)
+            ad->token = xstrdup(env);
+    }
+}
+
+/* config_parse_size - "100M", "1G", "512k", bytes. */
+static bool config_parse_size(struct loader *ld, yaml_node_t *v, const char *path,
+                              unsigned long long *out)
+{
+    if (!config_expect(ld, v, YAML_SCALAR_NODE, path))
+        return false;
+    const char *s = config_scalar(v);
+    char *end;
+    errno = 0;
+    unsigned long long n = strtoull(s, &end, 10);
+    unsigned long long mult = 1;
+    if (*end == 'k' || *end == 'K')
+        mult = 1024, end++;
+    else if (*end == 'M')
+        mult = 1024ull * 1024, end++;
+    else if (*end == 'G')
+        mult = 1024ull * 1024 * 1024, end++;
+    if (end == s || *end || errno || s[0] == '-' || n > (1ull << 50) / mult) {
+        config_err(ld, v, path, "expected a size such as 512k, 100M or 2G, got \"%s\"", s);
+        return false;
+    }
+    *out = n * mult;
+    return true;
+}
+
+/* record: { file: PATH, redact: none|localpart|hash, max_size: SIZE, keep: N } */
+static void config_parse_record(struct loader *ld, yaml_node_t *n, const char *path)
+{
+    struct record_settings *rs = &ld->cfg->record;
+    if (!config_expect(ld, n, YAML_MAPPING_NODE, path))
+        return;
+    CONFIG_FOR_PAIRS(ld, n, pair) {
+        yaml_node_t *k;
+        const char *key = config_pair_key(ld, pair, path, &k);
+        if (!key)
+            continue;
+        yaml_node_t *v = config_node(ld, pair->value);
+        char *kpath = config_path(path, key);
+        unsigned long u;
+        if (!strcmp(key, "file")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
+                free(rs->file);
+                rs->file = config_is_null(v) ? NULL : config_resolve_path(ld, config_scalar(v));
+            }
+        } else if (!strcmp(key, "redact")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath) &&
+                record_redact_parse(config_scalar(v), &rs->redact) < 0)
+                config_err(ld, v, kpath, "expected none, localpart or hash, got \"%s\"",
+                           config_scalar(v));
+        } else if (!strcmp(key, "max_size")) {
+            unsigned long long sz;
+            if (config_parse_size(ld, v, kpath, &sz)) {
+                if (sz && sz < 4096)
+                    config_err(ld, v, kpath, "at least 4k (or 0 for no cap)");
+                else
+                    rs->max_size = sz;
+            }
+        } else if (!strcmp(key, "keep")) {
+            if (config_parse_uint(ld, v, kpath, 0, 1000, &u))
+                rs->keep = (unsigned)u;
+        } else {
+            config_unknown_key(ld, k, path, key, "file, redact, max_size, keep");
+        }
+        free(kpath);
+    }
+    if (!rs->file)
+        config_err(ld, n, path, "record needs a file: PATH");
 }
 
 /* ---- counters and lists (pass one, every file) ---- */
@@ -1168,6 +1332,9 @@ static struct cond *config_parse_regex(struct loader *ld, struct subject subj, y
     (void)pcre2_jit_compile(re, PCRE2_JIT_COMPLETE);
     struct cond *c = config_cond_new(COND_REGEX, subj);
     c->regex = re;
+    /* Kept for explain, which shows the pattern it tested. */
+    c->text = xstrndup(config_scalar(v), v->data.scalar.length);
+    c->text_len = v->data.scalar.length;
     return c;
 }
 
@@ -1852,6 +2019,10 @@ static void config_defaults(struct config *cfg)
     cfg->store.prefix = xstrdup("sg:");
     cfg->store.timeout_ms = 100;
     cfg->store.memory_max_keys = 1000000;
+    cfg->store.top_floor = 10;
+    cfg->store.top_size = 100;
+    cfg->record.max_size = 100ull * 1024 * 1024;
+    cfg->record.keep = 5;
     cfg->on_error = xstrdup("DUNNO");
     cfg->log.to_stderr = true;
     cfg->log.level = LOG_LEVEL_INFO;
@@ -1875,11 +2046,15 @@ static void config_main_settings(struct loader *ld, yaml_node_t *root)
             config_parse_store(ld, v, key);
         else if (!strcmp(key, "log"))
             config_parse_log(ld, v, key);
+        else if (!strcmp(key, "admin"))
+            config_parse_admin(ld, v, key);
+        else if (!strcmp(key, "record"))
+            config_parse_record(ld, v, key);
         else if (!strcmp(key, "include"))
             ; /* read before the rules, see config_run */
         else if (!config_is_rule_section(key))
             config_unknown_key(ld, k, "", key,
-                               "listen, clients, limits, store, include, log, counters, lists, points, actions");
+                               "listen, clients, limits, store, include, log, admin, record, counters, lists, points, actions");
     }
 }
 
@@ -2023,6 +2198,12 @@ void config_unref(struct config *cfg)
     free(cfg->on_error);
     free(cfg->log.syslog);
     free(cfg->log.json);
+    free(cfg->admin.listen);
+    if (cfg->admin.token) {
+        memset(cfg->admin.token, 0, strlen(cfg->admin.token));
+        free(cfg->admin.token);
+    }
+    free(cfg->record.file);
     rules_free(cfg->rules);
     free(cfg);
 }

@@ -27,6 +27,7 @@
 #include "cidr.h"
 #include "log.h"
 #include "protocol.h"
+#include "record.h"
 #include "rules.h"
 #include "store.h"
 
@@ -46,6 +47,11 @@ struct config_log {
     char *json;                 /* JSON-lines decision log path, or NULL */
 };
 
+struct config_admin {
+    char *listen;               /* "127.0.0.1:PORT", "[::1]:PORT", "unix:/path"; NULL = off */
+    char *token;                /* from token_file or $SMTPGUARD_ADMIN_TOKEN; NULL = none; never logged */
+};
+
 struct config {
     unsigned refs;              /* holders: the server and requests in flight */
     unsigned generation;        /* 1 for the first load, +1 per reload */
@@ -57,6 +63,8 @@ struct config {
     struct store_config store;
     char *on_error;             /* Postfix action text when the store fails */
     struct config_log log;
+    struct config_admin admin;  /* HTTP admin API and /metrics */
+    struct record_settings record; /* request recording */
     struct rules *rules;
 };
 

@@ -16,6 +16,8 @@
 #include <time.h>
 
 #include "log.h"
+#include "metrics.h"
+#include "record.h"
 
 static struct log_limiter engine_store_limiter; /* "store unavailable" warnings */
 
@@ -71,7 +73,9 @@ static void engine_on_scores(void *arg, int status, const double *scores, size_t
 {
     (void)now;
     struct engine_req *er = arg;
+    metrics_observe(&metrics_main.store, (double)(engine_now_ns() - er->store_ns) / 1e9);
     if (status != STORE_OK) {
+        metrics_main.store_errors++;
         engine_on_error(er);
         return;
     }
@@ -114,6 +118,7 @@ void engine_start(struct engine_req *er, struct config *cfg, struct store *st, e
         engine_decide(er);
         return;
     }
+    er->store_ns = engine_now_ns();
     store_apply(st, er->ev.updates, er->ev.n_updates, engine_on_scores, er);
 }
 
@@ -145,6 +150,25 @@ static void engine_delete(struct engine_req *er, struct store *st)
         store_reset(st, keys, lens, n, engine_ignore_reset, NULL);
 }
 
+/* engine_count - the decision in metrics_main: by state, rule, verdict. */
+static void engine_count(struct engine_req *er, double elapsed_ms)
+{
+    size_t len;
+    const char *state = request_get(&er->req, ATTR_PROTOCOL_STATE, &len);
+    metrics_main.requests[metrics_state_of(state, state ? len : 0)]++;
+    metrics_observe(&metrics_main.answer, elapsed_ms / 1000);
+    const struct eval *ev = &er->ev;
+    if (er->store_failed)
+        metrics_verdict(&metrics_main, NULL, "on_error");
+    else if (ev->stopped_by)
+        metrics_verdict(&metrics_main, ev->stopped_by->name,
+                        ev->stopped_by->then == VERDICT_PERMIT ? "permit" : "dunno");
+    else if (ev->decided)
+        metrics_verdict(&metrics_main, ev->decided->name, verdict_name(ev->decided->verdict));
+    else
+        metrics_verdict(&metrics_main, NULL, "dunno");
+}
+
 void engine_finish(struct engine_req *er, struct store *st, unsigned long conn_id,
                    unsigned long req_no)
 {
@@ -159,6 +183,8 @@ void engine_finish(struct engine_req *er, struct store *st, unsigned long conn_i
         .elapsed_ms = (double)(engine_now_ns() - er->started_ns) / 1e6,
     };
     actions_log(&d);
+    engine_count(er, d.elapsed_ms);
+    record_write(&er->req);
     engine_delete(er, st);
     request_reset(&er->req);
     config_unref(er->cfg);

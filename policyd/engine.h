@@ -14,7 +14,8 @@
  * store's callback; the caller must keep er alive until then. After the
  * answer has been delivered the caller calls engine_finish(), which logs,
  * starts the side effects and drops the config reference; then er may be
- * reused.
+ * reused. engine_finish also counts the decision in metrics_main and
+ * appends the request to the recording, if one is open (record.h).
  */
 #ifndef SMTPGUARD_ENGINE_H
 #define SMTPGUARD_ENGINE_H
@@ -39,6 +40,7 @@ struct engine_req {
     bool store_failed;          /* answered with on_error */
     bool busy;                  /* between start and finish */
     uint64_t started_ns;        /* monotonic, for elapsed_ms */
+    uint64_t store_ns;          /* monotonic, when the store round trip began (metrics) */
     char answer[ACTIONS_MAX_ANSWER]; /* the Postfix action text */
     double wait;                /* seconds the answer is to be held back */
     engine_done_cb cb;

@@ -3,6 +3,8 @@
  *
  *   smtpguard -c FILE        run in the foreground (systemd style)
  *   smtpguard -c FILE -t     check config and rules, print every error
+ *   smtpguard explain -c FILE [--fresh] < requests     (explain.h)
+ *   smtpguard replay -c FILE RECORDING [--compare OTHER] (replay.h)
  *   smtpguard --version | --help
  */
 #include <errno.h>
@@ -15,7 +17,9 @@
 
 #include "actions.h"
 #include "config.h"
+#include "explain.h"
 #include "log.h"
+#include "replay.h"
 #include "server.h"
 
 #ifndef SMTPGUARD_VERSION
@@ -27,6 +31,8 @@ static void usage(FILE *fp)
 {
     fprintf(fp,
             "usage: smtpguard [-c FILE] [-t] [-v]\n"
+            "       smtpguard explain -c FILE [--fresh] < requests\n"
+            "       smtpguard replay -c FILE RECORDING [--compare OTHER] [--keys N]\n"
             "\n"
             "Postfix policy server that scores clients, senders and SASL users with\n"
             "decaying counters and answers ok, defer, reject ... per its rules.\n"
@@ -51,6 +57,11 @@ int main(int argc, char **argv)
         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
+    /* Offline tools: their own options. */
+    if (argc > 1 && strcmp(argv[1], "explain") == 0)
+        return explain_main(argc - 1, argv + 1);
+    if (argc > 1 && strcmp(argv[1], "replay") == 0)
+        return replay_main(argc - 1, argv + 1);
     const char *path = DEFAULT_CONFIG;
     bool check = false;
     int ch;

@@ -101,7 +101,7 @@ struct cond {
     struct subject subject;     /* leaves */
     struct cond **children;     /* ALL / ANY / NOT */
     size_t n_children;
-    char *text;                 /* EQUALS: the value as written (compared case-insensitively where the attribute says so) */
+    char *text;                 /* EQUALS: the value as written (compared case-insensitively where the attribute says so); REGEX: the pattern */
     size_t text_len;
     struct cidr net;            /* CIDR */
     int list;                   /* IN_LIST: index into rules->lists */

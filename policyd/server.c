@@ -12,10 +12,14 @@
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "actions.h"
+#include "admin.h"
 #include "conn.h"
 #include "listener.h"
+#include "metrics.h"
+#include "record.h"
 
 #define SERVER_LIST_CHECK_MS 5000   /* how often list files are checked */
 #define SERVER_DRAIN_MS 5000        /* bound on a graceful stop */
@@ -56,6 +60,11 @@ static void server_on_signal(uv_signal_t *s, int signum)
             else
                 log_info("JSON decision log %s reopened", srv->cfg->log.json);
         }
+        if (srv->cfg->record.file) {
+            int rc = record_reopen();
+            if (rc < 0)
+                log_error("cannot reopen recording %s: %s", srv->cfg->record.file, strerror(-rc));
+        }
         break;
     default:
         log_info("signal %d: stopping", signum);
@@ -77,6 +86,9 @@ int server_start(struct server *srv, uv_loop_t *loop, struct config *cfg)
     memset(srv, 0, sizeof *srv);
     srv->loop = loop;
     srv->cfg = cfg;
+    struct timespec now;
+    clock_gettime(CLOCK_REALTIME, &now);
+    srv->start_time = (double)now.tv_sec + (double)now.tv_nsec / 1e9;
     char err[512] = "";
     int rc = store_open(&srv->store, &cfg->store, loop, err, sizeof err);
     if (rc < 0) {
@@ -91,6 +103,14 @@ int server_start(struct server *srv, uv_loop_t *loop, struct config *cfg)
             return rc;
         }
     }
+    if (cfg->admin.listen) {
+        rc = admin_open(&srv->admin, srv, cfg->admin.listen);
+        if (rc < 0) {
+            server_stop(srv);
+            return rc;
+        }
+    }
+    server_apply_record(cfg);
     server_signal(srv, &srv->sig_hup, SIGHUP);
     server_signal(srv, &srv->sig_term, SIGTERM);
     server_signal(srv, &srv->sig_int, SIGINT);
@@ -102,6 +122,22 @@ int server_start(struct server *srv, uv_loop_t *loop, struct config *cfg)
     uv_timer_init(loop, &srv->drain_timer);
     srv->drain_timer.data = srv;
     return 0;
+}
+
+void server_apply_record(const struct config *cfg)
+{
+    int rc = record_open(&cfg->record);
+    if (rc < 0)
+        log_error("cannot open recording %s: %s", cfg->record.file, strerror(-rc));
+    else if (cfg->record.file)
+        log_info("recording requests to %s", cfg->record.file);
+}
+
+static bool server_same_admin(const struct config *a, const struct config *b)
+{
+    if (!a->admin.listen || !b->admin.listen)
+        return a->admin.listen == b->admin.listen;
+    return strcmp(a->admin.listen, b->admin.listen) == 0;
 }
 
 static bool server_same_listen(const struct config *a, const struct config *b)
@@ -125,6 +161,7 @@ int server_reload(struct server *srv)
         for (size_t i = 0; i < errs.n; i++)
             log_error("%s", errs.msgs[i]);
         config_errors_fini(&errs);
+        metrics_main.reload_failures++;
         return -EINVAL;
     }
     cfg->generation = old->generation + 1;
@@ -135,6 +172,7 @@ int server_reload(struct server *srv)
             log_error("reload failed, keeping generation %u: cannot open the new store: %s",
                       old->generation, err);
             config_unref(cfg);
+            metrics_main.reload_failures++;
             return -EINVAL;
         }
         /* Requests waiting on the old store get TEMPFAIL (on_error). */
@@ -144,8 +182,18 @@ int server_reload(struct server *srv)
     }
     if (!server_same_listen(old, cfg))
         log_warn("listen: changes take effect after a restart; still listening on the old addresses");
+    if (!server_same_admin(old, cfg))
+        log_warn("admin.listen: changes take effect after a restart");
+    bool record_changed = !old->record.file != !cfg->record.file ||
+                          (cfg->record.file && (strcmp(old->record.file, cfg->record.file) != 0 ||
+                                                old->record.redact != cfg->record.redact ||
+                                                old->record.max_size != cfg->record.max_size ||
+                                                old->record.keep != cfg->record.keep));
     srv->cfg = cfg;
     server_apply_log(cfg, server_verbose);
+    if (record_changed)
+        server_apply_record(cfg);
+    metrics_main.reloads++;
     config_unref(old);
     log_info("config reloaded generation=%u counters=%zu lists=%zu points=%zu actions=%zu",
              cfg->generation, cfg->rules->n_counters, cfg->rules->n_lists, cfg->rules->n_points,
@@ -161,6 +209,11 @@ static void server_close_handles(struct server *srv)
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
         if (hs[i]->loop && !uv_is_closing(hs[i]))
             uv_close(hs[i], NULL);
+    if (srv->admin) {
+        admin_close(srv->admin);
+        srv->admin = NULL;
+    }
+    record_close();
     if (srv->store) {
         store_close(srv->store);
         srv->store = NULL;

@@ -8,7 +8,9 @@
  *   SIGTERM  stop accepting, let requests in flight finish (bounded:
  *   SIGINT   held answers go out at once), close everything; the loop
  *            then ends.
- *   SIGUSR1  reopen the JSON decision log (logrotate).
+ *   SIGUSR1  reopen the JSON decision log and the recording (logrotate).
+ * The admin API (admin.h), if configured, starts and stops with the
+ * listeners; the recording (record.h) follows the config's record:.
  * File lists are checked for changes every few seconds.
  */
 #ifndef SMTPGUARD_SERVER_H
@@ -21,6 +23,7 @@
 #include "log.h"
 #include "store.h"
 
+struct admin;
 struct conn;
 struct listener;
 
@@ -37,6 +40,8 @@ struct server {
     uv_timer_t list_timer;      /* file list change checks */
     uv_timer_t drain_timer;     /* bound on graceful shutdown */
     bool stopping;
+    struct admin *admin;        /* HTTP admin API, or NULL when not configured */
+    double start_time;          /* seconds since the epoch, for uptime and metrics */
     struct log_limiter store_limiter;  /* "store failed" warnings */
     struct log_limiter refuse_limiter; /* refused clients */
     struct log_limiter limit_limiter;  /* connection cap */
@@ -59,6 +64,9 @@ void server_conn_closed(struct server *srv);
 
 /* server_apply_log - apply a config's log settings. */
 int server_apply_log(const struct config *cfg, bool verbose);
+
+/* server_apply_record - start, restart or stop the recording. */
+void server_apply_record(const struct config *cfg);
 
 extern bool server_verbose;     /* -v: debug logging whatever the config says */
 

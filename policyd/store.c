@@ -31,6 +31,18 @@ void store_reset(struct store *st, const char *const *keys, const size_t *key_le
     store_ops_of(st)->reset(st, keys, key_lens, n, cb, arg);
 }
 
+void store_peek(struct store *st, const struct store_update *u, size_t n,
+                store_done_cb cb, void *arg)
+{
+    store_ops_of(st)->peek(st, u, n, cb, arg);
+}
+
+void store_top(struct store *st, const char *counter, const struct decay *d, size_t n,
+               store_top_cb cb, void *arg)
+{
+    store_ops_of(st)->top(st, counter, d, n, cb, arg);
+}
+
 bool store_is_up(const struct store *st)
 {
     return store_ops_of(st)->is_up(st);
@@ -58,7 +70,8 @@ bool store_config_equal(const struct store_config *a, const struct store_config 
     return a->backend == b->backend && str_equal(a->redis_address, b->redis_address) &&
            a->redis_db == b->redis_db && str_equal(a->redis_password, b->redis_password) &&
            str_equal(a->prefix, b->prefix) && a->timeout_ms == b->timeout_ms &&
-           a->memory_max_keys == b->memory_max_keys;
+           a->memory_max_keys == b->memory_max_keys && a->top_floor == b->top_floor &&
+           a->top_size == b->top_size;
 }
 
 void store_config_fini(struct store_config *cfg)

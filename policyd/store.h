@@ -7,6 +7,16 @@
  *                   in one EVALSHA of store_redis.lua, time from Redis
  *                   TIME, keys expire when their score has decayed away.
  *
+ * Besides counting (apply) and resetting, a store can be read without
+ * changing anything (peek: explain and the admin API use it), and it keeps
+ * a bounded set of its highest recent scores so that the top keys of a
+ * counter are cheap to list (top): a key enters the set only when an
+ * update leaves it at or above top_floor, the set holds at most top_size
+ * keys per counter (Redis: a sorted set per counter; memory: one pool of
+ * top_size x STORE_TOP_POOL_FACTOR keys), and a query decays the members
+ * to now, drops those expired or now below the floor, and sorts. Never a
+ * keyspace scan. The floor compares unrounded scores.
+ *
  * A backend is a const struct store_ops chosen by name (OpenSMTPD's
  * table_* shape); callers hold an opaque struct store.
  *
@@ -45,6 +55,8 @@ struct store_config {
     char *prefix;               /* prepended to every key, e.g. "sg:" */
     unsigned timeout_ms;        /* per request and per connect attempt */
     size_t memory_max_keys;     /* memory backend: keys held at most */
+    double top_floor;           /* points; scores at or above enter the top set (0 = off) */
+    unsigned top_size;          /* keys per counter in the top set */
 };
 
 /* One counter update: the key (without the store prefix), its decay
@@ -68,6 +80,20 @@ typedef void (*store_done_cb)(void *arg, int status, const double *scores, size_
 /* For resets. */
 typedef void (*store_reset_cb)(void *arg, int status);
 
+/* One member of a top query: the key (without the store prefix, e.g.
+ * "ip:192.0.2.7") and its score now (unrounded). */
+struct store_top_entry {
+    const char *key;            /* valid only during the callback */
+    size_t key_len;             /* bytes */
+    double score;               /* points, decayed to now */
+};
+
+/* entries sorted by score, highest first; valid only during the callback. */
+typedef void (*store_top_cb)(void *arg, int status, const struct store_top_entry *e, size_t n);
+
+#define STORE_MAX_TOP 1000          /* entries one top query returns at most */
+#define STORE_TOP_POOL_FACTOR 16    /* memory store: pool = top_size x this, shared by counters */
+
 struct store;
 
 struct store_ops {
@@ -79,6 +105,14 @@ struct store_ops {
     /* reset - delete keys; cb may be NULL. */
     void (*reset)(struct store *st, const char *const *keys, const size_t *key_lens, size_t n,
                   store_reset_cb cb, void *arg);
+    /* peek - the scores of u[i].key now (u[i].points is ignored), writing
+     * nothing: no key created, refreshed, expired or put in the top set. */
+    void (*peek)(struct store *st, const struct store_update *u, size_t n,
+                 store_done_cb cb, void *arg);
+    /* top - at most n (<= STORE_MAX_TOP) keys of counter with the highest
+     * scores now, from the top set; d is the counter's decay. */
+    void (*top)(struct store *st, const char *counter, const struct decay *d, size_t n,
+                store_top_cb cb, void *arg);
     /* is_up - false while the backend knows it cannot answer. */
     bool (*is_up)(const struct store *st);
     /* close - fail pending work (deferred), free when all is done. */
@@ -103,6 +137,10 @@ void store_apply(struct store *st, const struct store_update *u, size_t n,
                  store_done_cb cb, void *arg);
 void store_reset(struct store *st, const char *const *keys, const size_t *key_lens, size_t n,
                  store_reset_cb cb, void *arg);
+void store_peek(struct store *st, const struct store_update *u, size_t n,
+                store_done_cb cb, void *arg);
+void store_top(struct store *st, const char *counter, const struct decay *d, size_t n,
+               store_top_cb cb, void *arg);
 bool store_is_up(const struct store *st);
 void store_close(struct store *st);
 const char *store_name(const struct store *st);

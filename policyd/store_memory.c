@@ -34,6 +34,13 @@
  * - cfg->prefix is not used: these keys never leave the process.
  * - A score at or below the floor has a TTL of 0, so a key pushed below
  *   zero by negative points lives one second, here as in Redis.
+ * - The top set is a pool of pointers to entries (each entry knows its
+ *   slot, so freeing it leaves the pool in O(1)); an update that leaves a
+ *   key at or above top_floor puts it in, replacing the member with the
+ *   lowest stored score when the pool is full. A top query decays the
+ *   members of one counter to now, leaves out those now below the floor
+ *   and sorts the rest: O(pool), not O(keys).
+ * - peek computes what a read would return and touches nothing.
  */
 #include "store.h"
 
@@ -56,6 +63,7 @@
 #define MEM_EVICT_PROBES 64     /* buckets tried to fill the sample */
 #define MEM_KEY_MAX 0xffffu     /* bytes; longer keys are refused */
 #define MEM_BUCKETS_MAX ((size_t)1 << 26) /* 512 MB of chains; past it chains grow */
+#define MEM_TOP_MAX 0xfffeu     /* entries in the top pool at most (top_slot is 16 bits) */
 
 struct mem_entry {
     struct mem_entry *next;     /* bucket chain */
@@ -63,13 +71,15 @@ struct mem_entry {
     double updated_at;          /* seconds since the epoch */
     double expires_at;          /* seconds since the epoch */
     uint32_t hash;              /* low 32 bits of the key's hash */
-    uint32_t key_len;           /* bytes in key[] */
+    uint16_t key_len;           /* bytes in key[] (MEM_KEY_MAX at most) */
+    uint16_t top_slot;          /* index in the top pool + 1; 0 = not in it */
     char key[];                 /* the key, not NUL-terminated */
 };
 
 enum mem_done_kind {
     MEM_DONE_APPLY,
-    MEM_DONE_RESET
+    MEM_DONE_RESET,
+    MEM_DONE_TOP
 };
 
 /* A queued completion; reused through the free list. */
@@ -78,6 +88,8 @@ struct mem_done {
     enum mem_done_kind kind;    /* which callback */
     store_done_cb apply_cb;     /* MEM_DONE_APPLY */
     store_reset_cb reset_cb;    /* MEM_DONE_RESET */
+    store_top_cb top_cb;        /* MEM_DONE_TOP */
+    struct store_top_entry *top; /* MEM_DONE_TOP: n entries, keys inline after them; freed after */
     void *arg;                  /* the caller's */
     int status;                 /* STORE_OK or STORE_TEMPFAIL */
     size_t n;                   /* scores */
@@ -103,6 +115,10 @@ struct store {
     struct mem_done *queue_head, *queue_tail; /* completions to run */
     struct mem_done *free_slots; /* reusable completion slots */
     struct log_limiter lim;     /* for refused applies */
+    struct mem_entry **top;     /* the top pool */
+    size_t top_n;               /* members */
+    size_t top_cap;             /* members at most; 0 = no top set */
+    double top_floor;           /* points to enter the pool */
 };
 
 static double store_memory_clock_real(void)
@@ -193,10 +209,43 @@ static struct mem_entry *mem_find(struct store *st, const char *key, size_t len,
     return NULL;
 }
 
+/* mem_top_remove - take e out of the top pool (swap with the last). */
+static void mem_top_remove(struct store *st, struct mem_entry *e)
+{
+    size_t i = (size_t)e->top_slot - 1;
+    struct mem_entry *last = st->top[--st->top_n];
+    st->top[i] = last;
+    last->top_slot = (uint16_t)(i + 1);
+    e->top_slot = 0;
+}
+
+/* mem_top_offer - e was just updated: put it in the pool if it made the
+ * floor, in place of the lowest member if the pool is full. */
+static void mem_top_offer(struct store *st, struct mem_entry *e)
+{
+    if (!st->top_cap || e->top_slot || e->score < st->top_floor)
+        return;
+    if (st->top_n == st->top_cap) {
+        /* Bounded: the pool is small, and only keys above the floor get
+         * here. Stored scores are compared, as Redis's sorted set does. */
+        size_t low = 0;
+        for (size_t i = 1; i < st->top_n; i++)
+            if (st->top[i]->score < st->top[low]->score)
+                low = i;
+        if (st->top[low]->score >= e->score)
+            return;
+        mem_top_remove(st, st->top[low]);
+    }
+    st->top[st->top_n++] = e;
+    e->top_slot = (uint16_t)st->top_n;
+}
+
 /* mem_unlink_free - drop the entry *link points to. */
 static void mem_unlink_free(struct store *st, struct mem_entry **link)
 {
     struct mem_entry *e = *link;
+    if (e->top_slot)
+        mem_top_remove(st, e);
     *link = e->next;
     free(e);
     st->count--;
@@ -296,7 +345,8 @@ static double mem_update(struct store *st, const struct store_update *u, double 
         }
         e = xmalloc(sizeof *e + u->key_len);
         e->hash = (uint32_t)h;
-        e->key_len = (uint32_t)u->key_len;
+        e->key_len = (uint16_t)u->key_len;
+        e->top_slot = 0;
         memcpy(e->key, u->key, u->key_len);
         e->next = *link;
         *link = e;
@@ -305,7 +355,20 @@ static double mem_update(struct store *st, const struct store_update *u, double 
     e->score = score;
     e->updated_at = now;
     e->expires_at = mem_expiry(&u->decay, score, now);
+    mem_top_offer(st, e);
     return score;
+}
+
+/* mem_read - what a read of u->key returns at now, changing nothing. */
+static double mem_read(struct store *st, const struct store_update *u, double now)
+{
+    uint64_t h = mem_siphash(st, u->key, u->key_len);
+    struct mem_entry **link;
+    struct mem_entry *e = mem_find(st, u->key, u->key_len, h, &link);
+
+    if (!e || e->expires_at <= now)
+        return 0;
+    return decay_apply(&u->decay, e->score, now - e->updated_at, 0);
 }
 
 static struct mem_done *mem_done_get(struct store *st)
@@ -319,6 +382,8 @@ static struct mem_done *mem_done_get(struct store *st)
     d->next = NULL;
     d->apply_cb = NULL;
     d->reset_cb = NULL;
+    d->top_cb = NULL;
+    d->top = NULL;
     d->n = 0;
     d->now = 0;
     d->status = STORE_OK;
@@ -360,8 +425,13 @@ static void mem_done_run(struct store *st)
     if (d->kind == MEM_DONE_APPLY)
         d->apply_cb(d->arg, d->status, d->status == STORE_OK ? d->scores : NULL,
                     d->status == STORE_OK ? d->n : 0, d->now);
+    else if (d->kind == MEM_DONE_TOP)
+        d->top_cb(d->arg, d->status, d->status == STORE_OK ? d->top : NULL,
+                  d->status == STORE_OK ? d->n : 0);
     else if (d->reset_cb)
         d->reset_cb(d->arg, d->status);
+    free(d->top);
+    d->top = NULL;
     d->next = st->free_slots;
     st->free_slots = d;
 }
@@ -410,6 +480,12 @@ static int mem_open(struct store **out, const struct store_config *cfg, uv_loop_
     st->sip_k1 = seed[1];
     st->rng = seed[2] | 1;
     st->buckets = xcalloc(st->nbuckets, sizeof *st->buckets);
+    if (cfg->top_floor > 0 && cfg->top_size > 0) {
+        size_t cap = (size_t)cfg->top_size * STORE_TOP_POOL_FACTOR;
+        st->top_cap = cap > MEM_TOP_MAX ? MEM_TOP_MAX : cap;
+        st->top_floor = cfg->top_floor;
+        st->top = xcalloc(st->top_cap, sizeof *st->top);
+    }
     uv_check_init(loop, &st->check);
     uv_idle_init(loop, &st->idle);
     st->check.data = st;
@@ -452,6 +528,86 @@ static void mem_apply(struct store *st, const struct store_update *u, size_t n, 
     mem_done_queue(st, d);
 }
 
+static void mem_peek(struct store *st, const struct store_update *u, size_t n, store_done_cb cb,
+                     void *arg)
+{
+    struct mem_done *d = mem_done_get(st);
+
+    d->kind = MEM_DONE_APPLY;
+    d->apply_cb = cb;
+    d->arg = arg;
+    if (st->closing || n > STORE_MAX_UPDATES) {
+        d->status = STORE_TEMPFAIL;
+    } else {
+        double now = store_memory_clock();
+        for (size_t i = 0; i < n; i++)
+            d->scores[i] = mem_read(st, &u[i], now);
+        d->n = n;
+        d->now = now;
+    }
+    mem_done_queue(st, d);
+}
+
+static int mem_top_cmp(const void *a, const void *b)
+{
+    const struct store_top_entry *x = a, *y = b;
+    if (x->score != y->score)
+        return x->score < y->score ? 1 : -1;
+    if (x->key_len != y->key_len)
+        return x->key_len < y->key_len ? -1 : 1;
+    return memcmp(x->key, y->key, x->key_len);
+}
+
+static void mem_top(struct store *st, const char *counter, const struct decay *dc, size_t n,
+                    store_top_cb cb, void *arg)
+{
+    struct mem_done *d = mem_done_get(st);
+    size_t clen = strlen(counter), found = 0, bytes = 0;
+    double now = store_memory_clock();
+
+    d->kind = MEM_DONE_TOP;
+    d->top_cb = cb;
+    d->arg = arg;
+    if (st->closing) {
+        d->status = STORE_TEMPFAIL;
+        mem_done_queue(st, d);
+        return;
+    }
+    if (n > STORE_MAX_TOP)
+        n = STORE_MAX_TOP;
+    /* Members of this counter: "NAME:" starts their keys. */
+    for (size_t i = 0; i < st->top_n; i++) {
+        const struct mem_entry *e = st->top[i];
+        if (e->key_len > clen && e->key[clen] == ':' && memcmp(e->key, counter, clen) == 0 &&
+            e->expires_at > now) {
+            found++;
+            bytes += e->key_len;
+        }
+    }
+    struct store_top_entry *t = xmalloc(found * sizeof *t + bytes + 1);
+    char *kp = (char *)(t + found);
+    size_t k = 0;
+    for (size_t i = 0; i < st->top_n && k < found; i++) {
+        const struct mem_entry *e = st->top[i];
+        if (!(e->key_len > clen && e->key[clen] == ':' && memcmp(e->key, counter, clen) == 0 &&
+              e->expires_at > now))
+            continue;
+        memcpy(kp, e->key, e->key_len);
+        t[k].key = kp;
+        t[k].key_len = e->key_len;
+        t[k].score = decay_apply(dc, e->score, now - e->updated_at, 0);
+        if (t[k].score < st->top_floor)
+            continue; /* decayed below the floor since it entered */
+        kp += e->key_len;
+        k++;
+    }
+    qsort(t, k, sizeof *t, mem_top_cmp);
+    d->top = t;
+    d->n = k < n ? k : n;
+    d->now = now;
+    mem_done_queue(st, d);
+}
+
 static void mem_reset(struct store *st, const char *const *keys, const size_t *key_lens, size_t n,
                       store_reset_cb cb, void *arg)
 {
@@ -485,6 +641,7 @@ static void mem_free(struct store *st)
         while (st->buckets[b])
             mem_unlink_free(st, &st->buckets[b]);
     free(st->buckets);
+    free(st->top);
     while (st->free_slots) {
         struct mem_done *d = st->free_slots;
         st->free_slots = d->next;
@@ -528,6 +685,8 @@ const struct store_ops store_memory_ops = {
     .open = mem_open,
     .apply = mem_apply,
     .reset = mem_reset,
+    .peek = mem_peek,
+    .top = mem_top,
     .is_up = mem_is_up,
     .close = mem_close,
 };

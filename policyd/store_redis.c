@@ -48,6 +48,13 @@
  *
  * XXX: hiredis resolves a host name with a blocking getaddrinfo() at each
  * connect attempt; use an IP address or a unix socket in redis.address.
+ * - peek is the same EVALSHA with the decay kinds in capitals: the script
+ *   reads and writes nothing. top is the script's "top" mode on the
+ *   counter's sorted set (one round trip); the apply path feeds that set
+ *   when top_floor is set (three more ARGV).
+ *
+ * XXX: the sorted set's name is built inside the script, not passed in
+ * KEYS: fine on one node, to be revisited with Cluster.
  * XXX: one node only. Sentinel and Cluster (one EVALSHA per node, keys of
  * one request in one slot) are to come.
  */
@@ -75,7 +82,7 @@
 #define REDIS_DEFAULT_PORT 6379
 #define REDIS_DEFAULT_TIMEOUT_MS 1000
 /* EVALSHA sha numkeys key... now (kind param points)... */
-#define REDIS_ARGV_MAX (4 + 4 * STORE_MAX_UPDATES)
+#define REDIS_ARGV_MAX (7 + 4 * STORE_MAX_UPDATES) /* + prefix, floor, size of the top set */
 #define REDIS_NUM_LEN 32        /* bytes for one "%.17g" and its NUL */
 #define REDIS_LOG_EVERY 60      /* seconds between repeated warnings */
 
@@ -88,7 +95,8 @@ enum redis_state {
 
 enum redis_kind {
     REDIS_KIND_APPLY,
-    REDIS_KIND_RESET
+    REDIS_KIND_RESET,
+    REDIS_KIND_TOP
 };
 
 /* One request; hiredis's privdata. */
@@ -100,6 +108,7 @@ struct redis_cmd {
     enum redis_kind kind;       /* which callback */
     store_done_cb apply_cb;     /* REDIS_KIND_APPLY */
     store_reset_cb reset_cb;    /* REDIS_KIND_RESET; may be NULL */
+    store_top_cb top_cb;        /* REDIS_KIND_TOP */
     void *arg;                  /* the caller's */
     uint64_t deadline_ms;       /* loop time (uv_now) */
     bool waiting;               /* the caller has not been answered */
@@ -120,6 +129,7 @@ struct redis_fail {
     enum redis_kind kind;       /* which callback */
     store_done_cb apply_cb;     /* REDIS_KIND_APPLY */
     store_reset_cb reset_cb;    /* REDIS_KIND_RESET */
+    store_top_cb top_cb;        /* REDIS_KIND_TOP */
     void *arg;                  /* the caller's */
 };
 
@@ -135,6 +145,8 @@ struct store {
     char *prefix;               /* prepended to keys */
     size_t prefix_len;          /* bytes */
     unsigned timeout_ms;        /* per request and per connect */
+    char top_floor[REDIS_NUM_LEN]; /* "%.17g" points, or "" for no top set */
+    char top_size[16];          /* keys per counter's sorted set */
     char sha[SHA1_HEX_LEN + 1]; /* of store_redis_lua */
 
     enum redis_state state;     /* see enum */
@@ -178,7 +190,7 @@ static void redis_idle_cb(uv_idle_t *h)
 
 /* redis_fail_later - report STORE_TEMPFAIL to this caller from the loop. */
 static void redis_fail_later(struct store *st, enum redis_kind kind, store_done_cb apply_cb,
-                             store_reset_cb reset_cb, void *arg)
+                             store_reset_cb reset_cb, store_top_cb top_cb, void *arg)
 {
     struct redis_fail *f = st->free_fails;
 
@@ -192,6 +204,7 @@ static void redis_fail_later(struct store *st, enum redis_kind kind, store_done_
     f->kind = kind;
     f->apply_cb = apply_cb;
     f->reset_cb = reset_cb;
+    f->top_cb = top_cb;
     f->arg = arg;
     if (st->fail_tail)
         st->fail_tail->next = f;
@@ -213,6 +226,8 @@ static void redis_fail_run(struct store *st)
         st->fail_tail = NULL;
     if (f->kind == REDIS_KIND_APPLY)
         f->apply_cb(f->arg, STORE_TEMPFAIL, NULL, 0, 0);
+    else if (f->kind == REDIS_KIND_TOP)
+        f->top_cb(f->arg, STORE_TEMPFAIL, NULL, 0);
     else
         f->reset_cb(f->arg, STORE_TEMPFAIL);
     f->next = st->free_fails;
@@ -258,6 +273,7 @@ static struct redis_cmd *redis_cmd_get(struct store *st)
     c->retried = false;
     c->apply_cb = NULL;
     c->reset_cb = NULL;
+    c->top_cb = NULL;
     c->n = 0;
     c->argc = 0;
     return c;
@@ -533,6 +549,45 @@ static int redis_parse_scores(const redisReply *reply, size_t n, double *scores,
     return 0;
 }
 
+/* redis_top_reply - {now, key, score, ...} to entries without the
+ * prefix; recycles c and calls back. */
+static void redis_top_reply(struct store *st, struct redis_cmd *c, const redisReply *reply)
+{
+    static struct store_top_entry entries[STORE_MAX_TOP]; /* one loop: one caller at a time */
+    size_t n = 0;
+    int status = STORE_OK;
+
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements < 1 || reply->elements % 2 != 1)
+        status = STORE_TEMPFAIL;
+    for (size_t i = 1; status == STORE_OK && i + 1 < reply->elements && n < STORE_MAX_TOP; i += 2) {
+        const redisReply *k = reply->element[i], *v = reply->element[i + 1];
+        char num[REDIS_NUM_LEN + 16], *end;
+        if (k->type != REDIS_REPLY_STRING || v->type != REDIS_REPLY_STRING ||
+            (size_t)k->len < st->prefix_len || v->len == 0 || (size_t)v->len >= sizeof num) {
+            status = STORE_TEMPFAIL;
+            break;
+        }
+        memcpy(num, v->str, (size_t)v->len);
+        num[v->len] = '\0';
+        entries[n].score = strtod(num, &end);
+        if (*end != '\0') {
+            status = STORE_TEMPFAIL;
+            break;
+        }
+        entries[n].key = k->str + st->prefix_len;
+        entries[n].key_len = (size_t)k->len - st->prefix_len;
+        n++;
+    }
+    if (status != STORE_OK)
+        log_warn_every(&st->lim_error, REDIS_LOG_EVERY,
+                       "redis %s: unexpected reply to the top query (type %d)", st->address,
+                       reply->type);
+    store_top_cb cb = c->top_cb;
+    void *arg = c->arg;
+    redis_cmd_put(c);
+    cb(arg, status, status == STORE_OK ? entries : NULL, status == STORE_OK ? n : 0);
+}
+
 static void redis_on_reply(redisAsyncContext *ac, void *r, void *privdata)
 {
     struct redis_cmd *c = privdata;
@@ -546,7 +601,7 @@ static void redis_on_reply(redisAsyncContext *ac, void *r, void *privdata)
     if (reply)
         st->owing_since_ms = uv_now(st->loop);
 
-    if (reply && reply->type == REDIS_REPLY_ERROR && c->kind == REDIS_KIND_APPLY &&
+    if (reply && reply->type == REDIS_REPLY_ERROR && c->kind != REDIS_KIND_RESET &&
         strncmp(reply->str, "NOSCRIPT", 8) == 0 && !c->retried && c->waiting && st->ac == ac) {
         /* The script is not loaded: EVAL loads it and runs this request. */
         c->retried = true;
@@ -580,6 +635,9 @@ static void redis_on_reply(redisAsyncContext *ac, void *r, void *privdata)
             log_warn_every(&st->lim_error, REDIS_LOG_EVERY,
                            "redis %s: unexpected reply to the counter script (type %d)",
                            st->address, reply->type);
+    } else if (c->kind == REDIS_KIND_TOP) {
+        redis_top_reply(st, c, reply);
+        return;
     } else {
         status = STORE_OK;
     }
@@ -618,6 +676,8 @@ static void redis_deadline_cb(uv_timer_t *t)
         /* hiredis still holds c; it is recycled when the reply comes. */
         if (c->kind == REDIS_KIND_APPLY)
             c->apply_cb(c->arg, STORE_TEMPFAIL, NULL, 0, 0);
+        else if (c->kind == REDIS_KIND_TOP)
+            c->top_cb(c->arg, STORE_TEMPFAIL, NULL, 0);
         else if (c->reset_cb)
             c->reset_cb(c->arg, STORE_TEMPFAIL);
     }
@@ -744,6 +804,10 @@ static int redis_open(struct store **out, const struct store_config *cfg, uv_loo
     st->prefix = xstrdup(cfg->prefix ? cfg->prefix : "");
     st->prefix_len = strlen(st->prefix);
     st->timeout_ms = cfg->timeout_ms ? cfg->timeout_ms : REDIS_DEFAULT_TIMEOUT_MS;
+    if (cfg->top_floor > 0 && cfg->top_size > 0) {
+        snprintf(st->top_floor, sizeof st->top_floor, "%.17g", cfg->top_floor);
+        snprintf(st->top_size, sizeof st->top_size, "%u", cfg->top_size);
+    }
     sha1_hex(store_redis_lua, sizeof store_redis_lua - 1, st->sha);
     st->backoff_ms = REDIS_BACKOFF_MIN_MS;
 
@@ -782,8 +846,9 @@ static const char *redis_refuse(const struct store *st)
     return NULL;
 }
 
-static void redis_apply(struct store *st, const struct store_update *u, size_t n, store_done_cb cb,
-                        void *arg)
+/* redis_counters - apply (peek false) or peek: one EVALSHA. */
+static void redis_counters(struct store *st, const struct store_update *u, size_t n,
+                           store_done_cb cb, void *arg, bool peek)
 {
     const char *why = redis_refuse(st);
     struct redis_cmd *c;
@@ -796,7 +861,7 @@ static void redis_apply(struct store *st, const struct store_update *u, size_t n
         if (!st->closing && st->state == REDIS_STATE_UP)
             log_warn_every(&st->lim_busy, REDIS_LOG_EVERY, "redis %s: request refused: %s",
                            st->address, why);
-        redis_fail_later(st, REDIS_KIND_APPLY, cb, NULL, arg);
+        redis_fail_later(st, REDIS_KIND_APPLY, cb, NULL, NULL, arg);
         return;
     }
     c = redis_cmd_get(st);
@@ -828,7 +893,10 @@ static void redis_apply(struct store *st, const struct store_update *u, size_t n
     c->argvlen[3 + n] = 0;
     for (size_t i = 0; i < n; i++) {
         size_t a = 4 + n + 3 * i;
-        c->argv[a] = u[i].decay.kind == DECAY_HALF_LIFE ? "h" : "l";
+        if (peek)
+            c->argv[a] = u[i].decay.kind == DECAY_HALF_LIFE ? "H" : "L";
+        else
+            c->argv[a] = u[i].decay.kind == DECAY_HALF_LIFE ? "h" : "l";
         c->argvlen[a] = 1;
         c->argv[a + 1] = p;
         c->argvlen[a + 1] = (size_t)snprintf(p, REDIS_NUM_LEN, "%.17g", u[i].decay.param);
@@ -838,10 +906,80 @@ static void redis_apply(struct store *st, const struct store_update *u, size_t n
         p += c->argvlen[a + 2] + 1;
     }
     c->argc = (int)(4 + 4 * n);
+    if (!peek && st->top_floor[0]) {
+        c->argv[c->argc] = st->prefix;
+        c->argvlen[c->argc++] = st->prefix_len;
+        c->argv[c->argc] = st->top_floor;
+        c->argvlen[c->argc++] = strlen(st->top_floor);
+        c->argv[c->argc] = st->top_size;
+        c->argvlen[c->argc++] = strlen(st->top_size);
+    }
 
     if (redis_cmd_send(st, c) < 0) {
         redis_cmd_put(c);
-        redis_fail_later(st, REDIS_KIND_APPLY, cb, NULL, arg);
+        redis_fail_later(st, REDIS_KIND_APPLY, cb, NULL, NULL, arg);
+        return;
+    }
+    redis_dl_append(st, c);
+}
+
+static void redis_apply(struct store *st, const struct store_update *u, size_t n, store_done_cb cb,
+                        void *arg)
+{
+    redis_counters(st, u, n, cb, arg, false);
+}
+
+static void redis_peek(struct store *st, const struct store_update *u, size_t n, store_done_cb cb,
+                       void *arg)
+{
+    redis_counters(st, u, n, cb, arg, true);
+}
+
+static void redis_top(struct store *st, const char *counter, const struct decay *d, size_t n,
+                      store_top_cb cb, void *arg)
+{
+    const char *why = redis_refuse(st);
+    size_t clen = strlen(counter);
+    struct redis_cmd *c;
+    char *p;
+
+    if (why) {
+        redis_fail_later(st, REDIS_KIND_TOP, NULL, NULL, cb, arg);
+        return;
+    }
+    if (n > STORE_MAX_TOP)
+        n = STORE_MAX_TOP;
+    c = redis_cmd_get(st);
+    c->kind = REDIS_KIND_TOP;
+    c->top_cb = cb;
+    c->arg = arg;
+    redis_cmd_reserve(c, st->prefix_len + clen + 8 + 2 * REDIS_NUM_LEN);
+    p = c->buf;
+    c->argv[0] = "EVALSHA";
+    c->argvlen[0] = 7;
+    c->argv[1] = st->sha;
+    c->argvlen[1] = SHA1_HEX_LEN;
+    c->argv[2] = "1";
+    c->argvlen[2] = 1;
+    c->argv[3] = p;
+    c->argvlen[3] = (size_t)sprintf(p, "%s@top:%s", st->prefix, counter);
+    p += c->argvlen[3] + 1;
+    c->argv[4] = "top";
+    c->argvlen[4] = 3;
+    c->argv[5] = d->kind == DECAY_HALF_LIFE ? "h" : "l";
+    c->argvlen[5] = 1;
+    c->argv[6] = p;
+    c->argvlen[6] = (size_t)snprintf(p, REDIS_NUM_LEN, "%.17g", d->param);
+    p += c->argvlen[6] + 1;
+    c->argv[7] = p;
+    c->argvlen[7] = (size_t)snprintf(p, REDIS_NUM_LEN, "%zu", n);
+    p += c->argvlen[7] + 1;
+    c->argv[8] = st->top_floor[0] ? st->top_floor : "0";
+    c->argvlen[8] = strlen(c->argv[8]);
+    c->argc = 9;
+    if (redis_cmd_send(st, c) < 0) {
+        redis_cmd_put(c);
+        redis_fail_later(st, REDIS_KIND_TOP, NULL, NULL, cb, arg);
         return;
     }
     redis_dl_append(st, c);
@@ -861,7 +999,7 @@ static void redis_reset(struct store *st, const char *const *keys, const size_t 
         if (!st->closing && st->state == REDIS_STATE_UP)
             log_warn_every(&st->lim_busy, REDIS_LOG_EVERY, "redis %s: reset refused: %s",
                            st->address, why);
-        redis_fail_later(st, REDIS_KIND_RESET, NULL, cb, arg);
+        redis_fail_later(st, REDIS_KIND_RESET, NULL, cb, NULL, arg);
         return;
     }
     c = redis_cmd_get(st);
@@ -892,7 +1030,7 @@ static void redis_reset(struct store *st, const char *const *keys, const size_t 
     }
     if (redis_cmd_send(st, c) < 0) {
         redis_cmd_put(c);
-        redis_fail_later(st, REDIS_KIND_RESET, NULL, cb, arg);
+        redis_fail_later(st, REDIS_KIND_RESET, NULL, cb, NULL, arg);
         return;
     }
     redis_dl_append(st, c);
@@ -928,7 +1066,7 @@ static void redis_close(struct store *st)
         struct redis_cmd *c = st->dl_head;
         redis_dl_remove(st, c);
         /* Still held by hiredis: recycled when redisAsyncFree hands it back. */
-        redis_fail_later(st, c->kind, c->apply_cb, c->reset_cb, c->arg);
+        redis_fail_later(st, c->kind, c->apply_cb, c->reset_cb, c->top_cb, c->arg);
     }
     if (st->ac) {
         redisAsyncContext *ac = st->ac;
@@ -947,6 +1085,8 @@ const struct store_ops store_redis_ops = {
     .open = redis_open,
     .apply = redis_apply,
     .reset = redis_reset,
+    .peek = redis_peek,
+    .top = redis_top,
     .is_up = redis_is_up,
     .close = redis_close,
 };

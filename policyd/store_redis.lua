@@ -8,6 +8,21 @@
 --   ARGV[3i-1]    KEYS[i]'s decay kind: "h" half-life, "l" leaky bucket
 --   ARGV[3i]      its parameter: half-life in seconds, or points/second
 --   ARGV[3i+1]    points to add; 0 only reads
+--   ARGV[3n+2..4] optional, the top set: the store prefix, the floor and
+--                 the size. An update that leaves a key at or above the
+--                 floor adds it to the sorted set PREFIX.."@top:"..COUNTER
+--                 (COUNTER: the key's name part; '@' is never in a counter
+--                 name, so no counter key collides), trimmed to the size
+--                 highest and expiring with its longest-lived member.
+-- A kind written in capitals ("H", "L") is a peek: the score is read and
+-- nothing at all is written or deleted (explain, the admin API).
+--
+-- Top query: ARGV[1] == "top", KEYS[1] the sorted set, ARGV[2] the decay
+-- kind, ARGV[3] its parameter, ARGV[4] how many, ARGV[5] the floor. The
+-- members are decayed to now; members whose key is gone or has decayed
+-- (or been reset) below the floor leave the set: an update above the
+-- floor brings them back.
+-- Returns {now, key1, score1, key2, score2, ...}, highest score first.
 -- A key holds the string "SCORE TIME" (%.17g each, so both survive the
 -- round trip bit for bit): the score as it was at TIME.
 -- Returns {now, score1, score2, ...} as strings: a Lua number handed back
@@ -68,28 +83,84 @@ local function ttl(kind, param, score)
 end
 
 local now
-if ARGV[1] == '' then
+if ARGV[1] == '' or ARGV[1] == 'top' then
     local t = redis.call('TIME')
     now = tonumber(t[1]) + tonumber(t[2]) / 1e6
 else
     now = tonumber(ARGV[1])
 end
-if not now or #ARGV ~= 1 + 3 * #KEYS then
+
+-- parse_pair - a stored "SCORE TIME", or nil.
+local function parse_pair(v)
+    local s, t = string.match(v, '^(%S+) (%S+)$')
+    s, t = tonumber(s), tonumber(t)
+    if s and t then
+        return s, t
+    end
+    return nil
+end
+
+if ARGV[1] == 'top' then
+    local kind, param, want, floor = ARGV[2], tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5])
+    if #KEYS ~= 1 or not param or not want or not floor or (kind ~= 'h' and kind ~= 'l') then
+        return redis.error_reply('ERR smtpguard script: bad top arguments')
+    end
+    local found = {}
+    for _, m in ipairs(redis.call('ZRANGE', KEYS[1], 0, -1)) do
+        local v = redis.call('GET', m)
+        local s, t
+        if v then
+            s, t = parse_pair(v)
+        end
+        local score = s and decay(kind, param, s, now - t, 0)
+        if score and ttl(kind, param, score) > 0 and score >= floor then
+            found[#found + 1] = {m, score}
+        else
+            redis.call('ZREM', KEYS[1], m)
+        end
+    end
+    table.sort(found, function(a, b)
+        if a[2] ~= b[2] then
+            return a[2] > b[2]
+        end
+        return a[1] < b[1]
+    end)
+    local out = {fmt(now)}
+    for i = 1, math.min(want, #found) do
+        out[#out + 1] = found[i][1]
+        out[#out + 1] = fmt(found[i][2])
+    end
+    return out
+end
+
+local top_prefix, top_floor, top_size
+if now and #ARGV == 4 + 3 * #KEYS then
+    top_prefix = ARGV[2 + 3 * #KEYS]
+    top_floor = tonumber(ARGV[3 + 3 * #KEYS])
+    top_size = tonumber(ARGV[4 + 3 * #KEYS])
+    if not top_floor or not top_size then
+        return redis.error_reply('ERR smtpguard script: bad top set arguments')
+    end
+elseif not now or #ARGV ~= 1 + 3 * #KEYS then
     return redis.error_reply('ERR smtpguard script: bad arguments')
 end
 
 local out = {fmt(now)}
 for i = 1, #KEYS do
     local kind, param, points = ARGV[3 * i - 1], tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
+    local peek = kind == 'H' or kind == 'L'
+    if peek then
+        kind = string.lower(kind)
+        points = 0
+    end
     if not param or not points or (kind ~= 'h' and kind ~= 'l') then
         return redis.error_reply('ERR smtpguard script: bad arguments for ' .. KEYS[i])
     end
     local old = redis.call('GET', KEYS[i])
     local score = 0
     if old then
-        local s, t = string.match(old, '^(%S+) (%S+)$')
-        s, t = tonumber(s), tonumber(t)
-        if s and t then
+        local s, t = parse_pair(old)
+        if s then
             score = decay(kind, param, s, now - t, points)
         else
             -- Not ours or damaged: start over rather than fail forever.
@@ -108,7 +179,20 @@ for i = 1, #KEYS do
             ms = 1e15
         end
         redis.call('SET', KEYS[i], fmt(score) .. ' ' .. fmt(now), 'PX', string.format('%d', ms))
-    elseif old and ttl(kind, param, score) == 0 then
+        if top_prefix and top_size > 0 and score >= top_floor then
+            local counter = string.match(string.sub(KEYS[i], #top_prefix + 1), '^([^:]+):')
+            if counter then
+                local z = top_prefix .. '@top:' .. counter
+                redis.call('ZADD', z, fmt(score), KEYS[i])
+                if redis.call('ZCARD', z) > top_size then
+                    redis.call('ZREMRANGEBYRANK', z, 0, -(top_size + 1))
+                end
+                if redis.call('PTTL', z) < ms then
+                    redis.call('PEXPIRE', z, string.format('%d', ms))
+                end
+            end
+        end
+    elseif old and not peek and ttl(kind, param, score) == 0 then
         redis.call('DEL', KEYS[i])
     end
     out[i + 1] = fmt(score)

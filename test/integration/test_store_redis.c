@@ -879,6 +879,110 @@ static void test_store_redis_latency(void **state)
     fixture_fini(&f);
 }
 
+
+/* --- peek and the top set ---------------------------------------------- */
+
+struct top_result {
+    int calls;                  /* times the callback ran */
+    int status;                 /* last status */
+    size_t n;                   /* entries */
+    char keys[8][64];           /* copied out */
+    double scores[8];           /* points */
+};
+
+static void on_top(void *arg, int status, const struct store_top_entry *e, size_t n)
+{
+    struct top_result *r = arg;
+    r->calls++;
+    r->status = status;
+    r->n = n;
+    for (size_t i = 0; i < n && i < 8; i++) {
+        snprintf(r->keys[i], sizeof r->keys[i], "%.*s", (int)e[i].key_len, e[i].key);
+        r->scores[i] = e[i].score;
+    }
+}
+
+static void test_store_redis_peek_and_top(void **state)
+{
+    struct fixture f;
+    struct result r;
+    struct decay hl = {DECAY_HALF_LIFE, 600};
+
+    (void)state;
+    fixture_init(&f);
+    redisContext *c = sync_connect();
+    freeReplyObject(sync_cmd(c, "DEL sgtest:top:@top:ip sgtest:top:ip:a sgtest:top:ip:b "
+                                "sgtest:top:ip:c sgtest:top:ip:d sgtest:top:user:x"));
+    struct store_config cfg = {
+        .backend = STORE_BACKEND_REDIS,
+        .redis_address = getenv("SMTPGUARD_TEST_REDIS"),
+        .prefix = (char *)"sgtest:top:",
+        .timeout_ms = TEST_TIMEOUT_MS,
+        .top_floor = 3,
+        .top_size = 2,
+    };
+    struct store *st;
+    char err[256];
+    if (store_open(&st, &cfg, &f.loop, err, sizeof err) != 0)
+        fail_msg("store_open: %s", err);
+    wait_up(&f, st);
+
+    /* a: 5, b: 4, c: 2 (below the floor), d: 6, user x: 9 */
+    struct store_update u[5] = {upd("ip:a", hl.kind, hl.param, 5), upd("ip:b", hl.kind, hl.param, 4),
+                                upd("ip:c", hl.kind, hl.param, 2), upd("ip:d", hl.kind, hl.param, 6),
+                                upd("user:x", hl.kind, hl.param, 9)};
+    apply_wait(&f, st, u, 5, &r);
+    assert_int_equal(r.status, STORE_OK);
+    /* The set is per counter, trimmed to the 2 highest, floor respected. */
+    assert_int_equal(sync_int(c, "ZCARD %s", "sgtest:top:@top:ip"), 2);
+    assert_int_equal(sync_int(c, "ZCARD %s", "sgtest:top:@top:user"), 1);
+    long long pttl = sync_int(c, "PTTL %s", "sgtest:top:@top:ip");
+    if (pttl <= 0)
+        fail_msg("top set PTTL got %lld, want > 0", pttl);
+
+    struct top_result t = {0};
+    store_top(st, "ip", &hl, 10, on_top, &t);
+    assert_int_equal(t.calls, 0);
+    run_until(&f, &t.calls, NULL, NULL, 2000);
+    assert_int_equal(t.status, STORE_OK);
+    assert_int_equal(t.n, 2);
+    assert_string_equal(t.keys[0], "ip:d");
+    assert_string_equal(t.keys[1], "ip:a");
+    if (!(t.scores[0] > 5.99 && t.scores[0] <= 6) || !(t.scores[1] > 4.99 && t.scores[1] <= 5))
+        fail_msg("top scores got %g %g, want about 6 and 5", t.scores[0], t.scores[1]);
+
+    /* Peek reads without writing: the stored pair and its TTL stay. */
+    redisReply *before = sync_cmd(c, "GET %s", "sgtest:top:ip:a");
+    char saved[128];
+    snprintf(saved, sizeof saved, "%s", before->str);
+    freeReplyObject(before);
+    struct store_update pk[2] = {upd("ip:a", hl.kind, hl.param, 7), upd("ip:none", hl.kind, hl.param, 1)};
+    memset(&r, 0, sizeof r);
+    store_peek(st, pk, 2, on_done, &r);
+    assert_int_equal(r.calls, 0);
+    run_until(&f, &r.calls, NULL, NULL, 2000);
+    assert_int_equal(r.status, STORE_OK);
+    if (!(r.scores[0] > 4.99 && r.scores[0] <= 5) || r.scores[1] != 0)
+        fail_msg("peek got %g %g, want about 5 and 0", r.scores[0], r.scores[1]);
+    redisReply *after = sync_cmd(c, "GET %s", "sgtest:top:ip:a");
+    assert_string_equal(after->str, saved);
+    freeReplyObject(after);
+    assert_int_equal(sync_int(c, "EXISTS %s", "sgtest:top:ip:none"), 0);
+
+    /* A member whose key is gone leaves the set at the next query. */
+    freeReplyObject(sync_cmd(c, "DEL sgtest:top:ip:d"));
+    memset(&t, 0, sizeof t);
+    store_top(st, "ip", &hl, 10, on_top, &t);
+    run_until(&f, &t.calls, NULL, NULL, 2000);
+    assert_int_equal(t.status, STORE_OK);
+    assert_int_equal(t.n, 1);
+    assert_string_equal(t.keys[0], "ip:a");
+    assert_int_equal(sync_int(c, "ZCARD %s", "sgtest:top:@top:ip"), 1);
+    redisFree(c);
+    close_store(&f, st);
+    fixture_fini(&f);
+}
+
 int main(void)
 {
     const char *addr = getenv("SMTPGUARD_TEST_REDIS");
@@ -911,6 +1015,7 @@ int main(void)
         cmocka_unit_test_teardown(test_store_redis_sigstop, sigstop_teardown),
         cmocka_unit_test_teardown(test_store_redis_password, password_teardown),
         cmocka_unit_test(test_store_redis_latency),
+        cmocka_unit_test(test_store_redis_peek_and_top),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

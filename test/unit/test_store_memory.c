@@ -603,6 +603,162 @@ static void test_store_memory_vectors(void **state)
         fail_msg("decay.tsv: got %lu rows, want at least 20", rows);
 }
 
+/* ---- peek and the top set ---- */
+
+static struct store *fixture_open_top(struct fixture *f, size_t max_keys, double floor,
+                                      unsigned size)
+{
+    struct store_config cfg = {.backend = STORE_BACKEND_MEMORY, .memory_max_keys = max_keys,
+                               .top_floor = floor, .top_size = size};
+    char err[256];
+
+    store_memory_clock = fake_clock;
+    fake_now = 1700000000.0;
+    assert_int_equal(uv_loop_init(&f->loop), 0);
+    assert_int_equal(store_open(&f->st, &cfg, &f->loop, err, sizeof err), 0);
+    return f->st;
+}
+
+struct top_result {
+    int calls;                  /* times the callback ran */
+    int status;                 /* last status */
+    size_t n;                   /* entries */
+    char keys[16][32];          /* copied out */
+    double scores[16];          /* points */
+};
+
+static void on_top(void *arg, int status, const struct store_top_entry *e, size_t n)
+{
+    struct top_result *r = arg;
+    r->calls++;
+    r->status = status;
+    r->n = n;
+    for (size_t i = 0; i < n && i < 16; i++) {
+        snprintf(r->keys[i], sizeof r->keys[i], "%.*s", (int)e[i].key_len, e[i].key);
+        r->scores[i] = e[i].score;
+    }
+}
+
+static struct top_result top_of(struct fixture *f, const char *counter, const struct decay *d,
+                                size_t n)
+{
+    struct top_result r = {0};
+    store_top(f->st, counter, d, n, on_top, &r);
+    assert_int_equal(r.calls, 0); /* deferred */
+    uv_run(&f->loop, UV_RUN_DEFAULT);
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(r.status, STORE_OK);
+    return r;
+}
+
+static void test_store_memory_peek_writes_nothing(void **state)
+{
+    struct fixture f;
+    struct decay hl = {DECAY_HALF_LIFE, 600};
+    struct result r = {0};
+
+    (void)state;
+    fixture_open(&f, 0);
+    apply_one(&f, upd("ip:a", hl.kind, hl.param, 4));
+    fake_now += 600;
+    struct store_update u[2] = {upd("ip:a", hl.kind, hl.param, 9), upd("ip:none", hl.kind, hl.param, 9)};
+    store_peek(f.st, u, 2, on_done, &r);
+    assert_int_equal(r.calls, 0);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(r.status, STORE_OK);
+    /* One half-life later: 2, and the points asked for were not added. */
+    if (r.scores[0] != 2 || r.scores[1] != 0)
+        fail_msg("peek got %g %g, want 2 0", r.scores[0], r.scores[1]);
+    assert_int_equal(keys_held(&f), 1);
+    /* The stored pair is unchanged: a real update decays from t0. */
+    fake_now += 600;
+    double got = apply_one(&f, upd("ip:a", hl.kind, hl.param, 1));
+    if (got != 2)
+        fail_msg("after peek, apply got %g, want 2 (1 decayed from 4 over two half-lives, + 1)", got);
+    fixture_close(&f);
+}
+
+static void test_store_memory_top_set(void **state)
+{
+    struct fixture f;
+    struct decay hl = {DECAY_HALF_LIFE, 600};
+
+    (void)state;
+    fixture_open_top(&f, 0, 3, 2);
+    apply_one(&f, upd("ip:a", hl.kind, hl.param, 5));
+    apply_one(&f, upd("ip:b", hl.kind, hl.param, 4));
+    apply_one(&f, upd("ip:c", hl.kind, hl.param, 2)); /* below the floor */
+    apply_one(&f, upd("ip:d", hl.kind, hl.param, 6));
+    apply_one(&f, upd("ipx:e", hl.kind, hl.param, 50)); /* another counter, same prefix letters */
+    struct top_result t = top_of(&f, "ip", &hl, 10);
+    assert_int_equal(t.n, 3);
+    assert_string_equal(t.keys[0], "ip:d");
+    assert_string_equal(t.keys[1], "ip:a");
+    assert_string_equal(t.keys[2], "ip:b");
+    assert_true(t.scores[0] == 6 && t.scores[1] == 5 && t.scores[2] == 4);
+    t = top_of(&f, "ip", &hl, 1);
+    assert_int_equal(t.n, 1);
+    assert_string_equal(t.keys[0], "ip:d");
+    /* c crosses the floor later and enters. */
+    apply_one(&f, upd("ip:c", hl.kind, hl.param, 5));
+    t = top_of(&f, "ip", &hl, 10);
+    assert_int_equal(t.n, 4);
+    assert_string_equal(t.keys[0], "ip:c");
+    /* Reset keys leave the set; scores decay to now, and those now
+     * under the floor (a: 2.5, b: 2) are not listed. */
+    const char *keys[] = {"ip:c"};
+    const size_t lens[] = {4};
+    store_reset(f.st, keys, lens, 1, NULL, NULL);
+    fake_now += 600;
+    t = top_of(&f, "ip", &hl, 10);
+    assert_int_equal(t.n, 1);
+    assert_string_equal(t.keys[0], "ip:d");
+    if (t.scores[0] != 3)
+        fail_msg("decayed top score got %g, want 3", t.scores[0]);
+    fixture_close(&f);
+}
+
+static void test_store_memory_top_pool_bounded(void **state)
+{
+    struct fixture f;
+    struct decay hl = {DECAY_HALF_LIFE, 600};
+    char key[32];
+
+    (void)state;
+    /* top_size 1: a pool of STORE_TOP_POOL_FACTOR keys for all counters. */
+    fixture_open_top(&f, 0, 1, 1);
+    for (int i = 1; i <= 3 * STORE_TOP_POOL_FACTOR; i++) {
+        snprintf(key, sizeof key, "ip:%03d", i);
+        apply_one(&f, upd(key, hl.kind, hl.param, i));
+    }
+    struct top_result t = top_of(&f, "ip", &hl, 16);
+    assert_int_equal(t.n, STORE_TOP_POOL_FACTOR);
+    /* The lowest were pushed out: the highest remain, in order. */
+    snprintf(key, sizeof key, "ip:%03d", 3 * STORE_TOP_POOL_FACTOR);
+    assert_string_equal(t.keys[0], key);
+    snprintf(key, sizeof key, "ip:%03d", 2 * STORE_TOP_POOL_FACTOR + 1);
+    assert_string_equal(t.keys[STORE_TOP_POOL_FACTOR - 1], key);
+    /* Expired members are not listed, and their memory goes with them. */
+    fake_now += 600 * 40;
+    t = top_of(&f, "ip", &hl, 16);
+    assert_int_equal(t.n, 0);
+    fixture_close(&f);
+}
+
+static void test_store_memory_top_off(void **state)
+{
+    struct fixture f;
+    struct decay hl = {DECAY_HALF_LIFE, 600};
+
+    (void)state;
+    fixture_open_top(&f, 0, 0, 10); /* floor 0: no top set */
+    apply_one(&f, upd("ip:a", hl.kind, hl.param, 50));
+    struct top_result t = top_of(&f, "ip", &hl, 10);
+    assert_int_equal(t.n, 0);
+    fixture_close(&f);
+}
+
 int main(void)
 {
     /* The refusals tested here warn; keep the output to test results. */
@@ -622,6 +778,10 @@ int main(void)
         cmocka_unit_test(test_store_memory_same_key_twice),
         cmocka_unit_test(test_store_memory_too_many_updates),
         cmocka_unit_test(test_store_memory_vectors),
+        cmocka_unit_test(test_store_memory_peek_writes_nothing),
+        cmocka_unit_test(test_store_memory_top_set),
+        cmocka_unit_test(test_store_memory_top_pool_bounded),
+        cmocka_unit_test(test_store_memory_top_off),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -1,0 +1,254 @@
+/*
+ * metrics - see metrics.h.
+ *
+ * Histograms keep per-bucket counts and make them cumulative only when
+ * formatted, so an observation is one comparison loop and two adds.
+ * Verdict rows are found through a small open-addressed index on a hash
+ * of (rule, verdict): a decision costs one hash and usually one compare.
+ * Names are written as Prometheus label values: '\\', '"' and newlines
+ * escaped.
+ */
+#include "metrics.h"
+
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <strings.h>
+
+#include "xalloc.h"
+
+struct metrics metrics_main;
+
+const double metrics_bounds[METRICS_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+                                                0.05,   0.1,   0.25,   0.5,   1,    2.5};
+
+static const char *const metrics_state_names[METRICS_STATE_COUNT] = {
+    "CONNECT", "EHLO", "HELO", "MAIL", "RCPT", "DATA", "END-OF-MESSAGE", "VRFY", "ETRN", "other"};
+
+const char *metrics_state_name(enum metrics_state s)
+{
+    return s < METRICS_STATE_COUNT ? metrics_state_names[s] : "other";
+}
+
+enum metrics_state metrics_state_of(const char *s, size_t len)
+{
+    if (s)
+        for (int i = 0; i < METRICS_STATE_OTHER; i++)
+            if (strlen(metrics_state_names[i]) == len && !strncasecmp(s, metrics_state_names[i], len))
+                return (enum metrics_state)i;
+    return METRICS_STATE_OTHER;
+}
+
+void metrics_observe(struct metrics_histogram *h, double seconds)
+{
+    int b = 0;
+    while (b < METRICS_BUCKETS && seconds > metrics_bounds[b])
+        b++;
+    h->buckets[b]++;
+    h->sum += seconds;
+    h->count++;
+}
+
+static uint32_t metrics_hash(const char *a, const char *b)
+{
+    uint32_t h = 2166136261u;
+    for (; *a; a++)
+        h = (h ^ (unsigned char)*a) * 16777619u;
+    h = (h ^ 0xff) * 16777619u;
+    for (; *b; b++)
+        h = (h ^ (unsigned char)*b) * 16777619u;
+    return h;
+}
+
+void metrics_verdict(struct metrics *m, const char *rule, const char *verdict)
+{
+    if (!rule)
+        rule = "none";
+    uint32_t h = metrics_hash(rule, verdict);
+    for (size_t probe = 0; probe < METRICS_INDEX; probe++) {
+        uint16_t *slot = &m->index[(h + probe) & (METRICS_INDEX - 1)];
+        if (*slot) {
+            struct metrics_verdict_row *r = &m->rows[*slot - 1];
+            if (!strcmp(r->rule, rule) && !strcmp(r->verdict, verdict)) {
+                r->count++;
+                return;
+            }
+            continue;
+        }
+        if (m->n_rows == METRICS_MAX_RULES)
+            break;
+        struct metrics_verdict_row *r = &m->rows[m->n_rows];
+        snprintf(r->rule, sizeof r->rule, "%s", rule);
+        snprintf(r->verdict, sizeof r->verdict, "%s", verdict);
+        r->count = 1;
+        *slot = (uint16_t)(++m->n_rows);
+        return;
+    }
+    m->verdicts_other++;
+}
+
+/* ---- exposition ---- */
+
+struct mbuf {
+    char *p;
+    size_t len, cap;            /* bytes */
+};
+
+__attribute__((format(printf, 2, 3))) static void mb_printf(struct mbuf *b, const char *fmt, ...)
+{
+    for (;;) {
+        va_list ap;
+        va_start(ap, fmt);
+        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
+        va_end(ap);
+        if (n < 0)
+            return;
+        if ((size_t)n < b->cap - b->len) {
+            b->len += (size_t)n;
+            return;
+        }
+        b->cap = b->cap * 2 + (size_t)n;
+        b->p = xrealloc(b->p, b->cap);
+    }
+}
+
+/* mb_label - a label value, escaped as the text format wants. */
+static void mb_label(struct mbuf *b, const char *s)
+{
+    for (; *s; s++) {
+        if (*s == '\\' || *s == '"')
+            mb_printf(b, "\\%c", *s);
+        else if (*s == '\n')
+            mb_printf(b, "\\n");
+        else
+            mb_printf(b, "%c", *s);
+    }
+}
+
+static void mb_head(struct mbuf *b, const char *name, const char *type, const char *help)
+{
+    mb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+}
+
+static void mb_histogram(struct mbuf *b, const char *name, const char *help,
+                         const struct metrics *const *parts, size_t n, size_t offset)
+{
+    struct metrics_histogram sum = {{0}, 0, 0};
+    for (size_t i = 0; i < n; i++) {
+        const struct metrics_histogram *h =
+            (const struct metrics_histogram *)(const void *)((const char *)parts[i] + offset);
+        for (int k = 0; k <= METRICS_BUCKETS; k++)
+            sum.buckets[k] += h->buckets[k];
+        sum.sum += h->sum;
+        sum.count += h->count;
+    }
+    mb_head(b, name, "histogram", help);
+    uint64_t cum = 0;
+    for (int k = 0; k < METRICS_BUCKETS; k++) {
+        cum += sum.buckets[k];
+        mb_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, metrics_bounds[k], (unsigned long long)cum);
+    }
+    cum += sum.buckets[METRICS_BUCKETS];
+    mb_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+    mb_printf(b, "%s_sum %.9g\n", name, sum.sum);
+    mb_printf(b, "%s_count %llu\n", name, (unsigned long long)sum.count);
+}
+
+static unsigned long long metrics_sum(const struct metrics *const *parts, size_t n, size_t offset)
+{
+    unsigned long long s = 0;
+    for (size_t i = 0; i < n; i++)
+        s += *(const uint64_t *)(const void *)((const char *)parts[i] + offset);
+    return s;
+}
+
+static void mb_counter(struct mbuf *b, const char *name, const char *help,
+                       const struct metrics *const *parts, size_t n, size_t offset)
+{
+    mb_head(b, name, "counter", help);
+    mb_printf(b, "%s %llu\n", name, metrics_sum(parts, n, offset));
+}
+
+char *metrics_format(const struct metrics *const *parts, size_t n, const struct metrics_gauges *g)
+{
+    struct mbuf b = {xmalloc(8192), 0, 8192};
+    b.p[0] = '\0';
+
+    mb_head(&b, "smtpguard_requests_total", "counter",
+            "Policy requests answered, by SMTP protocol state.");
+    for (int s = 0; s < METRICS_STATE_COUNT; s++) {
+        unsigned long long v = 0;
+        for (size_t i = 0; i < n; i++)
+            v += parts[i]->requests[s];
+        mb_printf(&b, "smtpguard_requests_total{protocol_state=\"%s\"} %llu\n",
+                  metrics_state_name((enum metrics_state)s), v);
+    }
+
+    /* Verdict rows: summed by (rule, verdict) over the parts. */
+    mb_head(&b, "smtpguard_verdicts_total", "counter",
+            "Decisions, by the rule that gave them and their verdict.");
+    unsigned long long other = 0;
+    for (size_t i = 0; i < n; i++) {
+        other += parts[i]->verdicts_other;
+        for (size_t r = 0; r < parts[i]->n_rows; r++) {
+            const struct metrics_verdict_row *row = &parts[i]->rows[r];
+            bool seen = false;
+            for (size_t j = 0; j < i && !seen; j++)
+                for (size_t q = 0; q < parts[j]->n_rows && !seen; q++)
+                    seen = !strcmp(parts[j]->rows[q].rule, row->rule) &&
+                           !strcmp(parts[j]->rows[q].verdict, row->verdict);
+            if (seen)
+                continue;
+            unsigned long long v = row->count;
+            for (size_t j = i + 1; j < n; j++)
+                for (size_t q = 0; q < parts[j]->n_rows; q++)
+                    if (!strcmp(parts[j]->rows[q].rule, row->rule) &&
+                        !strcmp(parts[j]->rows[q].verdict, row->verdict))
+                        v += parts[j]->rows[q].count;
+            mb_printf(&b, "smtpguard_verdicts_total{rule=\"");
+            mb_label(&b, row->rule);
+            mb_printf(&b, "\",verdict=\"");
+            mb_label(&b, row->verdict);
+            mb_printf(&b, "\"} %llu\n", v);
+        }
+    }
+    if (other)
+        mb_printf(&b, "smtpguard_verdicts_total{rule=\"other\",verdict=\"other\"} %llu\n", other);
+
+    mb_histogram(&b, "smtpguard_answer_duration_seconds",
+                 "Time from a request parsed to its answer ready.", parts, n,
+                 offsetof(struct metrics, answer));
+    mb_histogram(&b, "smtpguard_store_duration_seconds",
+                 "Round trip of one request's counter updates to the store.", parts, n,
+                 offsetof(struct metrics, store));
+    mb_counter(&b, "smtpguard_store_errors_total",
+               "Store round trips that failed or timed out (answered with on_error).", parts, n,
+               offsetof(struct metrics, store_errors));
+    mb_counter(&b, "smtpguard_config_reloads_total", "Configuration reloads that took effect.",
+               parts, n, offsetof(struct metrics, reloads));
+    mb_counter(&b, "smtpguard_config_reload_failures_total",
+               "Configuration reloads refused (the old configuration kept serving).", parts, n,
+               offsetof(struct metrics, reload_failures));
+    mb_counter(&b, "smtpguard_admin_requests_total", "HTTP requests to the admin listener.",
+               parts, n, offsetof(struct metrics, admin_requests));
+
+    mb_head(&b, "smtpguard_connections", "gauge", "Policy connections open now.");
+    mb_printf(&b, "smtpguard_connections %u\n", g->connections);
+    mb_head(&b, "smtpguard_connections_total", "counter", "Policy connections accepted.");
+    mb_printf(&b, "smtpguard_connections_total %llu\n", (unsigned long long)g->connections_total);
+    mb_head(&b, "smtpguard_config_generation", "gauge",
+            "Configuration generation serving now (1 + reloads that took effect).");
+    mb_printf(&b, "smtpguard_config_generation %u\n", g->config_generation);
+    mb_head(&b, "smtpguard_store_up", "gauge", "Whether the counter store can answer (1) or not (0).");
+    mb_printf(&b, "smtpguard_store_up{backend=\"%s\"} %d\n",
+              g->store_backend ? g->store_backend : "none", g->store_up ? 1 : 0);
+    if (g->store_keys >= 0) {
+        mb_head(&b, "smtpguard_store_keys", "gauge", "Keys held by the memory store.");
+        mb_printf(&b, "smtpguard_store_keys %lld\n", g->store_keys);
+    }
+    mb_head(&b, "smtpguard_start_time_seconds", "gauge",
+            "When the daemon started, in seconds since the epoch.");
+    mb_printf(&b, "smtpguard_start_time_seconds %.3f\n", g->start_time);
+    return b.p;
+}
