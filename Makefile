@@ -56,6 +56,14 @@ SRCS += policyd/store_redis.c
 SRCS += policyd/conn.c
 SRCS += policyd/listener.c
 SRCS += policyd/server.c
+SRCS += policyd/textbuf.c
+SRCS += policyd/track.c
+SRCS += policyd/dedup.c
+SRCS += policyd/alertmsg.c
+SRCS += policyd/smtpc.c
+SRCS += policyd/redisaux.c
+SRCS += policyd/alert.c
+SRCS += policyd/record.c
 
 OBJS := $(SRCS:%.c=$(B)/%.o)
 LIB  := $(B)/libpolicyd.a
