@@ -158,14 +158,24 @@ void alertmsg_expand(const char *tmpl, const struct alert_info *ai, int one_line
     const char *p = tmpl;
     char num[64];
     for (;;) {
-        const char *var = strstr(p, "%{");
-        const char *end = var ? strchr(var + 2, '}') : NULL;
-        if (!var || !end) {
+        const char *pct = strchr(p, '%');
+        const char *end = pct && pct[1] == '{' ? strchr(pct + 2, '}') : NULL;
+        if (!pct) {
             alertmsg_clean(out, p, strlen(p), one_line);
             return;
         }
-        alertmsg_clean(out, p, (size_t)(var - p), one_line);
-        int v = alertmsg_lookup(var + 2, (size_t)(end - var - 2));
+        alertmsg_clean(out, p, (size_t)(pct - p), one_line);
+        if (pct[1] == '%') { /* "%%" is one '%', as in action messages */
+            textbuf_add(out, "%", 1);
+            p = pct + 2;
+            continue;
+        }
+        if (!end) { /* a lone '%' is literal */
+            textbuf_add(out, "%", 1);
+            p = pct + 1;
+            continue;
+        }
+        int v = alertmsg_lookup(pct + 2, (size_t)(end - pct - 2));
         const char *val = v >= 0 ? alertmsg_value(ai, v, num, sizeof num) : NULL;
         if (val)
             alertmsg_clean(out, val, strlen(val), one_line);

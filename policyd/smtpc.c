@@ -267,7 +267,9 @@ static void smtpc_reply(struct smtpc *c, int code, const char *text, size_t len)
     while (last > text && last[-1] != '\n')
         last--;
     char q[LOG_QUOTE_BUF];
-    snprintf(c->detail, sizeof c->detail, "%s", log_quote(last, (size_t)(text + len - last), q, sizeof q));
+    if (c->state != SMTPC_QUIT) /* the answer to the message is what counts */
+        snprintf(c->detail, sizeof c->detail, "%s",
+                 log_quote(last, (size_t)(text + len - last), q, sizeof q));
     int status = code >= 500 ? -EPERM : -EAGAIN;
     bool ok = code >= 200 && code < 300;
 
