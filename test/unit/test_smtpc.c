@@ -135,7 +135,7 @@ static struct smtpc_job job(void)
 {
     struct smtpc_job j = {
         .helo = "mx1.test", .from = "sg@isp.example", .to = rcpt_list, .n_to = 2,
-        .data = "Subject: x\r\n\r\n.dot\r\n", .len = 21,
+        .data = "Subject: x\r\n\r\n.dot\r\n", .len = 20,
     };
     return j;
 }
