@@ -50,6 +50,15 @@ static const char alert_dedup_lua[] =
     "redis.call('EXPIRE', KEYS[2], ARGV[4])\n"
     "return {0, 0, redis.call('TTL', KEYS[1])}\n";
 
+/* Trips this host suppressed, added to the shared count (KEYS[1]) so that
+ * whichever host sends the next alert reports them. */
+static const char alert_count_lua[] =
+    "redis.call('INCRBY', KEYS[1], ARGV[1])\n"
+    "redis.call('EXPIRE', KEYS[1], ARGV[2])\n";
+
+#define ALERT_FLUSH_MS 1000         /* suppressed counts go to Redis this often */
+#define ALERT_FLUSH_MAX 10000       /* keys per flush at most */
+
 struct alert_mail {
     struct alert_mail *next;    /* queue */
     char *from;
@@ -121,6 +130,7 @@ struct alert {
     struct alert_ask *asks;
     uv_timer_t queue_timer;     /* next retry */
     uv_timer_t digest_timer;    /* digest period */
+    uv_timer_t flush_timer;     /* suppressed counts to Redis */
     int handles;                /* open handles of this struct */
     bool closing;
     unsigned long msgid_seq;    /* Message-ID counter */
@@ -161,6 +171,7 @@ static void alert_settings_free(struct alert *a)
 }
 
 static void alert_on_digest(uv_timer_t *t);
+static void alert_on_flush(uv_timer_t *t);
 
 struct alert *alert_new(uv_loop_t *loop)
 {
@@ -171,8 +182,9 @@ struct alert *alert_new(uv_loop_t *loop)
     a->dedup = dedup_new(ALERT_DEDUP_MAX);
     uv_timer_init(loop, &a->queue_timer);
     uv_timer_init(loop, &a->digest_timer);
-    a->queue_timer.data = a->digest_timer.data = a;
-    a->handles = 2;
+    uv_timer_init(loop, &a->flush_timer);
+    a->queue_timer.data = a->digest_timer.data = a->flush_timer.data = a;
+    a->handles = 3;
     return a;
 }
 
@@ -207,6 +219,12 @@ void alert_configure(struct alert *a, const struct config_alerts *cfg, struct re
     a->queue_cap = cfg->queue ? cfg->queue : 1;
     a->aux = aux;
     a->prefix = xstrdup(prefix ? prefix : "");
+    if (aux && !uv_is_active((uv_handle_t *)&a->flush_timer)) {
+        uv_timer_start(&a->flush_timer, alert_on_flush, ALERT_FLUSH_MS, ALERT_FLUSH_MS);
+        uv_unref((uv_handle_t *)&a->flush_timer);
+    } else if (!aux) {
+        uv_timer_stop(&a->flush_timer);
+    }
     if (a->digest && (!was_digest || was_every != a->every)) {
         uint64_t ms = (uint64_t)(a->every * 1000);
         uv_timer_start(&a->digest_timer, alert_on_digest, ms, ms);
@@ -252,7 +270,7 @@ static void alert_done(struct alert *a, int status, const char *detail)
             delay = 86400;
         m->not_before_ms = uv_now(a->loop) + (uint64_t)(delay * 1000);
         log_warn_every(&a->lim_fail, ALERT_LOG_EVERY,
-                       "alert %s via %s failed (try %u of %u), retrying in %.0fs: %s", m->what,
+                       "alert %s via %s failed (try %u of %u), retrying in %.3gs: %s", m->what,
                        via, m->tries, a->retries + 1, delay,
                        log_quote(detail, strlen(detail), q, sizeof q));
         m->next = NULL;
@@ -626,6 +644,42 @@ static void alert_on_ask(void *arg, const struct redisReply *r)
     free(q);
 }
 
+/* The keep time of a shared count: it outlives a quiet spell of a few
+ * intervals, not for ever. */
+static void alert_keep(const struct alert *a, char *out, size_t cap)
+{
+    snprintf(out, cap, "%lld", (long long)ceil(a->every * 10 < 86400 ? 86400 : a->every * 10));
+}
+
+static void alert_flush_one(void *arg, const char *id, size_t len, unsigned long pending)
+{
+    struct alert *a = arg;
+    const char *key = memchr(id, '\0', len);
+    if (!key)
+        return;
+    key++;
+    char *count = xasprintf("%salert-suppressed:%s:%.*s", a->prefix, id,
+                            (int)(len - (size_t)(key - id)), key);
+    char n[32], keep[32];
+    snprintf(n, sizeof n, "%lu", pending);
+    alert_keep(a, keep, sizeof keep);
+    const char *argv[] = {"EVAL", alert_count_lua, "1", count, n, keep};
+    size_t lens[6];
+    for (size_t i = 0; i < 6; i++)
+        lens[i] = strlen(argv[i]);
+    /* Fire and forget: a count lost with Redis down only makes the next
+     * alert's figure low. */
+    redisaux_command(a->aux, 6, argv, lens, NULL, NULL);
+    free(count);
+}
+
+static void alert_on_flush(uv_timer_t *t)
+{
+    struct alert *a = t->data;
+    if (a->aux && !a->closing && redisaux_is_up(a->aux))
+        dedup_drain(a->dedup, alert_flush_one, a, ALERT_FLUSH_MAX);
+}
+
 void alert_submit(struct alert *a, struct alert_info *ai, unsigned long handover)
 {
     char id[1024];
@@ -655,8 +709,7 @@ void alert_submit(struct alert *a, struct alert_info *ai, unsigned long handover
     char every[32], pend[32], keep[32];
     snprintf(every, sizeof every, "%lld", (long long)ceil(a->every));
     snprintf(pend, sizeof pend, "%lu", handover);
-    /* A count outlives a quiet spell of a few intervals, not for ever. */
-    snprintf(keep, sizeof keep, "%lld", (long long)ceil(a->every * 10 < 86400 ? 86400 : a->every * 10));
+    alert_keep(a, keep, sizeof keep);
     const char *argv[] = {"EVAL", alert_dedup_lua, "2", lock, count, a->hostname, every, pend, keep};
     size_t lens[9];
     for (size_t i = 0; i < 9; i++)
@@ -726,4 +779,5 @@ void alert_close(struct alert *a)
         return;
     uv_close((uv_handle_t *)&a->queue_timer, alert_on_close);
     uv_close((uv_handle_t *)&a->digest_timer, alert_on_close);
+    uv_close((uv_handle_t *)&a->flush_timer, alert_on_close);
 }

@@ -17,6 +17,8 @@
 struct dedup_entry {
     struct dedup_entry *hnext;  /* hash chain */
     struct dedup_entry *prev, *next; /* least recently used first */
+    struct dedup_entry *dprev, *dnext; /* on the dirty list: pending > 0 */
+    bool dirty;
     char *id;
     size_t len;                 /* bytes of id */
     double until;               /* seconds: trips before this are suppressed */
@@ -28,6 +30,7 @@ struct dedup {
     struct dedup_entry **buckets;
     size_t n_buckets;           /* power of two */
     struct dedup_entry *head, *tail;
+    struct dedup_entry *dirty;  /* entries with pending trips, for dedup_drain */
     size_t n;
     size_t max;
 };
@@ -90,8 +93,23 @@ static void dedup_list(struct dedup *d, struct dedup_entry *e)
     d->tail = e;
 }
 
+static void dedup_clean(struct dedup *d, struct dedup_entry *e)
+{
+    if (!e->dirty)
+        return;
+    if (e->dprev)
+        e->dprev->dnext = e->dnext;
+    else
+        d->dirty = e->dnext;
+    if (e->dnext)
+        e->dnext->dprev = e->dprev;
+    e->dprev = e->dnext = NULL;
+    e->dirty = false;
+}
+
 static void dedup_drop(struct dedup *d, struct dedup_entry *e)
 {
+    dedup_clean(d, e);
     struct dedup_entry **pp = &d->buckets[dedup_hash(e->id, e->len) & (d->n_buckets - 1)];
     while (*pp != e)
         pp = &(*pp)->hnext;
@@ -122,6 +140,14 @@ enum dedup_result dedup_trip(struct dedup *d, const char *id, size_t len, double
     struct dedup_entry *e = dedup_find(d, id, len);
     if (e && (e->asking || now < e->until)) {
         e->pending++;
+        if (!e->dirty) {
+            e->dirty = true;
+            e->dprev = NULL;
+            e->dnext = d->dirty;
+            if (d->dirty)
+                d->dirty->dprev = e;
+            d->dirty = e;
+        }
         dedup_unlist(d, e);
         dedup_list(d, e);
         return DEDUP_SUPPRESS;
@@ -143,6 +169,7 @@ enum dedup_result dedup_trip(struct dedup *d, const char *id, size_t len, double
     dedup_list(d, e);
     *handover = e->pending;
     e->pending = 0;
+    dedup_clean(d, e);
     e->asking = true;
     return DEDUP_PROCEED;
 }
@@ -154,6 +181,19 @@ void dedup_settle(struct dedup *d, const char *id, size_t len, double until)
         return; /* dropped at the cap meanwhile */
     e->asking = false;
     e->until = until;
+}
+
+size_t dedup_drain(struct dedup *d, dedup_drain_fn fn, void *arg, size_t max)
+{
+    size_t n = 0;
+    while (d->dirty && n < max) {
+        struct dedup_entry *e = d->dirty;
+        dedup_clean(d, e);
+        fn(arg, e->id, e->len, e->pending);
+        e->pending = 0;
+        n++;
+    }
+    return n;
 }
 
 size_t dedup_count(const struct dedup *d)

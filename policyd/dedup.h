@@ -42,6 +42,13 @@ enum dedup_result dedup_trip(struct dedup *d, const char *id, size_t len, double
 /* dedup_settle - end the question of id: suppress until until. */
 void dedup_settle(struct dedup *d, const char *id, size_t len, double until);
 
+/* dedup_drain - hand the trips suppressed since the last hand-over to
+ * fn (with a shared Redis they are added to the count every host sees),
+ * at most max entries; returns how many. Those counts are not handed
+ * over by dedup_trip again. */
+typedef void (*dedup_drain_fn)(void *arg, const char *id, size_t len, unsigned long pending);
+size_t dedup_drain(struct dedup *d, dedup_drain_fn fn, void *arg, size_t max);
+
 /* dedup_count - entries held (tests). */
 size_t dedup_count(const struct dedup *d);
 

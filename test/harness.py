@@ -1086,7 +1086,8 @@ class CaughtMail:
         return email.message_from_bytes(self.data, policy=email.policy.default)
 
     def body(self):
-        return self.message().get_content()
+        """The decoded text, with \\n line ends."""
+        return self.message().get_content().replace("\r\n", "\n")
 
     def __repr__(self):
         return "CaughtMail(from=%r rcpts=%r %d bytes)" % (self.mail_from, self.rcpts,

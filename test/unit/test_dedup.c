@@ -93,12 +93,59 @@ static void test_dedup_cap(void **state)
     dedup_free(d);
 }
 
+struct drained {
+    int calls;
+    unsigned long total;
+    char last[32];
+};
+
+static void on_drain(void *arg, const char *id, size_t len, unsigned long pending)
+{
+    struct drained *dr = arg;
+    dr->calls++;
+    dr->total += pending;
+    snprintf(dr->last, sizeof dr->last, "%.*s", (int)len, id);
+}
+
+static void test_dedup_drain(void **state)
+{
+    (void)state;
+    struct dedup *d = dedup_new(3);
+    unsigned long h;
+    struct drained dr = {0};
+    dedup_trip(d, ID("a"), 100, &h);
+    dedup_settle(d, ID("a"), 200);
+    for (int i = 0; i < 3; i++)
+        dedup_trip(d, ID("a"), 101, &h);
+    assert_int_equal(dedup_drain(d, on_drain, &dr, 10), 1);
+    assert_int_equal(dr.total, 3);
+    assert_string_equal(dr.last, "a");
+    /* Drained counts are not handed over again. */
+    dedup_trip(d, ID("a"), 102, &h);
+    assert_int_equal(dedup_trip(d, ID("a"), 300, &h), DEDUP_PROCEED);
+    assert_int_equal(h, 1);
+    assert_int_equal(dedup_drain(d, on_drain, &dr, 10), 0);
+    /* Bounded; and an entry dropped at the cap leaves the dirty list. */
+    dedup_settle(d, ID("a"), 400);
+    dedup_trip(d, ID("a"), 301, &h);
+    dedup_trip(d, ID("b"), 301, &h);
+    dedup_settle(d, ID("b"), 400);
+    dedup_trip(d, ID("b"), 302, &h);
+    dedup_trip(d, ID("c"), 303, &h);
+    dedup_trip(d, ID("d"), 304, &h); /* drops "a", the least recently used */
+    dr.calls = 0;
+    assert_int_equal(dedup_drain(d, on_drain, &dr, 10), 1);
+    assert_string_equal(dr.last, "b");
+    dedup_free(d);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_dedup_interval),
         cmocka_unit_test(test_dedup_keys_apart),
         cmocka_unit_test(test_dedup_cap),
+        cmocka_unit_test(test_dedup_drain),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
