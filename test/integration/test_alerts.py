@@ -235,6 +235,35 @@ class AlertTest(h.SGTestCase):
         self.assertIn("Key:         ip:198.51.100.62", body)
 
 
+    def test_reload_turns_alerts_on_and_off(self):
+        port = h.free_port()
+        cfg = alert_config(port, self.catcher.port)
+        plain = dict(cfg)
+        del plain["alerts"]
+        plain["actions"] = [{"name": "flood", "when": {"ip": ">= 5"}, "do": "reject"}]
+        d = self.start_daemon(plain)
+        c = self.client(d)
+        ok, text = d.reload(cfg)
+        self.assertTrue(ok, text)
+        for _ in range(5):
+            c.request(h.policy_request(client_address="198.51.100.77", instance="r.1"))
+        self.catcher.wait_mails(1)
+        # A silent relay holds a delivery in progress across the next
+        # reload and the stop: both must stay clean (the harness checks
+        # exit 0 and no sanitizer report).
+        hang = h.SMTPCatcher(mode="hang")
+        self.addCleanup(hang.stop)
+        ok, text = d.reload(alert_config(port, hang.port))
+        self.assertTrue(ok, text)
+        for _ in range(5):
+            c.request(h.policy_request(client_address="198.51.100.78", instance="r.2"))
+        h.wait_until(lambda: hang.sessions >= 1, 5 * h.SLOW, what="a session at the silent relay")
+        ok, text = d.reload(plain)
+        self.assertTrue(ok, text)
+        self.assertEqual(c.request(h.policy_request(client_address="198.51.100.79")), "DUNNO")
+        self.assertEqual(len(self.catcher.mails), 1)
+
+
 class TrackingTest(h.SGTestCase):
 
     def config(self, **extra):
