@@ -253,10 +253,14 @@ static struct track_msg *track_conn_current(struct track *t, unsigned long conn_
     return m;
 }
 
+/* MAIL is left out on purpose: Postfix gives a transaction its instance
+ * only once MAIL FROM has been accepted, so a request at the MAIL stage
+ * (smtpd_delay_reject = no) still carries the previous transaction's
+ * instance. Everything it says comes again with each RCPT. */
 static bool track_state_tracked(const char *state)
 {
-    return state && (!strcmp(state, "MAIL") || !strcmp(state, "RCPT") || !strcmp(state, "DATA") ||
-                     !strcmp(state, "BDAT") || !strcmp(state, "END-OF-MESSAGE"));
+    return state && (!strcmp(state, "RCPT") || !strcmp(state, "DATA") || !strcmp(state, "BDAT") ||
+                     !strcmp(state, "END-OF-MESSAGE"));
 }
 
 static void track_set(char **field, const char *v)

@@ -2,9 +2,10 @@
  * track - message tracking: the policy requests of one message joined
  * into one record.
  *
- * Postfix asks about a message several times (MAIL, each RCPT, DATA,
+ * Postfix asks about a message several times (each RCPT, DATA,
  * END-OF-MESSAGE) and gives every request of one mail transaction the
- * same `instance` attribute. track_note() joins the requests by instance:
+ * same `instance` attribute (from MAIL FROM on: a MAIL-stage request still
+ * carries the previous one, so MAIL requests are not joined). track_note() joins the requests by instance:
  * recipients accumulate across RCPT requests (those smtpguard refused are
  * kept apart), size and queue_id are taken at END-OF-MESSAGE, and every
  * decision with a rule is kept (state, rule, verdict, recipient). The
@@ -120,7 +121,7 @@ void track_free(struct track *t);
 void track_configure(struct track *t, const struct track_config *cfg, double now);
 
 /* track_note - join one decided request. Requests of other states than
- * MAIL, RCPT, DATA, BDAT and END-OF-MESSAGE, or without an instance, are
+ * RCPT, DATA, BDAT and END-OF-MESSAGE, or without an instance, are
  * ignored. Returns true if the request was taken. */
 bool track_note(struct track *t, const struct track_event *ev);
 

@@ -63,7 +63,10 @@ static void test_track_multi_recipient_one_record(void **state)
     struct seen s = {0};
     struct track_config cfg = {.max_open = 10, .idle = 60, .history = 10};
     struct track *t = track_new(&cfg, on_emit, &s);
-    struct track_event ev = ev_base(1, "MAIL", "A.1", 100);
+    /* A MAIL-stage request carries the previous instance: not joined. */
+    struct track_event ev = ev_base(1, "MAIL", "A.0", 99);
+    assert_false(track_note(t, &ev));
+    ev = ev_base(1, "DATA", "A.1", 100);
     assert_true(track_note(t, &ev));
     const char *rcpts[] = {"r1@example.net", "r2@example.net", "r3@example.net"};
     for (int i = 0; i < 3; i++) {
@@ -90,6 +93,7 @@ static void test_track_multi_recipient_one_record(void **state)
     assert_non_null(strstr(s.json[0], "\"host\":\"mx1\""));
     assert_non_null(strstr(s.json[0], "\"keys\":[\"ip:192.0.2.7\",\"user:alice\"]"));
     assert_non_null(strstr(s.json[0], "\"start\":100.000"));
+    assert_null(strstr(s.json[0], "A.0"));
     track_free(t);
 }
 
@@ -136,7 +140,8 @@ static void test_track_new_instance_aborts_previous(void **state)
     ev.recipient = "b@example.net";
     track_note(t, &ev);
     assert_int_equal(s.n, 0);
-    ev = ev_base(7, "MAIL", "C.2", 101);
+    ev = ev_base(7, "RCPT", "C.2", 101);
+    ev.recipient = "c@example.net";
     track_note(t, &ev);
     assert_int_equal(s.n, 1);
     assert_string_equal(s.instance[0], "C.1");
