@@ -63,7 +63,7 @@ SRCS += policyd/alertmsg.c
 SRCS += policyd/smtpc.c
 SRCS += policyd/redisaux.c
 SRCS += policyd/alert.c
-SRCS += policyd/record.c
+SRCS += policyd/followup.c
 
 OBJS := $(SRCS:%.c=$(B)/%.o)
 LIB  := $(B)/libpolicyd.a

@@ -746,6 +746,9 @@ void alert_close(struct alert *a)
         return;
     if (!a->closing) {
         a->closing = true;
+        if (a->q_len || a->sending || a->n_digest)
+            log_warn("alerts off: %u mails waiting, %d being sent and %zu digest entries dropped",
+                     a->q_len, a->sending ? 1 : 0, a->n_digest);
         /* Questions still out: their answers will not come (the caller
          * closed the redisaux first), or are dropped. */
         while (a->asks) {

@@ -15,8 +15,8 @@
 #include <string.h>
 #include <time.h>
 
+#include "followup.h"
 #include "log.h"
-#include "record.h"
 
 static struct log_limiter engine_store_limiter; /* "store unavailable" warnings */
 
@@ -160,7 +160,7 @@ void engine_finish(struct engine_req *er, unsigned long conn_id, unsigned long r
         .elapsed_ms = (double)(engine_now_ns() - er->started_ns) / 1e6,
     };
     actions_log(&d);
-    record_decision(er->cfg, &d);
+    followup_decision(er->cfg, &d);
     engine_delete(er);
     request_reset(&er->req);
     config_unref(er->cfg);

@@ -16,7 +16,7 @@
 #include "actions.h"
 #include "conn.h"
 #include "listener.h"
-#include "record.h"
+#include "followup.h"
 
 #define SERVER_LIST_CHECK_MS 5000   /* how often list files are checked */
 #define SERVER_DRAIN_MS 5000        /* bound on a graceful stop */
@@ -101,7 +101,7 @@ int server_start(struct server *srv, uv_loop_t *loop, struct config *cfg)
     uv_unref((uv_handle_t *)&srv->list_timer);
     uv_timer_init(loop, &srv->drain_timer);
     srv->drain_timer.data = srv;
-    record_start(loop, cfg);
+    followup_start(loop, cfg);
     return 0;
 }
 
@@ -147,7 +147,7 @@ int server_reload(struct server *srv)
         log_warn("listen: changes take effect after a restart; still listening on the old addresses");
     srv->cfg = cfg;
     server_apply_log(cfg, server_verbose);
-    record_reload(cfg);
+    followup_reload(cfg);
     config_unref(old);
     log_info("config reloaded generation=%u counters=%zu lists=%zu points=%zu actions=%zu",
              cfg->generation, cfg->rules->n_counters, cfg->rules->n_lists, cfg->rules->n_points,
@@ -167,7 +167,7 @@ static void server_close_handles(struct server *srv)
         store_close(srv->store);
         srv->store = NULL;
     }
-    record_stop();
+    followup_stop();
 }
 
 void server_conn_closed(struct server *srv)

@@ -1,14 +1,14 @@
 /*
- * record - see record.h.
+ * followup - see followup.h.
  *
- * Order inside record_decision(): the request is joined to its message
+ * Order inside followup_decision(): the request is joined to its message
  * first, so that an alert tripped by this very request lists the
  * message in its evidence; then the alert. A closed message record is
  * formatted once as JSON and written to the JSON log and the stream.
  * Stream entries are XADD KEY MAXLEN ~ N * type T host H json J: the
  * approximate cap lets Redis trim whole nodes, which is cheap.
  */
-#include "record.h"
+#include "followup.h"
 
 #include <errno.h>
 #include <stdio.h>
@@ -25,10 +25,10 @@
 #include "track.h"
 #include "xalloc.h"
 
-#define RECORD_SWEEP_MS 1000        /* idle transactions are looked for this often */
-#define RECORD_SWEEP_MAX 1000       /* closed per sweep at most */
-#define RECORD_MAX_EVIDENCE 1000
-#define RECORD_LOG_EVERY 60
+#define FOLLOWUP_SWEEP_MS 1000        /* idle transactions are looked for this often */
+#define FOLLOWUP_SWEEP_MAX 1000       /* closed per sweep at most */
+#define FOLLOWUP_MAX_EVIDENCE 1000
+#define FOLLOWUP_LOG_EVERY 60
 
 static struct {
     uv_loop_t *loop;
@@ -46,201 +46,201 @@ static struct {
     char hostname[256];
     unsigned long stream_dropped;
     struct log_limiter lim_stream;
-} rec;
+} fu;
 
-static double record_now(void)
+static double followup_now(void)
 {
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
-static void record_stream(const char *type, const char *json, size_t len)
+static void followup_stream(const char *type, const char *json, size_t len)
 {
-    if (!rec.aux || !rec.stream_key)
+    if (!fu.aux || !fu.stream_key)
         return;
-    const char *argv[] = {"XADD", rec.stream_key, "MAXLEN", "~", rec.maxlen, "*",
-                          "type", type, "host", rec.hostname, "json", json};
+    const char *argv[] = {"XADD", fu.stream_key, "MAXLEN", "~", fu.maxlen, "*",
+                          "type", type, "host", fu.hostname, "json", json};
     size_t lens[12];
     for (size_t i = 0; i < 12; i++)
         lens[i] = strlen(argv[i]);
     lens[11] = len;
-    int rc = redisaux_command(rec.aux, 12, argv, lens, NULL, NULL);
+    int rc = redisaux_command(fu.aux, 12, argv, lens, NULL, NULL);
     if (rc < 0) {
-        rec.stream_dropped++;
-        log_warn_every(&rec.lim_stream, RECORD_LOG_EVERY,
-                       "event stream %s: %s, %lu events dropped so far", rec.stream_key,
+        fu.stream_dropped++;
+        log_warn_every(&fu.lim_stream, FOLLOWUP_LOG_EVERY,
+                       "event stream %s: %s, %lu events dropped so far", fu.stream_key,
                        rc == -ENOTCONN ? "Redis not connected" : "too many writes in flight",
-                       rec.stream_dropped);
+                       fu.stream_dropped);
     }
 }
 
 /* A decision's JSON record, from actions.c. */
-static void record_on_decision_json(void *arg, const struct decision *d, const char *json,
+static void followup_on_decision_json(void *arg, const struct decision *d, const char *json,
                                     size_t len)
 {
     (void)arg;
     (void)d;
-    if (rec.stream_decisions)
-        record_stream("decision", json, len);
+    if (fu.stream_decisions)
+        followup_stream("decision", json, len);
 }
 
 /* A closed message record, from track.c. */
-static void record_on_message(void *arg, const struct track_msg *m)
+static void followup_on_message(void *arg, const struct track_msg *m)
 {
     (void)arg;
-    if (!rec.emit)
+    if (!fu.emit)
         return;
     struct textbuf b;
     textbuf_init(&b, 256 * 1024);
-    track_format_json(m, rec.hostname, &b);
-    record_stream("message", textbuf_cstr(&b), b.len);
+    track_format_json(m, fu.hostname, &b);
+    followup_stream("message", textbuf_cstr(&b), b.len);
     textbuf_add(&b, "\n", 1);
     actions_json_write(textbuf_cstr(&b), b.len);
     textbuf_fini(&b);
 }
 
-static void record_on_sweep(uv_timer_t *t)
+static void followup_on_sweep(uv_timer_t *t)
 {
     (void)t;
-    if (rec.track)
-        track_expire(rec.track, record_now(), RECORD_SWEEP_MAX);
+    if (fu.track)
+        track_expire(fu.track, followup_now(), FOLLOWUP_SWEEP_MAX);
 }
 
-static bool record_needs_aux(const struct config *cfg)
+static bool followup_needs_aux(const struct config *cfg)
 {
     return cfg->log.stream_key ||
            (cfg->alerts.enabled && cfg->store.backend == STORE_BACKEND_REDIS);
 }
 
-static void record_apply(const struct config *cfg)
+static void followup_apply(const struct config *cfg)
 {
-    double now = record_now();
+    double now = followup_now();
     /* Tracking. */
     struct track_config tc = {
         .max_open = cfg->tracking.max_open,
         .idle = cfg->tracking.idle,
         .history = cfg->tracking.history,
     };
-    if (cfg->tracking.enabled && !rec.track)
-        rec.track = track_new(&tc, record_on_message, NULL);
+    if (cfg->tracking.enabled && !fu.track)
+        fu.track = track_new(&tc, followup_on_message, NULL);
     else if (cfg->tracking.enabled)
-        track_configure(rec.track, &tc, now);
-    else if (rec.track) {
-        track_free(rec.track);
-        rec.track = NULL;
+        track_configure(fu.track, &tc, now);
+    else if (fu.track) {
+        track_free(fu.track);
+        fu.track = NULL;
     }
-    rec.emit = cfg->tracking.emit;
+    fu.emit = cfg->tracking.emit;
 
     /* The side connection to Redis. */
     struct redisaux *old_aux = NULL;
-    if (record_needs_aux(cfg)) {
-        if (!rec.aux || !redisaux_matches(rec.aux, &cfg->store)) {
+    if (followup_needs_aux(cfg)) {
+        if (!fu.aux || !redisaux_matches(fu.aux, &cfg->store)) {
             char err[256] = "";
-            struct redisaux *ra = redisaux_open(rec.loop, &cfg->store, err, sizeof err);
+            struct redisaux *ra = redisaux_open(fu.loop, &cfg->store, err, sizeof err);
             if (!ra)
                 log_error("events/alerts: %s", err);
-            old_aux = rec.aux;
-            rec.aux = ra;
+            old_aux = fu.aux;
+            fu.aux = ra;
         }
     } else {
-        old_aux = rec.aux;
-        rec.aux = NULL;
+        old_aux = fu.aux;
+        fu.aux = NULL;
     }
-    free(rec.stream_key);
-    rec.stream_key = cfg->log.stream_key ? xstrdup(cfg->log.stream_key) : NULL;
-    snprintf(rec.maxlen, sizeof rec.maxlen, "%lu", cfg->log.stream_maxlen);
-    rec.stream_decisions = cfg->log.stream_decisions && cfg->log.stream_key;
-    actions_set_sink(rec.stream_decisions ? record_on_decision_json : NULL, NULL);
+    free(fu.stream_key);
+    fu.stream_key = cfg->log.stream_key ? xstrdup(cfg->log.stream_key) : NULL;
+    snprintf(fu.maxlen, sizeof fu.maxlen, "%lu", cfg->log.stream_maxlen);
+    fu.stream_decisions = cfg->log.stream_decisions && cfg->log.stream_key;
+    actions_set_sink(fu.stream_decisions ? followup_on_decision_json : NULL, NULL);
 
     /* Alerts. */
     if (cfg->alerts.enabled) {
-        if (!rec.alert)
-            rec.alert = alert_new(rec.loop);
-        alert_configure(rec.alert, &cfg->alerts,
-                        cfg->store.backend == STORE_BACKEND_REDIS ? rec.aux : NULL,
+        if (!fu.alert)
+            fu.alert = alert_new(fu.loop);
+        alert_configure(fu.alert, &cfg->alerts,
+                        cfg->store.backend == STORE_BACKEND_REDIS ? fu.aux : NULL,
                         cfg->store.prefix);
     }
-    rec.evidence = cfg->alerts.evidence;
+    fu.evidence = cfg->alerts.evidence;
     /* The old connection goes after the alerts stopped using it (its
      * pending questions are answered "no answer": decided locally). */
     if (old_aux)
         redisaux_close(old_aux);
-    if (!cfg->alerts.enabled && rec.alert) {
-        alert_close(rec.alert);
-        rec.alert = NULL;
+    if (!cfg->alerts.enabled && fu.alert) {
+        alert_close(fu.alert);
+        fu.alert = NULL;
     }
 }
 
-int record_start(uv_loop_t *loop, const struct config *cfg)
+int followup_start(uv_loop_t *loop, const struct config *cfg)
 {
-    memset(&rec, 0, sizeof rec);
-    rec.loop = loop;
-    rec.started = true;
+    memset(&fu, 0, sizeof fu);
+    fu.loop = loop;
+    fu.started = true;
     /* The host as alerts and stream entries name it. */
-    if (gethostname(rec.hostname, sizeof rec.hostname - 1) < 0 || !rec.hostname[0])
-        snprintf(rec.hostname, sizeof rec.hostname, "localhost");
-    uv_timer_init(loop, &rec.sweep);
-    uv_timer_start(&rec.sweep, record_on_sweep, RECORD_SWEEP_MS, RECORD_SWEEP_MS);
-    uv_unref((uv_handle_t *)&rec.sweep);
-    record_apply(cfg);
+    if (gethostname(fu.hostname, sizeof fu.hostname - 1) < 0 || !fu.hostname[0])
+        snprintf(fu.hostname, sizeof fu.hostname, "localhost");
+    uv_timer_init(loop, &fu.sweep);
+    uv_timer_start(&fu.sweep, followup_on_sweep, FOLLOWUP_SWEEP_MS, FOLLOWUP_SWEEP_MS);
+    uv_unref((uv_handle_t *)&fu.sweep);
+    followup_apply(cfg);
     return 0;
 }
 
-void record_reload(const struct config *cfg)
+void followup_reload(const struct config *cfg)
 {
-    if (rec.started)
-        record_apply(cfg);
+    if (fu.started)
+        followup_apply(cfg);
 }
 
-void record_stop(void)
+void followup_stop(void)
 {
-    if (!rec.started)
+    if (!fu.started)
         return;
-    rec.started = false;
+    fu.started = false;
     actions_set_sink(NULL, NULL);
-    if (rec.aux) {
-        redisaux_close(rec.aux); /* before the alerts: it answers their questions */
-        rec.aux = NULL;
+    if (fu.aux) {
+        redisaux_close(fu.aux); /* before the alerts: it answers their questions */
+        fu.aux = NULL;
     }
-    if (rec.alert) {
-        alert_close(rec.alert);
-        rec.alert = NULL;
+    if (fu.alert) {
+        alert_close(fu.alert);
+        fu.alert = NULL;
     }
-    uv_close((uv_handle_t *)&rec.sweep, NULL);
-    track_free(rec.track);
-    rec.track = NULL;
-    free(rec.stream_key);
-    rec.stream_key = NULL;
+    uv_close((uv_handle_t *)&fu.sweep, NULL);
+    track_free(fu.track);
+    fu.track = NULL;
+    free(fu.stream_key);
+    fu.stream_key = NULL;
 }
 
-size_t record_track_open(void)
+size_t followup_track_open(void)
 {
-    return rec.track ? track_open_count(rec.track) : 0;
+    return fu.track ? track_open_count(fu.track) : 0;
 }
 
-/* record_refused - whether Postfix refuses what was asked: a 4xx/5xx
+/* followup_refused - whether Postfix refuses what was asked: a 4xx/5xx
  * code, REJECT or DEFER. */
-static bool record_refused(const char *answer)
+static bool followup_refused(const char *answer)
 {
     return answer[0] == '4' || answer[0] == '5' || !strncasecmp(answer, "REJECT", 6) ||
            !strncasecmp(answer, "DEFER", 5);
 }
 
-static const char *record_get(struct request *req, enum attr a)
+static const char *followup_get(struct request *req, enum attr a)
 {
     size_t len;
     return request_get(req, a, &len);
 }
 
-static char *record_dup(struct request *req, enum attr a)
+static char *followup_dup(struct request *req, enum attr a)
 {
-    const char *v = record_get(req, a);
+    const char *v = followup_get(req, a);
     return v ? xstrdup(v) : NULL;
 }
 
-/* record_alert - the `mail` side effect of the deciding rule. */
-static void record_alert(const struct config *cfg, const struct decision *d, double now)
+/* followup_alert - the `mail` side effect of the deciding rule. */
+static void followup_alert(const struct config *cfg, const struct decision *d, double now)
 {
     const struct eval *ev = d->ev;
     const struct action_rule *ar = ev->decided;
@@ -253,13 +253,13 @@ static void record_alert(const struct config *cfg, const struct decision *d, dou
         snprintf(keybuf, sizeof keybuf, "%.*s", (int)u->key_len, u->key);
         key = keybuf;
     } else {
-        const char *addr = record_get(d->req, ATTR_CLIENT_ADDRESS);
+        const char *addr = followup_get(d->req, ATTR_CLIENT_ADDRESS);
         snprintf(keybuf, sizeof keybuf, "client:%s", addr ? addr : "unknown");
         key = keybuf;
         ci = -1;
     }
     unsigned long handover = 0;
-    if (!alert_check(rec.alert, ar->name, key, now, &handover))
+    if (!alert_check(fu.alert, ar->name, key, now, &handover))
         return;
 
     struct alert_info ai = {0};
@@ -267,7 +267,7 @@ static void record_alert(const struct config *cfg, const struct decision *d, dou
     ai.verdict = xstrdup(verdict_name(ar->verdict));
     ai.key = xstrdup(key);
     ai.time = now;
-    ai.hostname = xstrdup(alert_hostname(rec.alert));
+    ai.hostname = xstrdup(alert_hostname(fu.alert));
     ai.action = xstrdup(d->answer);
     struct textbuf b;
     textbuf_init(&b, 4096);
@@ -287,16 +287,16 @@ static void record_alert(const struct config *cfg, const struct decision *d, dou
             ai.score = xstrdup(num);
         }
     }
-    ai.client_address = record_dup(d->req, ATTR_CLIENT_ADDRESS);
-    ai.client_name = record_dup(d->req, ATTR_CLIENT_NAME);
-    ai.helo_name = record_dup(d->req, ATTR_HELO_NAME);
-    ai.sasl_username = record_dup(d->req, ATTR_SASL_USERNAME);
-    ai.sender = record_dup(d->req, ATTR_SENDER);
-    ai.recipient = record_dup(d->req, ATTR_RECIPIENT);
-    if (rec.track && rec.evidence) {
-        const struct track_msg *msgs[RECORD_MAX_EVIDENCE];
-        size_t want = rec.evidence < RECORD_MAX_EVIDENCE ? rec.evidence : RECORD_MAX_EVIDENCE;
-        size_t n = track_recent(rec.track, key, strlen(key), msgs, want);
+    ai.client_address = followup_dup(d->req, ATTR_CLIENT_ADDRESS);
+    ai.client_name = followup_dup(d->req, ATTR_CLIENT_NAME);
+    ai.helo_name = followup_dup(d->req, ATTR_HELO_NAME);
+    ai.sasl_username = followup_dup(d->req, ATTR_SASL_USERNAME);
+    ai.sender = followup_dup(d->req, ATTR_SENDER);
+    ai.recipient = followup_dup(d->req, ATTR_RECIPIENT);
+    if (fu.track && fu.evidence) {
+        const struct track_msg *msgs[FOLLOWUP_MAX_EVIDENCE];
+        size_t want = fu.evidence < FOLLOWUP_MAX_EVIDENCE ? fu.evidence : FOLLOWUP_MAX_EVIDENCE;
+        size_t n = track_recent(fu.track, key, strlen(key), msgs, want);
         textbuf_init(&b, 256 * 1024);
         for (size_t i = 0; i < n; i++) {
             textbuf_str(&b, "  ");
@@ -309,17 +309,17 @@ static void record_alert(const struct config *cfg, const struct decision *d, dou
             textbuf_fini(&b);
     }
     (void)cfg;
-    alert_submit(rec.alert, &ai, handover);
+    alert_submit(fu.alert, &ai, handover);
 }
 
-void record_decision(const struct config *cfg, const struct decision *d)
+void followup_decision(const struct config *cfg, const struct decision *d)
 {
-    if (!rec.started)
+    if (!fu.started)
         return;
     const struct eval *ev = d->ev;
     double now = 0;
-    if (rec.track) {
-        now = record_now();
+    if (fu.track) {
+        now = followup_now();
         const char *keys[RULES_MAX_COUNTERS + 1];
         size_t lens[RULES_MAX_COUNTERS + 1];
         size_t nk = 0;
@@ -328,7 +328,7 @@ void record_decision(const struct config *cfg, const struct decision *d)
             lens[nk++] = ev->updates[u].key_len;
         }
         char client[96];
-        const char *addr = record_get(d->req, ATTR_CLIENT_ADDRESS);
+        const char *addr = followup_get(d->req, ATTR_CLIENT_ADDRESS);
         if (addr) {
             int n = snprintf(client, sizeof client, "client:%s", addr);
             keys[nk] = client;
@@ -356,20 +356,20 @@ void record_decision(const struct config *cfg, const struct decision *d)
         struct track_event te = {
             .conn_id = d->conn_id,
             .now = now,
-            .state = record_get(d->req, ATTR_PROTOCOL_STATE),
-            .instance = record_get(d->req, ATTR_INSTANCE),
-            .queue_id = record_get(d->req, ATTR_QUEUE_ID),
+            .state = followup_get(d->req, ATTR_PROTOCOL_STATE),
+            .instance = followup_get(d->req, ATTR_INSTANCE),
+            .queue_id = followup_get(d->req, ATTR_QUEUE_ID),
             .client_address = addr,
-            .client_name = record_get(d->req, ATTR_CLIENT_NAME),
-            .helo_name = record_get(d->req, ATTR_HELO_NAME),
-            .sasl_username = record_get(d->req, ATTR_SASL_USERNAME),
-            .sender = record_get(d->req, ATTR_SENDER),
-            .recipient = record_get(d->req, ATTR_RECIPIENT),
-            .size = record_get(d->req, ATTR_SIZE),
-            .recipient_count = record_get(d->req, ATTR_RECIPIENT_COUNT),
+            .client_name = followup_get(d->req, ATTR_CLIENT_NAME),
+            .helo_name = followup_get(d->req, ATTR_HELO_NAME),
+            .sasl_username = followup_get(d->req, ATTR_SASL_USERNAME),
+            .sender = followup_get(d->req, ATTR_SENDER),
+            .recipient = followup_get(d->req, ATTR_RECIPIENT),
+            .size = followup_get(d->req, ATTR_SIZE),
+            .recipient_count = followup_get(d->req, ATTR_RECIPIENT_COUNT),
             .rule = rule,
             .verdict = verdict,
-            .refused = record_refused(d->answer),
+            .refused = followup_refused(d->answer),
             .rules = rules,
             .n_rules = nr,
             .keys = keys,
@@ -377,8 +377,8 @@ void record_decision(const struct config *cfg, const struct decision *d)
             .n_keys = nk,
             .wanted = wanted,
         };
-        track_note(rec.track, &te);
+        track_note(fu.track, &te);
     }
-    if (rec.alert && ev->decided && ev->decided->side_mail && !d->store_failed)
-        record_alert(cfg, d, now ? now : record_now());
+    if (fu.alert && ev->decided && ev->decided->side_mail && !d->store_failed)
+        followup_alert(cfg, d, now ? now : followup_now());
 }
