@@ -2269,9 +2269,6 @@ void config_unref(struct config *cfg)
     if (cfg->clients)
         cidr_set_free(cfg->clients);
     store_config_fini(&cfg->store);
-    free(cfg->on_error);
-    free(cfg->log.syslog);
-    free(cfg->log.json);
     free(cfg->log.stream_key);
     free(cfg->alerts.smtp);
     free(cfg->alerts.sendmail);
@@ -2283,6 +2280,9 @@ void config_unref(struct config *cfg)
     free(cfg->alerts.subject);
     free(cfg->alerts.body);
     config_cond_free(cfg->tracking.when);
+    free(cfg->on_error);
+    free(cfg->log.syslog);
+    free(cfg->log.json);
     rules_free(cfg->rules);
     free(cfg);
 }

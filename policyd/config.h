@@ -88,10 +88,10 @@ struct config {
     struct cidr_set *clients;   /* allowed TCP peers */
     struct config_limits limits;
     struct store_config store;
-    char *on_error;             /* Postfix action text when the store fails */
-    struct config_log log;
     struct config_alerts alerts;
     struct config_tracking tracking;
+    char *on_error;             /* Postfix action text when the store fails */
+    struct config_log log;
     struct rules *rules;
 };
 

@@ -159,8 +159,10 @@ void engine_finish(struct engine_req *er, unsigned long conn_id, unsigned long r
         .store_failed = er->store_failed,
         .elapsed_ms = (double)(engine_now_ns() - er->started_ns) / 1e6,
     };
-    actions_log(&d);
+    /* Tracking and alerts first: a message's record goes out just before
+     * the decision line of its END-OF-MESSAGE. */
     followup_decision(er->cfg, &d);
+    actions_log(&d);
     engine_delete(er);
     request_reset(&er->req);
     config_unref(er->cfg);

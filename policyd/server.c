@@ -15,8 +15,8 @@
 
 #include "actions.h"
 #include "conn.h"
-#include "listener.h"
 #include "followup.h"
+#include "listener.h"
 
 #define SERVER_LIST_CHECK_MS 5000   /* how often list files are checked */
 #define SERVER_DRAIN_MS 5000        /* bound on a graceful stop */
@@ -145,9 +145,9 @@ int server_reload(struct server *srv)
     }
     if (!server_same_listen(old, cfg))
         log_warn("listen: changes take effect after a restart; still listening on the old addresses");
+    followup_reload(cfg);
     srv->cfg = cfg;
     server_apply_log(cfg, server_verbose);
-    followup_reload(cfg);
     config_unref(old);
     log_info("config reloaded generation=%u counters=%zu lists=%zu points=%zu actions=%zu",
              cfg->generation, cfg->rules->n_counters, cfg->rules->n_lists, cfg->rules->n_points,
