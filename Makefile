@@ -136,13 +136,14 @@ bench: all
 PREFIX  ?= /usr/local
 DESTDIR ?=
 install: all
-	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/etc/smtpguard/rules.d \
+	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)$(PREFIX)/etc/smtpguard/rules.d \
 	    $(DESTDIR)$(PREFIX)/share/smtpguard/contrib
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/sbin/smtpguard
-	install -m 0755 scripts/smtpguard-log $(DESTDIR)$(PREFIX)/bin/smtpguard-log
 	install -m 0644 smtpguard.yaml.example $(DESTDIR)$(PREFIX)/etc/smtpguard/smtpguard.yaml.example
 	install -m 0644 rules.d/*.yaml $(DESTDIR)$(PREFIX)/etc/smtpguard/rules.d/
 	cp -R contrib/. $(DESTDIR)$(PREFIX)/share/smtpguard/contrib/
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 scripts/smtpguard-log $(DESTDIR)$(PREFIX)/bin/smtpguard-log
 
 clean:
 	rm -rf build policyd/smtpguard

@@ -145,13 +145,13 @@ int server_reload(struct server *srv)
     }
     if (!server_same_listen(old, cfg))
         log_warn("listen: changes take effect after a restart; still listening on the old addresses");
-    followup_reload(cfg);
     srv->cfg = cfg;
     server_apply_log(cfg, server_verbose);
     config_unref(old);
     log_info("config reloaded generation=%u counters=%zu lists=%zu points=%zu actions=%zu",
              cfg->generation, cfg->rules->n_counters, cfg->rules->n_lists, cfg->rules->n_points,
              cfg->rules->n_actions);
+    followup_reload(cfg);
     return 0;
 }
 
