@@ -48,6 +48,14 @@ SRCS += policyd/template.c
 SRCS += policyd/config.c
 SRCS += policyd/rules.c
 SRCS += policyd/actions.c
+SRCS += policyd/textbuf.c
+SRCS += policyd/track.c
+SRCS += policyd/dedup.c
+SRCS += policyd/alertmsg.c
+SRCS += policyd/smtpc.c
+SRCS += policyd/redisaux.c
+SRCS += policyd/alert.c
+SRCS += policyd/followup.c
 SRCS += policyd/engine.c
 SRCS += policyd/store.c
 SRCS += policyd/sha1.c
@@ -143,6 +151,8 @@ install: all
 	install -m 0644 rules.d/*.yaml $(DESTDIR)$(SYSCONFDIR)/smtpguard/rules.d/
 	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/smtpguard/README.md
 	cp -R contrib/. $(DESTDIR)$(PREFIX)/share/smtpguard/contrib/
+	install -d $(DESTDIR)$(PREFIX)/bin
+	install -m 0755 scripts/smtpguard-log $(DESTDIR)$(PREFIX)/bin/smtpguard-log
 
 clean:
 	rm -rf build policyd/smtpguard

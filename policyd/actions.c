@@ -11,6 +11,7 @@
 
 #include <errno.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
@@ -18,6 +19,14 @@
 #include "template.h"
 
 static FILE *actions_json;
+/* The JSON record is built in memory (one stream, rewound for each
+ * record, so steady state allocates nothing) and then goes to the file
+ * and to the event sink (the Redis stream), which see the same bytes. */
+static FILE *actions_mem;
+static char *actions_mem_buf;
+static size_t actions_mem_len;
+static actions_sink_fn actions_sink;
+static void *actions_sink_arg;
 
 /* Append with bounds; out is always NUL-terminated. */
 struct outbuf {
@@ -253,7 +262,10 @@ static void json_field(FILE *fp, const char *name, const char *v, size_t len)
 
 static void actions_log_json(const struct decision *d)
 {
-    FILE *fp = actions_json;
+    if (!actions_mem && !(actions_mem = open_memstream(&actions_mem_buf, &actions_mem_len)))
+        return;
+    FILE *fp = actions_mem;
+    rewind(fp);
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     fprintf(fp, "{\"time\":%lld.%03ld,\"conn\":\"%lx\",\"req\":%lu", (long long)ts.tv_sec,
@@ -299,15 +311,33 @@ static void actions_log_json(const struct decision *d)
         json_str(fp, ev->would[i]->name, strlen(ev->would[i]->name));
     }
     fprintf(fp, "],\"elapsed_ms\":%.3f}\n", d->elapsed_ms);
-    fflush(fp);
+    if (fflush(fp) != 0 || ferror(fp))
+        return;
+    actions_json_write(actions_mem_buf, actions_mem_len);
+    if (actions_sink)
+        actions_sink(actions_sink_arg, d, actions_mem_buf, actions_mem_len - 1);
 }
 
 void actions_log(const struct decision *d)
 {
     if (log_threshold >= LOG_LEVEL_INFO && actions_log_wanted(d))
         actions_log_line(d);
-    if (actions_json)
+    if (actions_json || actions_sink)
         actions_log_json(d);
+}
+
+void actions_json_write(const char *line, size_t len)
+{
+    if (!actions_json)
+        return;
+    fwrite(line, 1, len, actions_json);
+    fflush(actions_json);
+}
+
+void actions_set_sink(actions_sink_fn fn, void *arg)
+{
+    actions_sink = fn;
+    actions_sink_arg = arg;
 }
 
 int actions_json_open(const char *path)
@@ -326,4 +356,11 @@ void actions_json_close(void)
     if (actions_json)
         fclose(actions_json);
     actions_json = NULL;
+    if (actions_mem) {
+        fclose(actions_mem);
+        free(actions_mem_buf);
+    }
+    actions_mem = NULL;
+    actions_mem_buf = NULL;
+    actions_mem_len = 0;
 }

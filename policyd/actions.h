@@ -52,4 +52,13 @@ void actions_log(const struct decision *d);
 int actions_json_open(const char *path);
 void actions_json_close(void);
 
+/* actions_json_write - one more line (with its newline) to the JSON log,
+ * if it is open: the message records of tracking go there too. */
+void actions_json_write(const char *line, size_t len);
+
+/* A sink that also gets every decision's JSON record (without the
+ * newline), e.g. the Redis event stream; valid during the call only. */
+typedef void (*actions_sink_fn)(void *arg, const struct decision *d, const char *json, size_t len);
+void actions_set_sink(actions_sink_fn fn, void *arg);
+
 #endif

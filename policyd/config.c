@@ -26,8 +26,10 @@
 #include <sys/stat.h>
 #include <yaml.h>
 
+#include "alertmsg.h"
 #include "decay.h"
 #include "list.h"
+#include "smtpc.h"
 #include "template.h"
 #include "xalloc.h"
 
@@ -731,6 +733,50 @@ static void config_parse_store(struct loader *ld, yaml_node_t *n, const char *pa
         config_err(ld, n, path, "backend redis needs a redis: { address: ... } section");
 }
 
+/* log.stream: a key name, or { key:, maxlen:, decisions: }. The
+ * connection is store.redis's (address, db, password), whatever the
+ * backend. */
+static void config_parse_stream(struct loader *ld, yaml_node_t *n, const char *path)
+{
+    struct config_log *lg = &ld->cfg->log;
+    if (config_is_scalar(n)) {
+        free(lg->stream_key);
+        lg->stream_key = config_is_null(n) || !*config_scalar(n) ? NULL : xstrdup(config_scalar(n));
+        return;
+    }
+    if (!config_expect(ld, n, YAML_MAPPING_NODE, path))
+        return;
+    free(lg->stream_key);
+    lg->stream_key = xstrdup("smtpguard:events");
+    CONFIG_FOR_PAIRS(ld, n, pair) {
+        yaml_node_t *k;
+        const char *key = config_pair_key(ld, pair, path, &k);
+        if (!key)
+            continue;
+        yaml_node_t *v = config_node(ld, pair->value);
+        char *kpath = config_path(path, key);
+        unsigned long u;
+        bool b;
+        if (!strcmp(key, "key")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
+                if (!*config_scalar(v))
+                    config_err(ld, v, kpath, "a stream key may not be empty");
+                free(lg->stream_key);
+                lg->stream_key = xstrdup(config_scalar(v));
+            }
+        } else if (!strcmp(key, "maxlen")) {
+            if (config_parse_uint(ld, v, kpath, 100, 1000000000, &u))
+                lg->stream_maxlen = u;
+        } else if (!strcmp(key, "decisions")) {
+            if (config_parse_bool(ld, v, kpath, &b))
+                lg->stream_decisions = b;
+        } else {
+            config_unknown_key(ld, k, path, key, "key, maxlen, decisions");
+        }
+        free(kpath);
+    }
+}
+
 static void config_parse_log(struct loader *ld, yaml_node_t *n, const char *path)
 {
     struct config_log *lg = &ld->cfg->log;
@@ -771,8 +817,10 @@ static void config_parse_log(struct loader *ld, yaml_node_t *n, const char *path
                 free(lg->json);
                 lg->json = config_is_null(v) ? NULL : config_resolve_path(ld, config_scalar(v));
             }
+        } else if (!strcmp(key, "stream")) {
+            config_parse_stream(ld, v, kpath);
         } else {
-            config_unknown_key(ld, k, path, key, "syslog, stderr, level, json");
+            config_unknown_key(ld, k, path, key, "syslog, stderr, level, json, stream");
         }
         free(kpath);
     }
@@ -1790,13 +1838,29 @@ static bool config_parse_do_item(struct loader *ld, yaml_node_t *item, const cha
         return true;
     }
     if (!strcmp(word, "mail")) {
-        config_err(ld, item, path, "mail alerts are not available in this version; use log");
-        return false;
+        /* "mail" alone: the key of the first counter the rule tests;
+         * "mail COUNTER": that counter's key. */
+        if (!ld->cfg->alerts.enabled) {
+            config_err(ld, item, path,
+                       "mail needs a top-level alerts: section (smtp: or sendmail:, from:, to:)");
+            return false;
+        }
+        ar->side_mail = true;
+        if (*arg) {
+            int ci = rules_find_counter(ld->r, arg, strlen(arg));
+            if (ci < 0) {
+                config_err(ld, item, path, "mail: no counter named \"%s\"", arg);
+                return false;
+            }
+            ar->mail_counter = ci;
+            ld->r->counter_read[ci] = true; /* its key must be known */
+        }
+        return true;
     }
     enum verdict v;
     if (verdict_parse(word, wlen, &v) < 0) {
         config_err(ld, item, path,
-                   "unknown action \"%s\" (verdicts: dunno, permit, defer, reject, hold, discard, redirect ADDR, prepend HEADER, filter TRANSPORT, warn, sleep DURATION; side effects: log, delete [COUNTERS], wait DURATION)",
+                   "unknown action \"%s\" (verdicts: dunno, permit, defer, reject, hold, discard, redirect ADDR, prepend HEADER, filter TRANSPORT, warn, sleep DURATION; side effects: log, mail [COUNTER], delete [COUNTERS], wait DURATION)",
                    word);
         return false;
     }
@@ -1853,11 +1917,27 @@ static void config_check_message_code(struct loader *ld, yaml_node_t *v, const c
         config_err(ld, v, path, "only reject and defer messages may start with an SMTP code");
 }
 
+/* config_first_counter - the first counter a condition tests, or -1:
+ * whose key an alert names by default. */
+static int config_first_counter(const struct cond *c)
+{
+    if (!c)
+        return -1;
+    if (c->subject.is_counter && c->kind != COND_ALL && c->kind != COND_ANY && c->kind != COND_NOT)
+        return c->subject.index;
+    for (size_t i = 0; i < c->n_children; i++) {
+        int ci = config_first_counter(c->children[i]);
+        if (ci >= 0)
+            return ci;
+    }
+    return -1;
+}
+
 static void config_parse_action_rule(struct loader *ld, yaml_node_t *n, const char *path)
 {
     if (!config_expect(ld, n, YAML_MAPPING_NODE, path))
         return;
-    struct action_rule ar = {.verdict = VERDICT_DUNNO};
+    struct action_rule ar = {.verdict = VERDICT_DUNNO, .mail_counter = -1};
     bool ok = true, have_do = false, have_verdict = false;
     yaml_node_t *message = NULL;
     char *mpath = NULL;
@@ -1921,6 +2001,8 @@ static void config_parse_action_rule(struct loader *ld, yaml_node_t *n, const ch
             ok = false;
     }
     free(mpath);
+    if (ok && ar.side_mail && ar.mail_counter < 0)
+        ar.mail_counter = config_first_counter(ar.when);
     if (ok && ar.side_delete && ar.n_delete == 0) {
         /* Plain "delete": reset the counters the rule tests. */
         config_err(ld, n, path, "delete needs the counters to reset, e.g. \"delete ip user\"");
@@ -1954,6 +2036,204 @@ static void config_parse_rule_section(struct loader *ld, yaml_node_t *n, const c
         else
             config_parse_action_rule(ld, config_node(ld, *it), ipath);
         free(ipath);
+    }
+}
+
+/* ---- alerts and tracking (main file only) ---- */
+
+/* A mail address in the config: plain ASCII local@domain, nothing that
+ * could break an SMTP command or a header. */
+static bool config_valid_address(const char *s)
+{
+    const char *at = strrchr(s, '@');
+    size_t n = strlen(s);
+    if (!at || at == s || !at[1] || n > 254)
+        return false;
+    for (const char *p = s; *p; p++)
+        if (*p <= ' ' || *p >= 0x7f || strchr("<>,;\"()[]\\", *p))
+            return false;
+    return true;
+}
+
+static char *config_template_text(struct loader *ld, yaml_node_t *v, const char *path)
+{
+    if (!config_expect(ld, v, YAML_SCALAR_NODE, path))
+        return NULL;
+    char err[512];
+    if (alertmsg_check(config_scalar(v), err, sizeof err) < 0) {
+        config_err(ld, v, path, "%s", err);
+        return NULL;
+    }
+    return xstrdup(config_scalar(v));
+}
+
+static void config_parse_alerts(struct loader *ld, yaml_node_t *n, const char *path)
+{
+    struct config_alerts *al = &ld->cfg->alerts;
+    if (!config_expect(ld, n, YAML_MAPPING_NODE, path))
+        return;
+    al->enabled = true;
+    yaml_node_t *smtp = NULL, *sendmail = NULL;
+    CONFIG_FOR_PAIRS(ld, n, pair) {
+        yaml_node_t *k;
+        const char *key = config_pair_key(ld, pair, path, &k);
+        if (!key)
+            continue;
+        yaml_node_t *v = config_node(ld, pair->value);
+        char *kpath = config_path(path, key);
+        unsigned long u;
+        double d;
+        bool b;
+        if (!strcmp(key, "smtp")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
+                struct sockaddr_storage ss;
+                smtp = v;
+                if (smtpc_parse_address(config_scalar(v), &ss) < 0)
+                    config_err(ld, v, kpath,
+                               "expected an IP address and port, e.g. \"127.0.0.1:25\" or \"[::1]:25\", got \"%s\"",
+                               config_scalar(v));
+                free(al->smtp);
+                al->smtp = xstrdup(config_scalar(v));
+            }
+        } else if (!strcmp(key, "sendmail")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
+                sendmail = v;
+                if (config_scalar(v)[0] != '/')
+                    config_err(ld, v, kpath, "expected an absolute path, e.g. /usr/sbin/sendmail");
+                free(al->sendmail);
+                al->sendmail = xstrdup(config_scalar(v));
+            }
+        } else if (!strcmp(key, "from")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
+                if (!config_valid_address(config_scalar(v)))
+                    config_err(ld, v, kpath, "expected a mail address like smtpguard@isp.example, got \"%s\"",
+                               config_scalar(v));
+                free(al->from);
+                al->from = xstrdup(config_scalar(v));
+            }
+        } else if (!strcmp(key, "to")) {
+            yaml_node_t *single = config_is_scalar(v) ? v : NULL;
+            if (single || config_expect(ld, v, YAML_SEQUENCE_NODE, kpath)) {
+                size_t count = single ? 1 : (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+                for (size_t i = 0; i < count; i++) {
+                    yaml_node_t *item = single ? single : config_node(ld, v->data.sequence.items.start[i]);
+                    char *ipath = single ? xstrdup(kpath) : config_path_index(kpath, i);
+                    if (config_expect(ld, item, YAML_SCALAR_NODE, ipath)) {
+                        if (!config_valid_address(config_scalar(item)))
+                            config_err(ld, item, ipath, "expected a mail address like abuse@isp.example, got \"%s\"",
+                                       config_scalar(item));
+                        else if (al->n_to >= 100)
+                            config_err(ld, item, ipath, "at most 100 addresses");
+                        else {
+                            al->to = xreallocarray(al->to, al->n_to + 1, sizeof *al->to);
+                            al->to[al->n_to++] = xstrdup(config_scalar(item));
+                        }
+                    }
+                    free(ipath);
+                }
+            }
+        } else if (!strcmp(key, "helo")) {
+            if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
+                const char *h = config_scalar(v);
+                if (!*h || strlen(h) > 255 || strpbrk(h, " \t\r\n<>"))
+                    config_err(ld, v, kpath, "expected a host name");
+                free(al->helo);
+                al->helo = xstrdup(h);
+            }
+        } else if (!strcmp(key, "every")) {
+            if (config_parse_duration(ld, v, kpath, 1, &d)) {
+                if (d > 7 * 86400)
+                    config_err(ld, v, kpath, "at most 7d");
+                al->every = d;
+            }
+        } else if (!strcmp(key, "digest")) {
+            if (config_parse_bool(ld, v, kpath, &b))
+                al->digest = b;
+        } else if (!strcmp(key, "subject")) {
+            char *t = config_template_text(ld, v, kpath);
+            if (t) {
+                free(al->subject);
+                al->subject = t;
+            }
+        } else if (!strcmp(key, "body")) {
+            char *t = config_template_text(ld, v, kpath);
+            if (t) {
+                free(al->body);
+                al->body = t;
+            }
+        } else if (!strcmp(key, "timeout")) {
+            if (config_parse_duration(ld, v, kpath, 0.1, &d)) {
+                if (d > 600)
+                    config_err(ld, v, kpath, "at most 600s");
+                al->timeout = d;
+            }
+        } else if (!strcmp(key, "retries")) {
+            if (config_parse_uint(ld, v, kpath, 0, 100, &u))
+                al->retries = (unsigned)u;
+        } else if (!strcmp(key, "retry_delay")) {
+            if (config_parse_duration(ld, v, kpath, 0.1, &d)) {
+                if (d > 86400)
+                    config_err(ld, v, kpath, "at most 1d");
+                al->retry_delay = d;
+            }
+        } else if (!strcmp(key, "queue")) {
+            if (config_parse_uint(ld, v, kpath, 1, 100000, &u))
+                al->queue = (unsigned)u;
+        } else if (!strcmp(key, "evidence")) {
+            if (config_parse_uint(ld, v, kpath, 0, 1000, &u))
+                al->evidence = (unsigned)u;
+        } else {
+            config_unknown_key(ld, k, path, key,
+                               "smtp, sendmail, from, to, every, digest, subject, body, helo, timeout, retries, retry_delay, queue, evidence");
+        }
+        free(kpath);
+    }
+    if (smtp && sendmail)
+        config_err(ld, sendmail, path, "smtp: and sendmail: exclude each other; choose one");
+    else if (!smtp && !sendmail)
+        config_err(ld, n, path, "alerts need smtp: \"IP:port\" (a relay) or sendmail: PATH");
+    if (!al->from)
+        config_err(ld, n, path, "alerts need from: (the sender address)");
+    if (!al->n_to)
+        config_err(ld, n, path, "alerts need to: (one or more addresses)");
+}
+
+static void config_parse_tracking(struct loader *ld, yaml_node_t *n, const char *path)
+{
+    struct config_tracking *tr = &ld->cfg->tracking;
+    tr->enabled = tr->emit = true;
+    if (config_is_null(n))
+        return; /* "tracking:" alone: every message, defaults */
+    if (!config_expect(ld, n, YAML_MAPPING_NODE, path))
+        return;
+    CONFIG_FOR_PAIRS(ld, n, pair) {
+        yaml_node_t *k;
+        const char *key = config_pair_key(ld, pair, path, &k);
+        if (!key)
+            continue;
+        yaml_node_t *v = config_node(ld, pair->value);
+        char *kpath = config_path(path, key);
+        unsigned long u;
+        double d;
+        if (!strcmp(key, "when")) {
+            config_cond_free(tr->when);
+            tr->when = config_parse_when(ld, v, kpath, true, 0);
+        } else if (!strcmp(key, "max_open")) {
+            if (config_parse_uint(ld, v, kpath, 1, 10000000, &u))
+                tr->max_open = (unsigned)u;
+        } else if (!strcmp(key, "idle")) {
+            if (config_parse_duration(ld, v, kpath, 1, &d)) {
+                if (d > 86400)
+                    config_err(ld, v, kpath, "at most 1d");
+                tr->idle = d;
+            }
+        } else if (!strcmp(key, "history")) {
+            if (config_parse_uint(ld, v, kpath, 0, 10000000, &u))
+                tr->history = (unsigned)u;
+        } else {
+            config_unknown_key(ld, k, path, key, "when, max_open, idle, history");
+        }
+        free(kpath);
     }
 }
 
@@ -2026,6 +2306,19 @@ static void config_defaults(struct config *cfg)
     cfg->on_error = xstrdup("DUNNO");
     cfg->log.to_stderr = true;
     cfg->log.level = LOG_LEVEL_INFO;
+    cfg->log.stream_maxlen = 100000;
+    cfg->log.stream_decisions = true;
+    cfg->alerts.every = 3600;
+    cfg->alerts.timeout = 30;
+    cfg->alerts.retries = 5;
+    cfg->alerts.retry_delay = 60;
+    cfg->alerts.queue = 100;
+    cfg->alerts.evidence = 10;
+    cfg->alerts.subject = xstrdup(alertmsg_default_subject);
+    cfg->alerts.body = xstrdup(alertmsg_default_body);
+    cfg->tracking.max_open = 10000;
+    cfg->tracking.idle = 600;
+    cfg->tracking.history = 1000;
 }
 
 static void config_main_settings(struct loader *ld, yaml_node_t *root)
@@ -2050,11 +2343,13 @@ static void config_main_settings(struct loader *ld, yaml_node_t *root)
             config_parse_admin(ld, v, key);
         else if (!strcmp(key, "record"))
             config_parse_record(ld, v, key);
-        else if (!strcmp(key, "include"))
-            ; /* read before the rules, see config_run */
+        else if (!strcmp(key, "alerts"))
+            config_parse_alerts(ld, v, key);
+        else if (!strcmp(key, "include") || !strcmp(key, "tracking"))
+            ; /* include: read before the rules; tracking: after them (config_run) */
         else if (!config_is_rule_section(key))
             config_unknown_key(ld, k, "", key,
-                               "listen, clients, limits, store, include, log, admin, record, counters, lists, points, actions");
+                               "listen, clients, limits, store, include, log, admin, record, alerts, tracking, counters, lists, points, actions");
     }
 }
 
@@ -2103,6 +2398,17 @@ static struct config *config_run(struct loader *ld)
     config_rule_pass(ld, true);
     ld->r->counter_read = xcalloc(ld->r->n_counters ? ld->r->n_counters : 1, sizeof(bool));
     config_rule_pass(ld, false);
+    if (root) {
+        /* Its when: may test counters, known only now. */
+        ld->cur = &ld->files[0];
+        CONFIG_FOR_PAIRS(ld, root, pair) {
+            yaml_node_t *k = config_node(ld, pair->key);
+            if (config_is_scalar(k) && !strcmp(config_scalar(k), "tracking"))
+                config_parse_tracking(ld, config_node(ld, pair->value), "tracking");
+        }
+    }
+    if (cfg->alerts.enabled)
+        cfg->tracking.enabled = true; /* alerts take their evidence from it */
 
     if (!cfg->clients) {
         /* Default: loopback only; an operator opens it up explicitly. */
@@ -2195,6 +2501,17 @@ void config_unref(struct config *cfg)
     if (cfg->clients)
         cidr_set_free(cfg->clients);
     store_config_fini(&cfg->store);
+    free(cfg->log.stream_key);
+    free(cfg->alerts.smtp);
+    free(cfg->alerts.sendmail);
+    free(cfg->alerts.from);
+    for (size_t i = 0; i < cfg->alerts.n_to; i++)
+        free(cfg->alerts.to[i]);
+    free(cfg->alerts.to);
+    free(cfg->alerts.helo);
+    free(cfg->alerts.subject);
+    free(cfg->alerts.body);
+    config_cond_free(cfg->tracking.when);
     free(cfg->on_error);
     free(cfg->log.syslog);
     free(cfg->log.json);

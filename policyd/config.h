@@ -45,6 +45,39 @@ struct config_log {
     bool to_stderr;             /* also write to stderr */
     enum log_level level;
     char *json;                 /* JSON-lines decision log path, or NULL */
+    char *stream_key;           /* Redis stream of events (XADD), or NULL */
+    unsigned long stream_maxlen; /* entries kept, approximately (MAXLEN ~) */
+    bool stream_decisions;      /* decisions go to the stream too, not only messages */
+};
+
+/* alerts: the abuse desk's mail (see alert.h). */
+struct config_alerts {
+    bool enabled;               /* an alerts: section is present */
+    char *smtp;                 /* relay "IP:port", or NULL */
+    char *sendmail;             /* sendmail program, or NULL */
+    char *from;                 /* envelope and header sender */
+    char **to;                  /* abuse desk addresses */
+    size_t n_to;
+    char *helo;                 /* EHLO name; NULL = this host's name */
+    double every;               /* seconds: one alert per (rule, key) per interval */
+    bool digest;                /* one mail per interval listing every alert */
+    char *subject;              /* template (alertmsg) */
+    char *body;                 /* template (alertmsg) */
+    double timeout;             /* seconds per SMTP step, or per sendmail run */
+    unsigned retries;           /* more tries of a mail that failed for now */
+    double retry_delay;         /* seconds before the first retry; doubles */
+    unsigned queue;             /* mails waiting at most */
+    unsigned evidence;          /* messages listed in a mail */
+};
+
+/* tracking: one record per message (see track.h). */
+struct config_tracking {
+    bool enabled;               /* records are kept (tracking: or alerts: present) */
+    bool emit;                  /* records go to the event log (tracking: present) */
+    struct cond *when;          /* which messages are recorded; NULL = all */
+    unsigned max_open;          /* transactions followed at once */
+    double idle;                /* seconds before an unfinished one is closed */
+    unsigned history;           /* closed records kept in memory for evidence */
 };
 
 struct config_admin {
@@ -61,6 +94,8 @@ struct config {
     struct cidr_set *clients;   /* allowed TCP peers */
     struct config_limits limits;
     struct store_config store;
+    struct config_alerts alerts;
+    struct config_tracking tracking;
     char *on_error;             /* Postfix action text when the store fails */
     struct config_log log;
     struct config_admin admin;  /* HTTP admin API and /metrics */

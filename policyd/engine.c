@@ -15,6 +15,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "followup.h"
 #include "log.h"
 #include "metrics.h"
 #include "record.h"
@@ -182,6 +183,9 @@ void engine_finish(struct engine_req *er, struct store *st, unsigned long conn_i
         .store_failed = er->store_failed,
         .elapsed_ms = (double)(engine_now_ns() - er->started_ns) / 1e6,
     };
+    /* Tracking and alerts first: a message's record goes out just before
+     * the decision line of its END-OF-MESSAGE. */
+    followup_decision(er->cfg, &d);
     actions_log(&d);
     engine_count(er, d.elapsed_ms);
     record_write(&er->req);

@@ -1,7 +1,8 @@
 /*
  * engine - deciding one request: the points rules, one store round trip,
  * the action rules, the answer text; and once the answer is out, the
- * decision record and the side effects (delete).
+ * decision record and the side effects (delete; tracking, event stream
+ * and alert mail through followup.h).
  *
  * The daemon's connections drive requests through it, and so can an
  * offline tool (a dry run, a replay) with a memory store and its own

@@ -149,6 +149,8 @@ struct action_rule {
     int *delete_counters;       /* indices */
     size_t n_delete;
     bool log_only;
+    bool side_mail;             /* `mail`: alert the abuse desk */
+    int mail_counter;           /* whose key the alert names; -1 = the client address */
 };
 
 struct rules {

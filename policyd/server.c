@@ -17,6 +17,7 @@
 #include "actions.h"
 #include "admin.h"
 #include "conn.h"
+#include "followup.h"
 #include "listener.h"
 #include "metrics.h"
 #include "record.h"
@@ -121,6 +122,7 @@ int server_start(struct server *srv, uv_loop_t *loop, struct config *cfg)
     uv_unref((uv_handle_t *)&srv->list_timer);
     uv_timer_init(loop, &srv->drain_timer);
     srv->drain_timer.data = srv;
+    followup_start(loop, cfg);
     return 0;
 }
 
@@ -198,6 +200,7 @@ int server_reload(struct server *srv)
     log_info("config reloaded generation=%u counters=%zu lists=%zu points=%zu actions=%zu",
              cfg->generation, cfg->rules->n_counters, cfg->rules->n_lists, cfg->rules->n_points,
              cfg->rules->n_actions);
+    followup_reload(cfg);
     return 0;
 }
 
@@ -218,6 +221,7 @@ static void server_close_handles(struct server *srv)
         store_close(srv->store);
         srv->store = NULL;
     }
+    followup_stop();
 }
 
 void server_conn_closed(struct server *srv)

@@ -18,6 +18,8 @@ What it offers:
   policy_request()   a Postfix-like request dict
   Postfix            a throwaway Postfix instance (see shared/POSTFIX-TESTING.md)
   smtp_session()     smtplib + XCLIENT; per-recipient reply codes and texts
+  SMTPCatcher        a small SMTP server on a loopback port that keeps what it
+                     receives (alert mail); modes: accept, tempfail, hang
   require_*()        skip (outside CI) or fail (under CI=true) when a tool is missing
 
 Environment:
@@ -1067,6 +1069,140 @@ def smtp_session(port, rcpts, sender="sender@example.org", addr=None, name=None,
         s.close()
     sess.elapsed = time.monotonic() - t0
     return sess
+
+
+# ---------------------------------------------------------------- SMTP catcher
+
+class CaughtMail:
+    def __init__(self, mail_from, rcpts, data):
+        self.mail_from = mail_from
+        self.rcpts = rcpts
+        self.data = data            # bytes as received, dot-unstuffed, CRLF
+
+    def message(self):
+        """The mail parsed with the email package (policy default: decoded headers)."""
+        import email
+        import email.policy
+        return email.message_from_bytes(self.data, policy=email.policy.default)
+
+    def body(self):
+        """The decoded text, with \\n line ends."""
+        return self.message().get_content().replace("\r\n", "\n")
+
+    def __repr__(self):
+        return "CaughtMail(from=%r rcpts=%r %d bytes)" % (self.mail_from, self.rcpts,
+                                                         len(self.data))
+
+
+class SMTPCatcher:
+    """An SMTP server thread on 127.0.0.1:PORT that stores what it receives.
+
+    mode: "accept" (250 to everything), "tempfail" (451 at MAIL FROM),
+    "hang" (accepts the connection, never says a word). Every session has
+    a deadline; stop() closes the socket and joins the threads."""
+
+    def __init__(self, mode="accept", port=None):
+        import threading
+        self.mode = mode
+        self.port = port or free_port()
+        self.mails = []
+        self.sessions = 0
+        self.lock = threading.Lock()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", self.port))
+        self.sock.listen(16)
+        self.sock.settimeout(0.2)
+        self.stopping = False
+        self.threads = []
+        self.t = threading.Thread(target=self._accept, daemon=True)
+        self.t.start()
+
+    def _accept(self):
+        import threading
+        while not self.stopping:
+            try:
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            with self.lock:
+                self.sessions += 1
+            th = threading.Thread(target=self._session, args=(conn,), daemon=True)
+            self.threads.append(th)
+            th.start()
+
+    def _session(self, conn):
+        conn.settimeout(30)
+        f = conn.makefile("rb")
+        try:
+            if self.mode == "hang":
+                deadline = time.monotonic() + 30
+                while not self.stopping and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                return
+            conn.sendall(b"220 catcher.test ESMTP\r\n")
+            mail_from, rcpts = None, []
+            while not self.stopping:
+                line = f.readline(4096)
+                if not line:
+                    return
+                cmd = line.strip().decode(errors="replace")
+                verb = cmd[:4].upper()
+                if verb in ("EHLO", "HELO"):
+                    conn.sendall(b"250-catcher.test\r\n250 8BITMIME\r\n")
+                elif verb == "MAIL":
+                    if self.mode == "tempfail":
+                        conn.sendall(b"451 4.3.0 try later\r\n")
+                        continue
+                    mail_from = cmd[10:].strip().strip("<>")
+                    rcpts = []
+                    conn.sendall(b"250 ok\r\n")
+                elif verb == "RCPT":
+                    rcpts.append(cmd[8:].strip().strip("<>"))
+                    conn.sendall(b"250 ok\r\n")
+                elif verb == "DATA":
+                    conn.sendall(b"354 go ahead\r\n")
+                    lines = []
+                    while True:
+                        l = f.readline(100000)
+                        if not l or l == b".\r\n":
+                            break
+                        if l.startswith(b".."):
+                            l = l[1:]
+                        lines.append(l)
+                    with self.lock:
+                        self.mails.append(CaughtMail(mail_from, rcpts, b"".join(lines)))
+                    conn.sendall(b"250 2.0.0 queued as CATCHED\r\n")
+                elif verb == "QUIT":
+                    conn.sendall(b"221 bye\r\n")
+                    return
+                elif verb == "RSET":
+                    conn.sendall(b"250 ok\r\n")
+                else:
+                    conn.sendall(b"502 unknown\r\n")
+        except OSError:
+            return
+        finally:
+            try:
+                conn.close()
+            except OSError:
+                pass
+
+    def wait_mails(self, n, timeout=10.0):
+        wait_until(lambda: len(self.mails) >= n, timeout * SLOW, what="%d mails at the catcher" % n)
+        return list(self.mails)
+
+    def stop(self):
+        self.stopping = True
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self.t.join(5)
+        for th in self.threads:
+            th.join(5)
 
 
 # ---------------------------------------------------------------- test base
