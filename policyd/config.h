@@ -25,6 +25,7 @@
 #include <stddef.h>
 
 #include "cidr.h"
+#include "dns.h"
 #include "log.h"
 #include "protocol.h"
 #include "rules.h"
@@ -55,6 +56,7 @@ struct config {
     struct cidr_set *clients;   /* allowed TCP peers */
     struct config_limits limits;
     struct store_config store;
+    struct dns_config dns;      /* resolver settings (dns:) */
     char *on_error;             /* Postfix action text when the store fails */
     struct config_log log;
     struct rules *rules;

@@ -306,6 +306,7 @@ static void conn_process(struct conn *c)
         c->req_no++;
         c->busy = true;
         c->refs++; /* until the engine calls back */
+        c->er.dns = srv->dns;
         engine_start(&c->er, srv->cfg, srv->store, conn_on_decided, c);
     }
     c->in_process = false;

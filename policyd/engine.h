@@ -7,11 +7,19 @@
  * offline tool (a dry run, a replay) with a memory store and its own
  * clock: the engine does no socket I/O.
  *
+ * DNS: before the points, the engine asks the DNS questions that rules
+ * can still need (rules_dns_needed), all at once, through er->dns (set
+ * by the caller; NULL means no resolver: every check counts as not
+ * asked). Cached answers come back at once; the others within the
+ * resolver's deadline, after which a missing answer is TEMPFAIL ("not
+ * listed", or a temporary-failure answer for checks with on_error: defer).
+ *
  * Lifetime: the caller owns the struct engine_req (a connection embeds
  * one and reuses it), fills er->req, and calls engine_start(). The done
  * callback runs exactly once, either before engine_start() returns (no
- * counter concerns the request, or it was whitelisted) or later from the
- * store's callback; the caller must keep er alive until then. After the
+ * counter concerns the request, it was whitelisted, or its DNS answers
+ * were cached) or later from the store's or the resolver's callback; the
+ * caller must keep er alive until then. After the
  * answer has been delivered the caller calls engine_finish(), which logs,
  * starts the side effects and drops the config reference; then er may be
  * reused.
@@ -24,11 +32,13 @@
 
 #include "actions.h"
 #include "config.h"
+#include "dns.h"
 #include "request.h"
 #include "rules.h"
 #include "store.h"
 
 struct engine_req;
+struct engine_dns;
 
 typedef void (*engine_done_cb)(struct engine_req *er, void *arg);
 
@@ -44,6 +54,11 @@ struct engine_req {
     double wait;                /* seconds the answer is to be held back */
     engine_done_cb cb;
     void *cb_arg;
+    struct dns *dns;            /* resolver for DNS checks (the caller's); NULL = none */
+    struct engine_dns *dnsst;   /* per-question progress, allocated on first use */
+    struct dns_job dns_job;     /* deadline of this request's questions */
+    unsigned dns_pending;       /* questions still out */
+    bool dns_failed;            /* answered a temporary failure (on_error: defer) */
 };
 
 void engine_req_init(struct engine_req *er);
