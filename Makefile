@@ -136,6 +136,8 @@ install: all
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/sbin/smtpguard
 	install -m 0644 smtpguard.yaml.example $(DESTDIR)$(PREFIX)/etc/smtpguard/smtpguard.yaml.example
 	install -m 0644 rules.d/*.yaml $(DESTDIR)$(PREFIX)/etc/smtpguard/rules.d/
+	install -d $(DESTDIR)$(PREFIX)/etc/smtpguard/rules.d/inbound
+	install -m 0644 rules.d/inbound/*.yaml $(DESTDIR)$(PREFIX)/etc/smtpguard/rules.d/inbound/
 	cp -R contrib/. $(DESTDIR)$(PREFIX)/share/smtpguard/contrib/
 
 clean:

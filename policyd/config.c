@@ -1628,17 +1628,21 @@ static struct cond *config_parse_dnslist(struct loader *ld, enum dnslist_type li
             ok = false;
         }
     }
+    /* Zones are checked even after an error above: every mistake is
+     * reported in one go. */
     char *zpath = zones == n ? xstrdup(path) : config_path(path, "zones");
-    if (ok && zones->type == YAML_SCALAR_NODE) {
-        ok = config_dns_member(ld, c, zones, NULL, zpath, &sp, codes, n_codes);
-    } else if (ok && zones->type == YAML_SEQUENCE_NODE) {
+    if (!zones) {
+        ;
+    } else if (zones->type == YAML_SCALAR_NODE) {
+        ok &= config_dns_member(ld, c, zones, NULL, zpath, &sp, codes, n_codes);
+    } else if (zones->type == YAML_SEQUENCE_NODE) {
         size_t i = 0;
         CONFIG_FOR_ITEMS(ld, zones, it) {
             char *ipath = config_path_index(zpath, i++);
             ok &= config_dns_member(ld, c, config_node(ld, *it), NULL, ipath, &sp, codes, n_codes);
             free(ipath);
         }
-    } else if (ok && zones->type == YAML_MAPPING_NODE) {
+    } else if (zones->type == YAML_MAPPING_NODE) {
         /* zone: WEIGHT, or zone: { weight: N, codes: [...] } */
         CONFIG_FOR_PAIRS(ld, zones, pair) {
             yaml_node_t *zk = config_node(ld, pair->key);
@@ -1648,7 +1652,7 @@ static struct cond *config_parse_dnslist(struct loader *ld, enum dnslist_type li
                                     n_codes);
             free(ipath);
         }
-    } else if (ok) {
+    } else {
         config_err(ld, zones, zpath, "expected a zone, a list of zones or zone: weight pairs");
         ok = false;
     }

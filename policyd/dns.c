@@ -11,9 +11,10 @@
  * up has already unlinked its waiter; the answer then only fills the
  * cache.
  *
- * c-ares's per-try timeout doubles with each try, so the first try gets
- * timeout / (2^tries - 1): the whole query ends close to the deadline
- * the requests wait for.
+ * c-ares's per-try timeout doubles with each try; the first try gets
+ * 1.5 * timeout / (2^tries - 1), so a retry happens within the deadline
+ * the requests wait for, and a slow answer that comes after it still
+ * fills the cache for the next request.
  */
 #include "dns.h"
 
@@ -556,7 +557,8 @@ int dns_open(struct dns **out, const struct dns_config *cfg, uv_loop_t *loop, ch
     memset(&o, 0, sizeof o);
     unsigned tries = cfg->tries ? cfg->tries : 1;
     unsigned spread = (1u << tries) - 1;
-    o.timeout = (int)(cfg->timeout_ms / spread > 10 ? cfg->timeout_ms / spread : 10);
+    unsigned first = cfg->timeout_ms * 3 / 2 / spread;
+    o.timeout = (int)(first > 10 ? first : 10);
     o.tries = (int)tries;
     /* SERVFAIL and REFUSED are answers to pass on, not reasons to wait
      * for another try. */
