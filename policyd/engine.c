@@ -110,12 +110,14 @@ static void engine_ignore_scores(void *arg, int status, const double *scores, si
     (void)now;
 }
 
-/* engine_points - count, then decide (the DNS answers, if any, are in). */
-static void engine_points(struct engine_req *er)
+/* engine_points - count, then decide; dns: the DNS answers are in ev. */
+static void engine_points(struct engine_req *er, bool dns)
 {
     const struct rules *r = er->cfg->rules;
     struct store *st = er->store;
-    if (rules_eval_points(r, &er->req, &er->ev)) {
+    bool stopped = dns ? rules_eval_points_dns(r, &er->req, &er->ev)
+                       : rules_eval_points(r, &er->req, &er->ev);
+    if (stopped) {
         /* Whitelisted: answer now; what was counted before the `then:`
          * rule is stored without waiting for it. */
         if (er->ev.n_updates)
@@ -155,8 +157,7 @@ static void engine_dns_done(struct engine_req *er)
         engine_done(er);
         return;
     }
-    er->ev.dns_ready = true;
-    engine_points(er);
+    engine_points(er, true);
 }
 
 /* engine_dns_final - question i has its answer. */
@@ -277,7 +278,7 @@ void engine_start(struct engine_req *er, struct config *cfg, struct store *st, e
         engine_dns_start(er);
         return;
     }
-    engine_points(er);
+    engine_points(er, false);
 }
 
 static void engine_ignore_reset(void *arg, int status)

@@ -200,13 +200,24 @@ static double rules_add_amount(const struct points_rule *pr, const struct add *a
     return n / a->value;
 }
 
+static bool rules_eval_points_run(const struct rules *r, struct request *req, struct eval *ev);
+
 bool rules_eval_points(const struct rules *r, struct request *req, struct eval *ev)
 {
+    rules_eval_reset(ev, r);
+    return rules_eval_points_run(r, req, ev);
+}
+
+bool rules_eval_points_dns(const struct rules *r, struct request *req, struct eval *ev)
+{
     /* The DNS answers of this request stay; anything else starts anew. */
-    if (ev->dns_ready)
-        rules_eval_reset_counts(ev, r);
-    else
-        rules_eval_reset(ev, r);
+    rules_eval_reset_counts(ev, r);
+    ev->dns_ready = true;
+    return rules_eval_points_run(r, req, ev);
+}
+
+static bool rules_eval_points_run(const struct rules *r, struct request *req, struct eval *ev)
+{
     for (size_t i = 0; i < r->n_points; i++) {
         const struct points_rule *pr = &r->points[i];
         if (pr->when && !rules_cond_match(r, pr->when, req, ev))

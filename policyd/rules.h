@@ -16,6 +16,13 @@
  * A struct eval holds the per-request state; it lives in the connection
  * and is reused, so evaluation allocates nothing (derived strings and
  * counter keys go to the request's arena).
+ *
+ * DNS conditions (dnsbl, rhsbl, dnswl, rdns, sender_mx, helo_resolves,
+ * country) compile to questions in rules->dnsqs, one per distinct thing
+ * asked. Before counting, rules_dns_needed() says which a request needs
+ * (lazily: not those of rules that cannot match any more); the engine
+ * asks them and puts the answers in ev->dns[]; the DNS leaves then read
+ * them like attributes. No I/O here.
  */
 #ifndef SMTPGUARD_RULES_H
 #define SMTPGUARD_RULES_H
@@ -249,13 +256,18 @@ void rules_eval_reset(struct eval *ev, const struct rules *r);
  * matches) and of action rules that may match (up to one that surely
  * matches). A request decided by its attributes alone asks nothing.
  * Returns the number of questions needed. The caller then fills
- * ev->dns[] and sets ev->dns_ready before rules_eval_points. */
+ * ev->dns[] and counts with rules_eval_points_dns. */
 size_t rules_dns_needed(const struct rules *r, struct request *req, struct eval *ev);
 
 /* rules_eval_points - run the points rules; fill ev->updates with the
  * counters to add to or read. Returns true if counting stopped at a
  * `then:` rule (ev->stopped_by), in which case actions are not tested. */
 bool rules_eval_points(const struct rules *r, struct request *req, struct eval *ev);
+
+/* rules_eval_points_dns - the same, keeping the DNS answers put in
+ * ev->dns[] since rules_dns_needed (and marking them ready). Plain
+ * rules_eval_points starts from a blank ev: every DNS check not asked. */
+bool rules_eval_points_dns(const struct rules *r, struct request *req, struct eval *ev);
 
 /* rules_set_scores - take the store's answer (scores[i] for updates[i]). */
 void rules_set_scores(const struct rules *r, struct eval *ev, const double *scores, size_t n);

@@ -150,8 +150,7 @@ static void test_rules_dns_weights_min_and_templates(void **state)
         if (ev.dns_need[i])
             ev.dns[i].status = DNS_NOTFOUND;
     listed(&ev, qa, 0x7f000002);
-    ev.dns_ready = true;
-    assert_false(rules_eval_points(r, &req, &ev));
+    assert_false(rules_eval_points_dns(r, &req, &ev));
     assert_true(ev.dns_ready); /* counting keeps the answers */
     assert_int_equal(ev.n_updates, 1);
     assert_true(ev.updates[0].points == 3.0);
@@ -166,8 +165,7 @@ static void test_rules_dns_weights_min_and_templates(void **state)
     for (size_t i = 0; i < r->n_dnsqs; i++)
         if (ev.dns_need[i] && r->dnsqs[i].zone && strcmp(r->dnsqs[i].zone, "wl.example") != 0)
             listed(&ev, (int)i, 0x7f000002);
-    ev.dns_ready = true;
-    rules_eval_points(r, &req, &ev);
+    rules_eval_points_dns(r, &req, &ev);
     assert_true(ev.updates[0].points == 4.5);
     score = 4.5;
     rules_set_scores(r, &ev, &score, 1);
@@ -181,8 +179,7 @@ static void test_rules_dns_weights_min_and_templates(void **state)
     rules_dns_needed(r, &req, &ev);
     listed(&ev, question(DNSQ_LIST_IP, "wl.example"), 0x7f000a01);
     listed(&ev, qa, 0x7f000002);
-    ev.dns_ready = true;
-    assert_true(rules_eval_points(r, &req, &ev));
+    assert_true(rules_eval_points_dns(r, &req, &ev));
     assert_string_equal(ev.stopped_by->name, "wl");
 
     /* A failed check matches nothing: not listed. */
@@ -190,8 +187,7 @@ static void test_rules_dns_weights_min_and_templates(void **state)
     for (size_t i = 0; i < r->n_dnsqs; i++)
         if (ev.dns_need[i])
             ev.dns[i].status = DNS_TEMPFAIL;
-    ev.dns_ready = true;
-    assert_false(rules_eval_points(r, &req, &ev));
+    assert_false(rules_eval_points_dns(r, &req, &ev));
     assert_true(ev.n_updates == 0 || ev.updates[0].points == 0);
 
     /* Sender MX and country read their answers. */
@@ -200,8 +196,7 @@ static void test_rules_dns_weights_min_and_templates(void **state)
     int qmx = question(DNSQ_MX, NULL);
     ev.dns[qmx].status = DNS_FOUND;
     ev.dns[qmx].mx = DNS_MX_NULL;
-    ev.dns_ready = true;
-    rules_eval_points(r, &req, &ev);
+    rules_eval_points_dns(r, &req, &ev);
     ar = rules_decide(r, &req, &ev);
     assert_non_null(ar);
     assert_string_equal(ar->name, "mx");
@@ -210,14 +205,12 @@ static void test_rules_dns_weights_min_and_templates(void **state)
     int qcc = question(DNSQ_COUNTRY_TXT, "cc.example");
     ev.dns[qcc].status = DNS_FOUND;
     strcpy(ev.dns[qcc].text, "CN");
-    ev.dns_ready = true;
-    rules_eval_points(r, &req, &ev);
+    rules_eval_points_dns(r, &req, &ev);
     ar = rules_decide(r, &req, &ev);
     assert_non_null(ar);
     actions_format(r, ar, &req, &ev, answer, sizeof answer);
     assert_string_equal(answer, "550 5.7.1 CN");
     /* Without DNS answers (an offline tool), nothing DNS matches. */
-    rules_eval_reset(&ev, r);
     rules_eval_points(r, &req, &ev);
     assert_null(rules_decide(r, &req, &ev));
     request_fini(&req);
