@@ -57,6 +57,9 @@ SRCS += policyd/redisaux.c
 SRCS += policyd/alert.c
 SRCS += policyd/followup.c
 SRCS += policyd/engine.c
+SRCS += policyd/dnsname.c
+SRCS += policyd/dnscache.c
+SRCS += policyd/dns.c
 SRCS += policyd/store.c
 SRCS += policyd/sha1.c
 SRCS += policyd/store_memory.c
@@ -150,6 +153,8 @@ install: all
 	install -m 0644 smtpguard.yaml.example $(DESTDIR)$(SYSCONFDIR)/smtpguard/smtpguard.yaml.example
 	install -m 0644 rules.d/*.yaml $(DESTDIR)$(SYSCONFDIR)/smtpguard/rules.d/
 	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/smtpguard/README.md
+	install -d $(DESTDIR)$(SYSCONFDIR)/smtpguard/rules.d/inbound
+	install -m 0644 rules.d/inbound/*.yaml $(DESTDIR)$(SYSCONFDIR)/smtpguard/rules.d/inbound/
 	cp -R contrib/. $(DESTDIR)$(PREFIX)/share/smtpguard/contrib/
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 scripts/smtpguard-log $(DESTDIR)$(PREFIX)/bin/smtpguard-log

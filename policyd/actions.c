@@ -138,7 +138,7 @@ size_t actions_format(const struct rules *r, const struct action_rule *ar, struc
 bool actions_log_wanted(const struct decision *d)
 {
     const struct eval *ev = d->ev;
-    if (d->store_failed || ev->n_would || ev->n_would_points)
+    if (d->store_failed || d->dns_failed || ev->n_would || ev->n_would_points)
         return true;
     if (ev->stopped_by)
         return ev->stopped_by->then == VERDICT_PERMIT;
@@ -174,6 +174,30 @@ static void actions_add_scores(struct outbuf *o, const struct decision *d)
     }
 }
 
+/* The DNS lists that listed the client, as " dnsbl=zone:code,..." */
+static void actions_add_dns(struct outbuf *o, const struct decision *d)
+{
+    static const char *const label[] = {"", "dnsbl", "rhsbl", "dnswl"};
+    const struct eval *ev = d->ev;
+    if (!ev->dns_ready)
+        return;
+    for (int t = DNSLIST_BL; t <= DNSLIST_WL; t++) {
+        bool first = true;
+        for (size_t i = 0; i < d->rules->n_dnsqs; i++) {
+            const struct dnsq *q = &d->rules->dnsqs[i];
+            if (q->list != (enum dnslist_type)t || ev->dns[i].status != DNS_FOUND)
+                continue;
+            uint32_t a = ev->dns[i].code;
+            char item[320];
+            snprintf(item, sizeof item, "%s%s%s%s:%u.%u.%u.%u", first ? " " : ",",
+                     first ? label[t] : "", first ? "=" : "", q->zone, a >> 24,
+                     (a >> 16) & 255, (a >> 8) & 255, a & 255);
+            out_str(o, item);
+            first = false;
+        }
+    }
+}
+
 static void actions_log_line(const struct decision *d)
 {
     char line[3072];
@@ -206,6 +230,8 @@ static void actions_log_line(const struct decision *d)
     const struct eval *ev = d->ev;
     if (d->store_failed) {
         out_str(&o, " rule=- verdict=on_error");
+    } else if (d->dns_failed) {
+        out_str(&o, " rule=- verdict=dns_defer");
     } else if (ev->stopped_by) {
         out_str(&o, " rule=");
         out_str(&o, ev->stopped_by->name);
@@ -229,6 +255,7 @@ static void actions_log_line(const struct decision *d)
         out_str(&o, ev->would_points[i]->name);
     }
     actions_add_scores(&o, d);
+    actions_add_dns(&o, d);
     out_str(&o, " action=\"");
     out_str(&o, log_quote(d->answer, strlen(d->answer), q, sizeof q));
     out_str(&o, "\"");
@@ -285,6 +312,7 @@ static void actions_log_json(const struct decision *d)
     if (rule)
         json_field(fp, "rule", rule, strlen(rule));
     const char *verdict = d->store_failed ? "on_error"
+                          : d->dns_failed ? "dns_defer"
                           : ev->stopped_by ? (ev->stopped_by->then == VERDICT_PERMIT ? "permit" : "dunno")
                           : ev->decided    ? verdict_name(ev->decided->verdict)
                                            : "dunno";

@@ -30,6 +30,7 @@ struct decision {
     const struct eval *ev;
     const char *answer;         /* the action text sent to Postfix */
     bool store_failed;          /* answered with on_error */
+    bool dns_failed;            /* answered a temporary failure: DNS (on_error: defer) */
     double elapsed_ms;          /* from request parsed to answer */
 };
 

@@ -14,6 +14,7 @@
 #include "config.h"
 
 #include <errno.h>
+#include <ctype.h>
 #include <glob.h>
 #include <limits.h>
 #include <math.h>
@@ -23,11 +24,13 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <yaml.h>
 
 #include "alertmsg.h"
 #include "decay.h"
+#include "dnsname.h"
 #include "list.h"
 #include "smtpc.h"
 #include "template.h"
@@ -241,6 +244,18 @@ static void config_unknown_key(struct loader *ld, yaml_node_t *k, const char *pa
                                const char *key, const char *known)
 {
     config_err(ld, k, path, "unknown setting \"%s\" (known: %s)", key, known);
+}
+
+/* The `when:` keys of DNS checks. */
+static const char *const config_dns_keys[] = {"dnsbl", "rhsbl", "dnswl", "rdns", "sender_mx",
+                                              "helo_resolves", "country", NULL};
+
+static bool config_is_dns_key(const char *key)
+{
+    for (size_t i = 0; config_dns_keys[i]; i++)
+        if (!strcmp(key, config_dns_keys[i]))
+            return true;
+    return false;
 }
 
 /* ---- file loading ---- */
@@ -826,6 +841,136 @@ static void config_parse_log(struct loader *ld, yaml_node_t *n, const char *path
     }
 }
 
+/* ---- dns: ---- */
+
+/* "IP", "IP:port", "[v6]:port" or a bare IPv6 address: what c-ares's
+ * ares_set_servers_ports_csv takes. */
+static bool config_valid_dns_server(const char *s)
+{
+    struct ipaddr ip;
+    size_t len = strlen(s);
+    if (ipaddr_parse(s, len, &ip) == 0 && s[0] != '[')
+        return true;
+    const char *colon = s[0] == '[' ? strstr(s, "]:") : strrchr(s, ':');
+    if (!colon)
+        return false;
+    const char *port = colon + (s[0] == '[' ? 2 : 1);
+    char *end;
+    long p = strtol(port, &end, 10);
+    if (!*port || *end || p <= 0 || p > 65535)
+        return false;
+    size_t hlen = (size_t)(colon - s) + (s[0] == '[' ? 1 : 0);
+    return ipaddr_parse(s, hlen, &ip) == 0 && (s[0] == '[' || ip.family == AF_INET);
+}
+
+/* A DNS zone as written in the config: a valid name with at least one
+ * dot, lower-cased; NULL (with an error) otherwise. */
+static char *config_dns_zone(struct loader *ld, yaml_node_t *n, const char *path)
+{
+    if (!config_expect(ld, n, YAML_SCALAR_NODE, path))
+        return NULL;
+    char name[DNSNAME_MAX + 1];
+    const char *s = config_scalar(n);
+    struct ipaddr ip;
+    int len = dnsname_normalize(s, n->data.scalar.length, name, sizeof name);
+    if (len < 0 || !strchr(name, '.') || ipaddr_parse(s, strlen(s), &ip) == 0) {
+        config_err(ld, n, path,
+                   "expected a DNS zone such as zen.example.org (letters, digits, '-', dots; A-labels for international names), got \"%s\"",
+                   s);
+        return NULL;
+    }
+    /* The longest reversed IPv6 address (63 characters + '.') must fit. */
+    if (len > DNSNAME_MAX - 64) {
+        config_err(ld, n, path, "zone name too long for reversed IPv6 addresses");
+        return NULL;
+    }
+    return xstrdup(name);
+}
+
+static void config_parse_dns(struct loader *ld, yaml_node_t *n, const char *path)
+{
+    struct dns_config *dc = &ld->cfg->dns;
+    if (!config_expect(ld, n, YAML_MAPPING_NODE, path))
+        return;
+    CONFIG_FOR_PAIRS(ld, n, pair) {
+        yaml_node_t *k;
+        const char *key = config_pair_key(ld, pair, path, &k);
+        if (!key)
+            continue;
+        yaml_node_t *v = config_node(ld, pair->value);
+        char *kpath = config_path(path, key);
+        unsigned long u;
+        double d;
+        if (!strcmp(key, "servers")) {
+            yaml_node_t *single = config_is_scalar(v) ? v : NULL;
+            if (single || config_expect(ld, v, YAML_SEQUENCE_NODE, kpath)) {
+                dns_config_fini(dc);
+                size_t count = single ? 1 : (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
+                if (count > DNS_MAX_SERVERS)
+                    config_err(ld, v, kpath, "at most %d servers", DNS_MAX_SERVERS);
+                for (size_t i = 0; i < count && i < DNS_MAX_SERVERS; i++) {
+                    yaml_node_t *item = single ? single : config_node(ld, v->data.sequence.items.start[i]);
+                    char *ipath = config_path_index(kpath, i);
+                    if (config_expect(ld, item, YAML_SCALAR_NODE, ipath)) {
+                        if (config_valid_dns_server(config_scalar(item)))
+                            dc->servers[dc->n_servers++] = xstrdup(config_scalar(item));
+                        else
+                            config_err(ld, item, ipath,
+                                       "expected \"IP\", \"IP:PORT\" or \"[IPv6]:PORT\", got \"%s\"",
+                                       config_scalar(item));
+                    }
+                    free(ipath);
+                }
+            }
+        } else if (!strcmp(key, "timeout")) {
+            if (config_parse_duration(ld, v, kpath, 0.001, &d)) {
+                if (d > 30)
+                    config_err(ld, v, kpath, "at most 30s (Postfix waits for the answer)");
+                else
+                    dc->timeout_ms = (unsigned)ceil(d * 1000);
+            }
+        } else if (!strcmp(key, "tries")) {
+            if (config_parse_uint(ld, v, kpath, 1, 5, &u))
+                dc->tries = (unsigned)u;
+        } else if (!strcmp(key, "ttl_floor") || !strcmp(key, "ttl_ceiling") ||
+                   !strcmp(key, "negative_ttl")) {
+            if (config_parse_duration(ld, v, kpath, 0, &d)) {
+                if (d > 7 * 86400)
+                    config_err(ld, v, kpath, "at most 7d");
+                else if (!strcmp(key, "ttl_floor"))
+                    dc->ttl_floor_s = (uint32_t)d;
+                else if (!strcmp(key, "ttl_ceiling"))
+                    dc->ttl_ceiling_s = (uint32_t)d;
+                else
+                    dc->negative_ttl_s = (uint32_t)d;
+            }
+        } else if (!strcmp(key, "cache_size")) {
+            if (config_parse_uint(ld, v, kpath, 16, 10000000, &u))
+                dc->cache_size = u;
+        } else if (!strcmp(key, "max_inflight")) {
+            if (config_parse_uint(ld, v, kpath, 1, 100000, &u))
+                dc->max_inflight = (unsigned)u;
+        } else if (!strcmp(key, "country_zone")) {
+            char *z = config_dns_zone(ld, v, kpath);
+            if (z) {
+                free(dc->country_zone);
+                dc->country_zone = z;
+            }
+        } else {
+            config_unknown_key(ld, k, path, key,
+                               "servers, timeout, tries, ttl_floor, ttl_ceiling, negative_ttl, cache_size, max_inflight, country_zone");
+        }
+        free(kpath);
+    }
+    if (dc->ttl_floor_s > dc->ttl_ceiling_s)
+        config_err(ld, n, path, "ttl_floor (%us) is above ttl_ceiling (%us)", dc->ttl_floor_s,
+                   dc->ttl_ceiling_s);
+    /* Questions in flight hold cache slots; eviction needs some left. */
+    if (dc->max_inflight >= dc->cache_size)
+        config_err(ld, n, path, "max_inflight (%u) must be below cache_size (%zu)",
+                   dc->max_inflight, dc->cache_size);
+}
+
 /* admin: { listen: ADDRESS, token_file: PATH } */
 static void config_parse_admin(struct loader *ld, yaml_node_t *n, const char *path)
 {
@@ -1027,7 +1172,7 @@ static void config_parse_counter(struct loader *ld, const char *name, yaml_node_
         return;
     }
     if (attr_lookup(name, strlen(name)) >= 0 || !strcmp(name, "any") || !strcmp(name, "all") ||
-        !strcmp(name, "not")) {
+        !strcmp(name, "not") || config_is_dns_key(name)) {
         config_err(ld, kn, path, "\"%s\" is an attribute or keyword; pick another counter name", name);
         return;
     }
@@ -1246,6 +1391,7 @@ static struct cond *config_cond_new(enum cond_kind kind, struct subject subject)
     c->kind = kind;
     c->subject = subject;
     c->list = -1;
+    c->dnsq = -1;
     return c;
 }
 
@@ -1499,6 +1645,449 @@ static struct cond *config_parse_matcher(struct loader *ld, struct subject subj,
     return NULL;
 }
 
+/* ---- DNS conditions ---- */
+
+/* What a DNS condition asks; config_dns_question() finds or adds it. */
+struct config_dnsq_spec {
+    enum dnsq_kind kind;
+    enum dnslist_type list;
+    enum attr subject;
+    const char *zone;
+    const struct dnscode *codes;
+    size_t n_codes;
+    bool defer;                 /* on_error: defer */
+};
+
+static int config_dns_question(struct loader *ld, yaml_node_t *n, const char *path,
+                               const struct config_dnsq_spec *sp)
+{
+    struct rules *r = ld->r;
+    for (size_t i = 0; i < r->n_dnsqs; i++) {
+        const struct dnsq *q = &r->dnsqs[i];
+        if (q->kind == sp->kind && q->list == sp->list && q->subject == sp->subject &&
+            q->defer_on_error == sp->defer && q->n_codes == sp->n_codes &&
+            ((!q->zone && !sp->zone) || (q->zone && sp->zone && !strcmp(q->zone, sp->zone))) &&
+            (sp->n_codes == 0 || !memcmp(q->codes, sp->codes, sp->n_codes * sizeof *sp->codes)))
+            return (int)i;
+    }
+    if (r->n_dnsqs >= RULES_MAX_DNS) {
+        config_err(ld, n, path, "at most %d different DNS checks in a rule set", RULES_MAX_DNS);
+        return -1;
+    }
+    r->dnsqs = xreallocarray(r->dnsqs, r->n_dnsqs + 1, sizeof *r->dnsqs);
+    struct dnsq *q = &r->dnsqs[r->n_dnsqs];
+    memset(q, 0, sizeof *q);
+    q->kind = sp->kind;
+    q->list = sp->list;
+    q->subject = sp->subject;
+    q->zone = sp->zone ? xstrdup(sp->zone) : NULL;
+    q->defer_on_error = sp->defer;
+    if (sp->n_codes) {
+        q->codes = xreallocarray(NULL, sp->n_codes, sizeof *q->codes);
+        memcpy(q->codes, sp->codes, sp->n_codes * sizeof *q->codes);
+        q->n_codes = sp->n_codes;
+    }
+    return (int)r->n_dnsqs++;
+}
+
+#define CONFIG_MAX_CODES 16         /* return codes of one zone */
+
+/* codes: one code or a list of them. Returns false on error. */
+static bool config_parse_codes(struct loader *ld, yaml_node_t *n, const char *path,
+                               struct dnscode *codes, size_t *n_codes)
+{
+    yaml_node_t *single = config_is_scalar(n) ? n : NULL;
+    if (!single && !config_expect(ld, n, YAML_SEQUENCE_NODE, path))
+        return false;
+    size_t count = single ? 1 : (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
+    if (count == 0 || count > CONFIG_MAX_CODES) {
+        config_err(ld, n, path, "give 1 to %d return codes", CONFIG_MAX_CODES);
+        return false;
+    }
+    bool ok = true;
+    *n_codes = 0;
+    for (size_t i = 0; i < count; i++) {
+        yaml_node_t *item = single ? single : config_node(ld, n->data.sequence.items.start[i]);
+        char *ipath = single ? xstrdup(path) : config_path_index(path, i);
+        const char *why = "bad return code";
+        if (!config_expect(ld, item, YAML_SCALAR_NODE, ipath)) {
+            ok = false;
+        } else if (dnscode_parse(config_scalar(item), &codes[*n_codes], &why) < 0) {
+            config_err(ld, item, ipath, "%s, got \"%s\"", why, config_scalar(item));
+            ok = false;
+        } else {
+            (*n_codes)++;
+        }
+        free(ipath);
+    }
+    return ok;
+}
+
+static bool config_parse_on_error_dns(struct loader *ld, yaml_node_t *v, const char *path,
+                                      bool *defer)
+{
+    if (config_is_scalar(v) && !strcmp(config_scalar(v), "ignore")) {
+        *defer = false;
+        return true;
+    }
+    if (config_is_scalar(v) && !strcmp(config_scalar(v), "defer")) {
+        *defer = true;
+        return true;
+    }
+    config_err(ld, v, path, "expected ignore (a failed lookup is \"not listed\") or defer (answer a temporary failure)");
+    return false;
+}
+
+/* One zone of a list: its question, weight and codes. */
+static bool config_dns_member(struct loader *ld, struct cond *c, yaml_node_t *zn, yaml_node_t *spec,
+                              const char *path, struct config_dnsq_spec *sp,
+                              const struct dnscode *codes, size_t n_codes)
+{
+    char *zone = config_dns_zone(ld, zn, path);
+    if (!zone)
+        return false;
+    struct dnscode own[CONFIG_MAX_CODES];
+    size_t n_own = 0;
+    double weight = 1;
+    bool ok = true;
+    if (spec && config_is_scalar(spec)) {
+        /* zone: WEIGHT */
+        char *end;
+        weight = strtod(config_scalar(spec), &end);
+        if (!*config_scalar(spec) || *end || !isfinite(weight)) {
+            config_err(ld, spec, path, "expected a weight (a number) or { weight: N, codes: [...] }");
+            ok = false;
+        }
+    } else if (spec && config_expect(ld, spec, YAML_MAPPING_NODE, path)) {
+        CONFIG_FOR_PAIRS(ld, spec, pair) {
+            yaml_node_t *k;
+            const char *key = config_pair_key(ld, pair, path, &k);
+            if (!key) {
+                ok = false;
+                continue;
+            }
+            yaml_node_t *v = config_node(ld, pair->value);
+            char *kpath = config_path(path, key);
+            if (!strcmp(key, "weight")) {
+                char *end;
+                weight = config_is_scalar(v) ? strtod(config_scalar(v), &end) : NAN;
+                if (!config_is_scalar(v) || !*config_scalar(v) || *end || !isfinite(weight)) {
+                    config_err(ld, v, kpath, "expected a number");
+                    ok = false;
+                }
+            } else if (!strcmp(key, "codes")) {
+                if (!config_parse_codes(ld, v, kpath, own, &n_own))
+                    ok = false;
+            } else {
+                config_unknown_key(ld, k, path, key, "weight, codes");
+                ok = false;
+            }
+            free(kpath);
+        }
+    } else if (spec) {
+        ok = false;
+    }
+    if (ok) {
+        sp->zone = zone;
+        sp->codes = n_own ? own : codes;
+        sp->n_codes = n_own ? n_own : n_codes;
+        int qi = config_dns_question(ld, zn, path, sp);
+        if (qi < 0) {
+            ok = false;
+        } else {
+            c->members = xreallocarray(c->members, c->n_members + 1, sizeof *c->members);
+            c->members[c->n_members].dnsq = qi;
+            c->members[c->n_members].weight = weight;
+            c->n_members++;
+        }
+    }
+    free(zone);
+    return ok;
+}
+
+/* The attribute a list is asked for (of:). */
+static bool config_dns_subject(struct loader *ld, yaml_node_t *v, const char *path,
+                               enum dnslist_type list, enum attr *out)
+{
+    if (!config_expect(ld, v, YAML_SCALAR_NODE, path))
+        return false;
+    int a = attr_lookup(config_scalar(v), v->data.scalar.length);
+    bool ip = a == ATTR_CLIENT_ADDRESS;
+    bool name = a == ATTR_SENDER_DOMAIN || a == ATTR_HELO_NAME || a == ATTR_CLIENT_NAME ||
+                a == ATTR_REVERSE_CLIENT_NAME || a == ATTR_RECIPIENT_DOMAIN || a == ATTR_SASL_DOMAIN;
+    if ((list == DNSLIST_BL && !ip) || (list == DNSLIST_RHSBL && !name) ||
+        (list == DNSLIST_WL && !ip && !name)) {
+        config_err(ld, v, path, "%s", list == DNSLIST_BL
+                   ? "a dnsbl is asked for client_address (use rhsbl: for names)"
+                   : "expected sender_domain, helo_name, client_name, reverse_client_name, recipient_domain or sasl_domain");
+        return false;
+    }
+    *out = (enum attr)a;
+    return true;
+}
+
+/* dnsbl:, rhsbl:, dnswl: - a zone, a list of zones, or
+ * { zones: ..., codes: ..., min: N, of: ATTR, on_error: ignore|defer }. */
+static struct cond *config_parse_dnslist(struct loader *ld, enum dnslist_type list,
+                                         yaml_node_t *n, const char *path)
+{
+    struct subject none = {false, 0};
+    struct cond *c = config_cond_new(COND_DNSLIST, none);
+    c->min_hits = 1;
+    struct config_dnsq_spec sp = {
+        .kind = list == DNSLIST_RHSBL ? DNSQ_LIST_NAME : DNSQ_LIST_IP,
+        .list = list,
+        .subject = list == DNSLIST_RHSBL ? ATTR_SENDER_DOMAIN : ATTR_CLIENT_ADDRESS,
+    };
+    yaml_node_t *zones = n, *min = NULL;
+    struct dnscode codes[CONFIG_MAX_CODES];
+    size_t n_codes = 0;
+    bool ok = true;
+    if (n->type == YAML_MAPPING_NODE) {
+        zones = NULL;
+        CONFIG_FOR_PAIRS(ld, n, pair) {
+            yaml_node_t *k;
+            const char *key = config_pair_key(ld, pair, path, &k);
+            if (!key) {
+                ok = false;
+                continue;
+            }
+            yaml_node_t *v = config_node(ld, pair->value);
+            char *kpath = config_path(path, key);
+            if (!strcmp(key, "zones"))
+                zones = v;
+            else if (!strcmp(key, "codes"))
+                ok &= config_parse_codes(ld, v, kpath, codes, &n_codes);
+            else if (!strcmp(key, "min"))
+                min = v;
+            else if (!strcmp(key, "on_error"))
+                ok &= config_parse_on_error_dns(ld, v, kpath, &sp.defer);
+            else if (!strcmp(key, "of")) {
+                ok &= config_dns_subject(ld, v, kpath, list, &sp.subject);
+                sp.kind = sp.subject == ATTR_CLIENT_ADDRESS ? DNSQ_LIST_IP : DNSQ_LIST_NAME;
+            } else {
+                config_unknown_key(ld, k, path, key, "zones, codes, min, of, on_error");
+                ok = false;
+            }
+            free(kpath);
+        }
+        if (!zones) {
+            config_err(ld, n, path, "a list check needs zones: [ZONE, ...]");
+            ok = false;
+        }
+    }
+    /* Zones are checked even after an error above: every mistake is
+     * reported in one go. */
+    char *zpath = zones == n ? xstrdup(path) : config_path(path, "zones");
+    if (!zones) {
+        ;
+    } else if (zones->type == YAML_SCALAR_NODE) {
+        ok &= config_dns_member(ld, c, zones, NULL, zpath, &sp, codes, n_codes);
+    } else if (zones->type == YAML_SEQUENCE_NODE) {
+        size_t i = 0;
+        CONFIG_FOR_ITEMS(ld, zones, it) {
+            char *ipath = config_path_index(zpath, i++);
+            ok &= config_dns_member(ld, c, config_node(ld, *it), NULL, ipath, &sp, codes, n_codes);
+            free(ipath);
+        }
+    } else if (zones->type == YAML_MAPPING_NODE) {
+        /* zone: WEIGHT, or zone: { weight: N, codes: [...] } */
+        CONFIG_FOR_PAIRS(ld, zones, pair) {
+            yaml_node_t *zk = config_node(ld, pair->key);
+            const char *zname = config_is_scalar(zk) ? config_scalar(zk) : "?";
+            char *ipath = config_path(zpath, zname);
+            ok &= config_dns_member(ld, c, zk, config_node(ld, pair->value), ipath, &sp, codes,
+                                    n_codes);
+            free(ipath);
+        }
+    } else {
+        config_err(ld, zones, zpath, "expected a zone, a list of zones or zone: weight pairs");
+        ok = false;
+    }
+    free(zpath);
+    if (ok && c->n_members == 0) {
+        config_err(ld, n, path, "no zones given");
+        ok = false;
+    }
+    if (ok && min) {
+        unsigned long u;
+        char *mpath = config_path(path, "min");
+        if (config_parse_uint(ld, min, mpath, 1, c->n_members, &u))
+            c->min_hits = (unsigned)u;
+        else
+            ok = false;
+        free(mpath);
+    }
+    if (!ok) {
+        config_cond_free(c);
+        return NULL;
+    }
+    return c;
+}
+
+/* The value of rdns:/sender_mx:/helo_resolves:/country: and its options:
+ * a scalar or list, or a mapping { is: VALUE, on_error: ..., ... }. */
+static struct cond *config_parse_dns_check(struct loader *ld, const char *key, yaml_node_t *n,
+                                           const char *path)
+{
+    struct subject none = {false, 0};
+    yaml_node_t *is = n, *zone_node = NULL;
+    bool fresh = false, defer = false, ok = true;
+    enum dnsq_kind country_kind = DNSQ_COUNTRY_TXT;
+    bool is_country = !strcmp(key, "country");
+    if (n->type == YAML_MAPPING_NODE) {
+        is = NULL;
+        CONFIG_FOR_PAIRS(ld, n, pair) {
+            yaml_node_t *k;
+            const char *mkey = config_pair_key(ld, pair, path, &k);
+            if (!mkey) {
+                ok = false;
+                continue;
+            }
+            yaml_node_t *v = config_node(ld, pair->value);
+            char *kpath = config_path(path, mkey);
+            if (!strcmp(mkey, "is")) {
+                is = v;
+            } else if (!strcmp(mkey, "on_error")) {
+                ok &= config_parse_on_error_dns(ld, v, kpath, &defer);
+            } else if (!strcmp(mkey, "fresh") && !strcmp(key, "rdns")) {
+                ok &= config_parse_bool(ld, v, kpath, &fresh);
+            } else if (!strcmp(mkey, "zone") && is_country) {
+                zone_node = v;
+            } else if (!strcmp(mkey, "type") && is_country) {
+                if (config_is_scalar(v) && !strcasecmp(config_scalar(v), "txt")) {
+                    country_kind = DNSQ_COUNTRY_TXT;
+                } else if (config_is_scalar(v) && !strcasecmp(config_scalar(v), "a")) {
+                    country_kind = DNSQ_COUNTRY_A;
+                } else {
+                    config_err(ld, v, kpath, "expected txt or a");
+                    ok = false;
+                }
+            } else {
+                config_unknown_key(ld, k, path, mkey,
+                                   !strcmp(key, "rdns") ? "is, fresh, on_error"
+                                   : is_country         ? "is, zone, type, on_error"
+                                                        : "is, on_error");
+                ok = false;
+            }
+            free(kpath);
+        }
+        if (ok && !is) {
+            config_err(ld, n, path, "give the value to test as is: ...");
+            ok = false;
+        }
+    }
+    if (!ok)
+        return NULL;
+    char *ipath = is == n ? xstrdup(path) : config_path(path, "is");
+    struct cond *c = NULL;
+    struct config_dnsq_spec sp = {.defer = defer, .list = DNSLIST_NONE};
+    if (!strcmp(key, "rdns")) {
+        const char *s = config_is_scalar(is) ? config_scalar(is) : "";
+        int want = !strcmp(s, "ptr") ? RDNS_PTR : !strcmp(s, "fcrdns") ? RDNS_FCRDNS
+                   : !strcmp(s, "none") ? RDNS_NONE : -1;
+        if (want < 0) {
+            config_err(ld, is, ipath, "expected ptr (has a PTR name), fcrdns (forward-confirmed) or none (no PTR)");
+        } else {
+            c = config_cond_new(COND_RDNS, none);
+            c->dns_want = want;
+            if (fresh) {
+                sp.kind = DNSQ_RDNS;
+                sp.subject = ATTR_CLIENT_ADDRESS;
+                c->dnsq = config_dns_question(ld, is, ipath, &sp);
+            }
+        }
+    } else if (!strcmp(key, "sender_mx") || !strcmp(key, "helo_resolves")) {
+        bool mx = !strcmp(key, "sender_mx");
+        bool b;
+        int want = -1;
+        if (mx && config_is_scalar(is) && !strcmp(config_scalar(is), "null_mx"))
+            want = MX_WANT_NULL;
+        else if (config_is_scalar(is) && !config_is_null(is)) {
+            const char *s = config_scalar(is);
+            if (!strcasecmp(s, "true") || !strcasecmp(s, "yes") || !strcasecmp(s, "on"))
+                want = 1, b = true;
+            else if (!strcasecmp(s, "false") || !strcasecmp(s, "no") || !strcasecmp(s, "off"))
+                want = 0, b = false;
+            if (want >= 0 && mx)
+                want = b ? MX_WANT_OK : MX_WANT_BAD;
+        }
+        if (want < 0) {
+            config_err(ld, is, ipath, "%s", mx ? "expected true (the sender domain accepts mail), false (it does not) or null_mx"
+                                               : "expected true or false");
+        } else {
+            c = config_cond_new(mx ? COND_SENDER_MX : COND_HELO_RESOLVES, none);
+            c->dns_want = want;
+            sp.kind = mx ? DNSQ_MX : DNSQ_RESOLVES;
+            sp.subject = mx ? ATTR_SENDER_DOMAIN : ATTR_HELO_NAME;
+            c->dnsq = config_dns_question(ld, is, ipath, &sp);
+        }
+    } else { /* country */
+        char *zone = NULL;
+        if (zone_node) {
+            char *zp = config_path(path, "zone");
+            zone = config_dns_zone(ld, zone_node, zp);
+            free(zp);
+        } else if (ld->cfg->dns.country_zone) {
+            zone = xstrdup(ld->cfg->dns.country_zone);
+        } else {
+            config_err(ld, n, path, "a country check needs a zone: set dns.country_zone or write { zone: ZONE, is: [CC, ...] }");
+        }
+        yaml_node_t *single = config_is_scalar(is) ? is : NULL;
+        if (zone && (single || config_expect(ld, is, YAML_SEQUENCE_NODE, ipath))) {
+            c = config_cond_new(COND_COUNTRY, none);
+            size_t count = single ? 1 : (size_t)(is->data.sequence.items.top - is->data.sequence.items.start);
+            for (size_t i = 0; i < count; i++) {
+                yaml_node_t *item = single ? single : config_node(ld, is->data.sequence.items.start[i]);
+                const char *s = config_is_scalar(item) ? config_scalar(item) : "";
+                size_t len = strlen(s);
+                bool good = country_kind == DNSQ_COUNTRY_TXT
+                                ? len == 2 && isalpha((unsigned char)s[0]) && isalpha((unsigned char)s[1])
+                                : len >= 1 && len <= 3 && strspn(s, "0123456789") == len;
+                if (!good) {
+                    char *cp = single ? xstrdup(ipath) : config_path_index(ipath, i);
+                    config_err(ld, item, cp, "%s, got \"%s\"", country_kind == DNSQ_COUNTRY_TXT
+                               ? "expected a two-letter country code such as CN"
+                               : "expected an ISO 3166 numeric code such as 156 (type: a)", s);
+                    free(cp);
+                    ok = false;
+                    continue;
+                }
+                char *code = xstrdup(s);
+                for (char *p = code; *p; p++)
+                    *p = (char)toupper((unsigned char)*p);
+                c->countries = xreallocarray(c->countries, c->n_countries + 1, sizeof *c->countries);
+                c->countries[c->n_countries++] = code;
+            }
+            sp.kind = country_kind;
+            sp.subject = ATTR_CLIENT_ADDRESS;
+            sp.zone = zone;
+            c->dnsq = config_dns_question(ld, is, ipath, &sp);
+            if (c->n_countries == 0)
+                ok = false;
+        }
+        free(zone);
+    }
+    free(ipath);
+    if (c && (!ok || (c->dnsq < 0 && (c->kind != COND_RDNS || fresh)))) {
+        config_cond_free(c);
+        c = NULL;
+    }
+    return c;
+}
+
+static struct cond *config_parse_dns_cond(struct loader *ld, const char *key, yaml_node_t *v,
+                                          const char *path)
+{
+    if (!strcmp(key, "dnsbl"))
+        return config_parse_dnslist(ld, DNSLIST_BL, v, path);
+    if (!strcmp(key, "rhsbl"))
+        return config_parse_dnslist(ld, DNSLIST_RHSBL, v, path);
+    if (!strcmp(key, "dnswl"))
+        return config_parse_dnslist(ld, DNSLIST_WL, v, path);
+    return config_parse_dns_check(ld, key, v, path);
+}
+
 /* A when: mapping. counters_ok: counter names may be tested (actions). */
 static struct cond *config_parse_when(struct loader *ld, yaml_node_t *n, const char *path,
                                       bool counters_ok, int depth)
@@ -1549,6 +2138,8 @@ static struct cond *config_parse_when(struct loader *ld, yaml_node_t *n, const c
                 child = config_cond_new(COND_NOT, none);
                 config_cond_add_child(child, inner);
             }
+        } else if (config_is_dns_key(key)) {
+            child = config_parse_dns_cond(ld, key, v, kpath);
         } else {
             struct subject subj = {false, -1};
             int ci = rules_find_counter(ld->r, key, strlen(key));
@@ -1566,7 +2157,7 @@ static struct cond *config_parse_when(struct loader *ld, yaml_node_t *n, const c
                 subj.index = ai;
             } else {
                 config_err(ld, k, kpath,
-                           "\"%s\" is neither a request attribute nor a counter (attributes: client_address, sender, sender_domain, recipient, sasl_username, protocol_state, ...)",
+                           "\"%s\" is neither a request attribute, a counter nor a DNS check (attributes: client_address, sender, sender_domain, recipient, sasl_username, protocol_state, ...; DNS: dnsbl, rhsbl, dnswl, rdns, sender_mx, helo_resolves, country)",
                            key);
             }
             if (subj.index >= 0)
@@ -1635,6 +2226,10 @@ static bool config_parse_add(struct loader *ld, yaml_node_t *n, const char *path
             if (*s && !*end && isfinite(num)) {
                 a.kind = ADD_CONST;
                 a.value = num;
+            } else if (!strcmp(s, "weight")) {
+                /* Checked against the rule's when: once it is parsed. */
+                a.kind = ADD_WEIGHT;
+                a.value = 1;
             } else {
                 /* ATTR or ATTR/UNIT: count recipients, messages, bytes ... */
                 const char *slash = strchr(s, '/');
@@ -1644,7 +2239,7 @@ static bool config_parse_add(struct loader *ld, yaml_node_t *n, const char *path
                 a.value = 1;
                 if (ai != ATTR_RECIPIENT_COUNT && ai != ATTR_SIZE && ai != ATTR_ENCRYPTION_KEYSIZE) {
                     config_err(ld, v, kpath,
-                               "expected a number, recipient_count or size (optionally /UNIT, e.g. size/1000000), got \"%s\"",
+                               "expected a number, weight (of the listing DNS zones), recipient_count or size (optionally /UNIT, e.g. size/1000000), got \"%s\"",
                                s);
                     ok = false;
                 } else {
@@ -1668,6 +2263,18 @@ static bool config_parse_add(struct loader *ld, yaml_node_t *n, const char *path
         free(kpath);
     }
     return ok;
+}
+
+static bool config_cond_has_dnslist(const struct cond *c)
+{
+    if (!c)
+        return false;
+    if (c->kind == COND_DNSLIST)
+        return true;
+    for (size_t i = 0; i < c->n_children; i++)
+        if (config_cond_has_dnslist(c->children[i]))
+            return true;
+    return false;
 }
 
 /* config_parse_rule_field - name:, when: and mode:, which points and
@@ -1757,6 +2364,12 @@ static void config_parse_points_rule(struct loader *ld, yaml_node_t *n, const ch
         config_err(ld, n, path, "a points rule needs add: or then:");
         ok = false;
     }
+    for (size_t i = 0; ok && i < pr.n_adds; i++) {
+        if (pr.adds[i].kind == ADD_WEIGHT && !config_cond_has_dnslist(pr.when)) {
+            config_err(ld, n, path, "add: weight needs a dnsbl:, rhsbl: or dnswl: condition in when:");
+            ok = false;
+        }
+    }
     if (!ok) {
         free(pr.name);
         config_cond_free(pr.when);
@@ -1775,7 +2388,7 @@ static struct template *config_compile_template(struct loader *ld, yaml_node_t *
     struct template *t = NULL;
     char err[256];
     if (template_compile(text, rules_template_resolve, ld->r, &t, err, sizeof err) < 0) {
-        config_err(ld, v, path, "%s (variables: request attributes, score.COUNTER, key.COUNTER, rule)", err);
+        config_err(ld, v, path, "%s (variables: request attributes, score.COUNTER, key.COUNTER, rule, dnsbl.hits, dnsbl.zones, dnsbl.codes, rhsbl.hits, rhsbl.zones, dnswl.hits, dnswl.zones, country)", err);
         return NULL;
     }
     return t;
@@ -2319,6 +2932,7 @@ static void config_defaults(struct config *cfg)
     cfg->tracking.max_open = 10000;
     cfg->tracking.idle = 600;
     cfg->tracking.history = 1000;
+    dns_config_defaults(&cfg->dns);
 }
 
 static void config_main_settings(struct loader *ld, yaml_node_t *root)
@@ -2339,6 +2953,8 @@ static void config_main_settings(struct loader *ld, yaml_node_t *root)
             config_parse_store(ld, v, key);
         else if (!strcmp(key, "log"))
             config_parse_log(ld, v, key);
+        else if (!strcmp(key, "dns"))
+            config_parse_dns(ld, v, key);
         else if (!strcmp(key, "admin"))
             config_parse_admin(ld, v, key);
         else if (!strcmp(key, "record"))
@@ -2349,7 +2965,7 @@ static void config_main_settings(struct loader *ld, yaml_node_t *root)
             ; /* include: read before the rules; tracking: after them (config_run) */
         else if (!config_is_rule_section(key))
             config_unknown_key(ld, k, "", key,
-                               "listen, clients, limits, store, include, log, admin, record, alerts, tracking, counters, lists, points, actions");
+                               "listen, clients, limits, store, dns, include, log, admin, record, alerts, tracking, counters, lists, points, actions");
     }
 }
 
@@ -2512,6 +3128,7 @@ void config_unref(struct config *cfg)
     free(cfg->alerts.subject);
     free(cfg->alerts.body);
     config_cond_free(cfg->tracking.when);
+    dns_config_fini(&cfg->dns);
     free(cfg->on_error);
     free(cfg->log.syslog);
     free(cfg->log.json);

@@ -25,6 +25,7 @@
 #include <stddef.h>
 
 #include "cidr.h"
+#include "dns.h"
 #include "log.h"
 #include "protocol.h"
 #include "record.h"
@@ -96,6 +97,7 @@ struct config {
     struct store_config store;
     struct config_alerts alerts;
     struct config_tracking tracking;
+    struct dns_config dns;      /* resolver settings (dns:) */
     char *on_error;             /* Postfix action text when the store fails */
     struct config_log log;
     struct config_admin admin;  /* HTTP admin API and /metrics */

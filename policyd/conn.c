@@ -326,7 +326,8 @@ static void conn_process(struct conn *c)
         c->busy = true;
         uv_timer_stop(&c->idle_timer); /* it is our turn, not the client's */
         c->refs++; /* until the engine calls back */
-        engine_start(&c->er, srv->cfg, srv->store, conn_on_decided, c);
+        c->er.dns = srv->dns;
+        engine_start(&c->er, srv->cfg, &srv->store, conn_on_decided, c);
     }
     c->in_process = false;
     /* A client that pipelines (Postfix does not, load generators may)

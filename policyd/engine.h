@@ -8,11 +8,19 @@
  * offline tool (a dry run, a replay) with a memory store and its own
  * clock: the engine does no socket I/O.
  *
+ * DNS: before the points, the engine asks the DNS questions that rules
+ * can still need (rules_dns_needed), all at once, through er->dns (set
+ * by the caller; NULL means no resolver: every check counts as not
+ * asked). Cached answers come back at once; the others within the
+ * resolver's deadline, after which a missing answer is TEMPFAIL ("not
+ * listed", or a temporary-failure answer for checks with on_error: defer).
+ *
  * Lifetime: the caller owns the struct engine_req (a connection embeds
  * one and reuses it), fills er->req, and calls engine_start(). The done
  * callback runs exactly once, either before engine_start() returns (no
- * counter concerns the request, or it was whitelisted) or later from the
- * store's callback; the caller must keep er alive until then. After the
+ * counter concerns the request, it was whitelisted, or its DNS answers
+ * were cached) or later from the store's or the resolver's callback; the
+ * caller must keep er alive until then. After the
  * answer has been delivered the caller calls engine_finish(), which logs,
  * starts the side effects and drops the config reference; then er may be
  * reused. engine_finish also counts the decision in metrics_main and
@@ -26,11 +34,13 @@
 
 #include "actions.h"
 #include "config.h"
+#include "dns.h"
 #include "request.h"
 #include "rules.h"
 #include "store.h"
 
 struct engine_req;
+struct engine_dns;
 
 typedef void (*engine_done_cb)(struct engine_req *er, void *arg);
 
@@ -38,6 +48,7 @@ struct engine_req {
     struct request req;         /* the request; the caller fills it */
     struct eval ev;             /* rule evaluation state */
     struct config *cfg;         /* reference held from start to finish */
+    struct store *const *store_ref; /* where the current store is (see engine_start) */
     bool store_failed;          /* answered with on_error */
     bool busy;                  /* between start and finish */
     uint64_t started_ns;        /* monotonic, for elapsed_ms */
@@ -46,14 +57,21 @@ struct engine_req {
     double wait;                /* seconds the answer is to be held back */
     engine_done_cb cb;
     void *cb_arg;
+    struct dns *dns;            /* resolver for DNS checks (the caller's); NULL = none */
+    struct engine_dns *dnsst;   /* per-question progress, allocated on first use */
+    struct dns_job dns_job;     /* deadline of this request's questions */
+    unsigned dns_pending;       /* questions still out */
+    bool dns_failed;            /* answered a temporary failure (on_error: defer) */
 };
 
 void engine_req_init(struct engine_req *er);
 void engine_req_fini(struct engine_req *er);
 
-/* engine_start - decide er->req with cfg's rules and store st. */
-void engine_start(struct engine_req *er, struct config *cfg, struct store *st, engine_done_cb cb,
-                  void *arg);
+/* engine_start - decide er->req with cfg's rules. *store_ref is where the
+ * current store is found when the counters are sent (after the DNS step,
+ * a reload may have replaced it); NULL there answers on_error. */
+void engine_start(struct engine_req *er, struct config *cfg, struct store *const *store_ref,
+                  engine_done_cb cb, void *arg);
 
 /* engine_finish - after the answer went out: record the decision
  * (conn_id and req_no name it in logs), start side effects on st (the

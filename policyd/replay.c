@@ -364,7 +364,7 @@ static void replay_usage(FILE *fp)
 static void replay_decide(struct side *s, uv_loop_t *loop, unsigned long lineno, double t)
 {
     s->done = false;
-    engine_start(&s->er, s->cfg, s->st, replay_on_done, s);
+    engine_start(&s->er, s->cfg, &s->st, replay_on_done, s);
     for (int turns = 0; !s->done && turns < 1000; turns++)
         uv_run(loop, UV_RUN_NOWAIT);
     if (!s->done)

@@ -89,7 +89,9 @@ int rules_find_list(const struct rules *r, const char *name, size_t len)
     return -1;
 }
 
-void rules_eval_reset(struct eval *ev, const struct rules *r)
+/* rules_eval_reset_counts - forget what the points and actions did,
+ * keep the DNS answers. */
+static void rules_eval_reset_counts(struct eval *ev, const struct rules *r)
 {
     ev->n_updates = 0;
     ev->n_matched = 0;
@@ -104,6 +106,17 @@ void rules_eval_reset(struct eval *ev, const struct rules *r)
         ev->score[i] = 0;
     }
 }
+
+void rules_eval_reset(struct eval *ev, const struct rules *r)
+{
+    rules_eval_reset_counts(ev, r);
+    ev->dns_ready = false;
+    for (size_t i = 0; i < r->n_dnsqs && i < RULES_MAX_DNS; i++) {
+        ev->dns_need[i] = false;
+        memset(&ev->dns[i], 0, sizeof ev->dns[i]);
+    }
+}
+
 
 /* rules_key_part - the value of one key part, or NULL when missing. */
 static const char *rules_key_part(const struct key_part *p, struct request *req, size_t *len)
@@ -206,19 +219,52 @@ static int rules_update_slot(const struct rules *r, struct request *req, struct 
     return (int)u;
 }
 
-static double rules_add_amount(const struct add *a, struct request *req)
+/* rules_weight - the weights of the listing zones of c's DNS lists. */
+static double rules_weight(const struct cond *c, const struct eval *ev)
+{
+    double w = 0;
+    if (c->kind == COND_DNSLIST) {
+        for (size_t i = 0; i < c->n_members; i++)
+            if (ev->dns[c->members[i].dnsq].status == DNS_FOUND)
+                w += c->members[i].weight;
+        return w;
+    }
+    for (size_t i = 0; i < c->n_children; i++)
+        w += rules_weight(c->children[i], ev);
+    return w;
+}
+
+static double rules_add_amount(const struct points_rule *pr, const struct add *a,
+                               struct request *req, const struct eval *ev)
 {
     if (a->kind == ADD_CONST)
         return a->value;
+    if (a->kind == ADD_WEIGHT)
+        return pr->when ? rules_weight(pr->when, ev) : 0;
     double n;
     if (!request_number(req, a->attr, &n))
         return 0;
     return n / a->value;
 }
 
+static bool rules_eval_points_run(const struct rules *r, struct request *req, struct eval *ev);
+
 bool rules_eval_points(const struct rules *r, struct request *req, struct eval *ev)
 {
     rules_eval_reset(ev, r);
+    return rules_eval_points_run(r, req, ev);
+}
+
+bool rules_eval_points_dns(const struct rules *r, struct request *req, struct eval *ev)
+{
+    /* The DNS answers of this request stay; anything else starts anew. */
+    rules_eval_reset_counts(ev, r);
+    ev->dns_ready = true;
+    return rules_eval_points_run(r, req, ev);
+}
+
+static bool rules_eval_points_run(const struct rules *r, struct request *req, struct eval *ev)
+{
     for (size_t i = 0; i < r->n_points; i++) {
         const struct points_rule *pr = &r->points[i];
         if (pr->when && !rules_cond_match(r, pr->when, req, ev))
@@ -235,7 +281,7 @@ bool rules_eval_points(const struct rules *r, struct request *req, struct eval *
             int u = rules_update_slot(r, req, ev, a->counter);
             if (u < 0)
                 continue;
-            double amount = rules_add_amount(a, req);
+            double amount = rules_add_amount(pr, a, req, ev);
             ev->updates[u].points += amount;
             ev->points_added[a->counter] += amount;
         }
@@ -316,6 +362,65 @@ static bool rules_regex_match(const struct cond *c, const char *v, size_t vlen)
     return rc >= 0;
 }
 
+/* Postfix's "unknown" for a name it could not find or confirm. */
+static bool rules_name_known(struct request *req, enum attr a)
+{
+    size_t len;
+    const char *v = request_get(req, a, &len);
+    return v && len > 0 && !(len == 7 && strncasecmp(v, "unknown", 7) == 0);
+}
+
+/* rules_dns_match - a DNS leaf against this request's answers. A check
+ * that was not asked or failed matches nothing (and its negation
+ * everything): a DNS failure counts as "not listed". */
+static bool rules_dns_match(const struct cond *c, struct request *req, const struct eval *ev)
+{
+    if (c->kind == COND_RDNS && c->dnsq < 0) {
+        /* From Postfix's own lookups: reverse_client_name is the PTR
+         * name, client_name only when forward-confirmed. */
+        bool ptr = rules_name_known(req, ATTR_REVERSE_CLIENT_NAME);
+        bool fc = rules_name_known(req, ATTR_CLIENT_NAME);
+        return c->dns_want == RDNS_PTR ? ptr : c->dns_want == RDNS_FCRDNS ? fc : !ptr;
+    }
+    if (!ev)
+        return false;
+    if (c->kind == COND_DNSLIST) {
+        unsigned hits = 0;
+        for (size_t i = 0; i < c->n_members; i++)
+            if (ev->dns[c->members[i].dnsq].status == DNS_FOUND)
+                hits++;
+        return hits >= c->min_hits;
+    }
+    const struct dnsq_answer *a = &ev->dns[c->dnsq];
+    switch (c->kind) {
+    case COND_RDNS:
+        if (a->status != DNS_FOUND)
+            return false;
+        return c->dns_want == RDNS_PTR      ? a->has_ptr
+               : c->dns_want == RDNS_FCRDNS ? a->fcrdns
+                                            : !a->has_ptr;
+    case COND_SENDER_MX:
+        if (a->status != DNS_FOUND)
+            return false;
+        return c->dns_want == MX_WANT_OK    ? a->mx == DNS_MX_OK
+               : c->dns_want == MX_WANT_BAD ? a->mx != DNS_MX_OK
+                                            : a->mx == DNS_MX_NULL;
+    case COND_HELO_RESOLVES:
+        if (a->status == DNS_FOUND)
+            return c->dns_want == 1;
+        return a->status == DNS_NOTFOUND && c->dns_want == 0;
+    case COND_COUNTRY:
+        if (a->status != DNS_FOUND)
+            return false;
+        for (size_t i = 0; i < c->n_countries; i++)
+            if (strcmp(c->countries[i], a->text) == 0)
+                return true;
+        return false;
+    default:
+        return false;
+    }
+}
+
 bool rules_cond_match(const struct rules *r, const struct cond *c, struct request *req,
                       const struct eval *ev)
 {
@@ -338,6 +443,12 @@ bool rules_cond_match(const struct rules *r, const struct cond *c, struct reques
         if (c->subject.is_counter && (!ev || !ev->have_score[c->subject.index]))
             return false;
         return !rules_cond_match(r, c->children[0], req, ev);
+    case COND_DNSLIST:
+    case COND_RDNS:
+    case COND_SENDER_MX:
+    case COND_HELO_RESOLVES:
+    case COND_COUNTRY:
+        return rules_dns_match(c, req, ev);
     default:
         break;
     }
@@ -380,6 +491,113 @@ bool rules_cond_match(const struct rules *r, const struct cond *c, struct reques
     }
 }
 
+/* ---- which DNS questions a request needs ---- */
+
+enum rules_tri {
+    TRI_FALSE,
+    TRI_TRUE,
+    TRI_UNKNOWN                 /* depends on DNS answers or on scores */
+};
+
+static bool rules_cond_is_dns(const struct cond *c)
+{
+    switch (c->kind) {
+    case COND_DNSLIST:
+    case COND_SENDER_MX:
+    case COND_HELO_RESOLVES:
+    case COND_COUNTRY:
+        return true;
+    case COND_RDNS:
+        return c->dnsq >= 0;
+    default:
+        return false;
+    }
+}
+
+/* rules_cond_tri - c before DNS and scores are known. */
+static enum rules_tri rules_cond_tri(const struct rules *r, const struct cond *c,
+                                     struct request *req)
+{
+    enum rules_tri res, t;
+    switch (c->kind) {
+    case COND_ALL:
+        res = TRI_TRUE;
+        for (size_t i = 0; i < c->n_children; i++) {
+            t = rules_cond_tri(r, c->children[i], req);
+            if (t == TRI_FALSE)
+                return TRI_FALSE;
+            if (t == TRI_UNKNOWN)
+                res = TRI_UNKNOWN;
+        }
+        return res;
+    case COND_ANY:
+        res = TRI_FALSE;
+        for (size_t i = 0; i < c->n_children; i++) {
+            t = rules_cond_tri(r, c->children[i], req);
+            if (t == TRI_TRUE)
+                return TRI_TRUE;
+            if (t == TRI_UNKNOWN)
+                res = TRI_UNKNOWN;
+        }
+        return res;
+    case COND_NOT:
+        t = rules_cond_tri(r, c->children[0], req);
+        return t == TRI_UNKNOWN ? TRI_UNKNOWN : t == TRI_TRUE ? TRI_FALSE : TRI_TRUE;
+    default:
+        if (rules_cond_is_dns(c) || c->subject.is_counter)
+            return TRI_UNKNOWN;
+        return rules_cond_match(r, c, req, NULL) ? TRI_TRUE : TRI_FALSE;
+    }
+}
+
+/* rules_cond_collect - mark the questions of the DNS leaves that can
+ * still decide c: only subtrees whose value is unknown are visited. */
+static void rules_cond_collect(const struct rules *r, const struct cond *c, struct request *req,
+                               struct eval *ev)
+{
+    if (rules_cond_tri(r, c, req) != TRI_UNKNOWN)
+        return;
+    if (c->kind == COND_DNSLIST) {
+        for (size_t i = 0; i < c->n_members; i++)
+            ev->dns_need[c->members[i].dnsq] = true;
+        return;
+    }
+    if (rules_cond_is_dns(c)) {
+        ev->dns_need[c->dnsq] = true;
+        return;
+    }
+    for (size_t i = 0; i < c->n_children; i++)
+        rules_cond_collect(r, c->children[i], req, ev);
+}
+
+size_t rules_dns_needed(const struct rules *r, struct request *req, struct eval *ev)
+{
+    rules_eval_reset(ev, r);
+    if (r->n_dnsqs == 0)
+        return 0;
+    bool stopped = false;
+    for (size_t i = 0; i < r->n_points && !stopped; i++) {
+        const struct points_rule *pr = &r->points[i];
+        enum rules_tri t = pr->when ? rules_cond_tri(r, pr->when, req) : TRI_TRUE;
+        if (t == TRI_UNKNOWN)
+            rules_cond_collect(r, pr->when, req, ev);
+        else if (t == TRI_TRUE && pr->then_set && !pr->log_only)
+            stopped = true; /* whitelisted: nothing after this rule matters */
+    }
+    for (size_t i = 0; i < r->n_actions && !stopped; i++) {
+        const struct action_rule *ar = &r->actions[i];
+        enum rules_tri t = ar->when ? rules_cond_tri(r, ar->when, req) : TRI_TRUE;
+        if (t == TRI_UNKNOWN)
+            rules_cond_collect(r, ar->when, req, ev);
+        else if (t == TRI_TRUE && !ar->log_only)
+            break; /* decided: later rules are never tested */
+    }
+    size_t n = 0;
+    for (size_t i = 0; i < r->n_dnsqs; i++)
+        n += ev->dns_need[i];
+    return n;
+}
+
 const struct action_rule *rules_decide(const struct rules *r, struct request *req, struct eval *ev)
 {
     ev->decided = NULL;
@@ -398,11 +616,72 @@ const struct action_rule *rules_decide(const struct rules *r, struct request *re
     return NULL;
 }
 
+/* DNS template variables, in the order of their ids. */
+static const char *const rules_dns_vars[] = {
+    "dnsbl.hits", "dnsbl.zones", "dnsbl.codes", "rhsbl.hits", "rhsbl.zones",
+    "dnswl.hits", "dnswl.zones", "country", NULL,
+};
+
+/* rules_dns_value - a DNS template variable: hits and zones of one kind
+ * of list (each zone once), their return codes, the country. */
+static const char *rules_dns_value(struct rules_template_ctx *ctx, int var, size_t *len)
+{
+    const struct rules *r = ctx->rules;
+    const struct eval *ev = ctx->ev;
+    if (!ev || !ev->dns_ready)
+        return NULL;
+    if (var == 7) {
+        for (size_t i = 0; i < r->n_dnsqs; i++) {
+            if ((r->dnsqs[i].kind == DNSQ_COUNTRY_TXT || r->dnsqs[i].kind == DNSQ_COUNTRY_A) &&
+                ev->dns[i].status == DNS_FOUND) {
+                *len = strlen(ev->dns[i].text);
+                return ev->dns[i].text;
+            }
+        }
+        return NULL;
+    }
+    enum dnslist_type want = var <= 2 ? DNSLIST_BL : var <= 4 ? DNSLIST_RHSBL : DNSLIST_WL;
+    bool count = var == 0 || var == 3 || var == 5;
+    bool codes = var == 2;
+    char buf[512];
+    size_t o = 0;
+    unsigned hits = 0;
+    for (size_t i = 0; i < r->n_dnsqs; i++) {
+        const struct dnsq *q = &r->dnsqs[i];
+        if (q->list != want || ev->dns[i].status != DNS_FOUND)
+            continue;
+        bool seen = false; /* one zone asked with two code filters counts once */
+        for (size_t k = 0; k < i && !seen; k++)
+            seen = r->dnsqs[k].list == want && ev->dns[k].status == DNS_FOUND &&
+                   strcmp(r->dnsqs[k].zone, q->zone) == 0;
+        if (seen)
+            continue;
+        hits++;
+        uint32_t a = ev->dns[i].code;
+        int n = codes ? snprintf(buf + o, sizeof buf - o, "%s%u.%u.%u.%u", o ? "," : "",
+                                 a >> 24, (a >> 16) & 255, (a >> 8) & 255, a & 255)
+                      : snprintf(buf + o, sizeof buf - o, "%s%s", o ? "," : "", q->zone);
+        if (n < 0 || (size_t)n >= sizeof buf - o)
+            break;
+        o += (size_t)n;
+    }
+    if (count) {
+        int n = snprintf(ctx->numbuf, sizeof ctx->numbuf, "%u", hits);
+        *len = n > 0 ? (size_t)n : 0;
+        return ctx->numbuf;
+    }
+    *len = o;
+    return o ? arena_strndup(&ctx->req->arena, buf, o) : NULL;
+}
+
 int rules_template_resolve(void *rules, const char *name, size_t len)
 {
     struct rules *r = rules;
     if (len == 4 && memcmp(name, "rule", 4) == 0)
         return RULES_VAR_RULE;
+    for (int i = 0; rules_dns_vars[i]; i++)
+        if (strlen(rules_dns_vars[i]) == len && memcmp(rules_dns_vars[i], name, len) == 0)
+            return RULES_VAR_DNS + i;
     /* A counter a message shows is fetched with the request, like one
      * a condition tests. */
     if (len > 6 && memcmp(name, "score.", 6) == 0) {
@@ -424,6 +703,8 @@ const char *rules_template_value(void *vctx, int id, size_t *len)
 {
     struct rules_template_ctx *ctx = vctx;
     *len = 0;
+    if (id >= RULES_VAR_DNS)
+        return rules_dns_value(ctx, id - RULES_VAR_DNS, len);
     if (id == RULES_VAR_RULE) {
         *len = ctx->rule ? strlen(ctx->rule) : 0;
         return ctx->rule;
@@ -461,6 +742,10 @@ void rules_cond_free(struct cond *c)
     free(c->text);
     if (c->regex)
         pcre2_code_free((pcre2_code *)c->regex);
+    free(c->members);
+    for (size_t i = 0; i < c->n_countries; i++)
+        free(c->countries[i]);
+    free(c->countries);
     free(c);
 }
 
@@ -494,5 +779,10 @@ void rules_free(struct rules *r)
     }
     free(r->actions);
     free(r->counter_read);
+    for (size_t i = 0; i < r->n_dnsqs; i++) {
+        free(r->dnsqs[i].zone);
+        free(r->dnsqs[i].codes);
+    }
+    free(r->dnsqs);
     free(r);
 }

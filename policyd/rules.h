@@ -16,6 +16,13 @@
  * A struct eval holds the per-request state; it lives in the connection
  * and is reused, so evaluation allocates nothing (derived strings and
  * counter keys go to the request's arena).
+ *
+ * DNS conditions (dnsbl, rhsbl, dnswl, rdns, sender_mx, helo_resolves,
+ * country) compile to questions in rules->dnsqs, one per distinct thing
+ * asked. Before counting, rules_dns_needed() says which a request needs
+ * (lazily: not those of rules that cannot match any more); the engine
+ * asks them and puts the answers in ev->dns[]; the DNS leaves then read
+ * them like attributes. No I/O here.
  */
 #ifndef SMTPGUARD_RULES_H
 #define SMTPGUARD_RULES_H
@@ -24,6 +31,7 @@
 #include <stddef.h>
 
 #include "decay.h"
+#include "dnsname.h"
 #include "list.h"
 #include "request.h"
 #include "store.h"
@@ -33,6 +41,7 @@
 #define RULES_MAX_KEY_PARTS 4
 #define RULES_MAX_KEY 512           /* bytes of one counter key */
 #define RULES_MAX_MATCHED 32        /* points rules remembered per request for the log */
+#define RULES_MAX_DNS 32            /* distinct DNS questions in a rule set */
 
 enum verdict {
     VERDICT_DUNNO,
@@ -87,7 +96,51 @@ enum cond_kind {
     COND_REGEX,                 /* subject matches PCRE2 */
     COND_CMP,                   /* numeric subject compared to number */
     COND_SAME_AS,               /* subject equals another attribute (from=to) */
-    COND_TRUE
+    COND_TRUE,
+    /* DNS leaves: they read the answers of rules->dnsqs in struct eval. */
+    COND_DNSLIST,               /* dnsbl/rhsbl/dnswl: at least min members listed */
+    COND_RDNS,                  /* reverse DNS: dns_want is an enum rdns_want */
+    COND_SENDER_MX,             /* dns_want is an enum mx_want */
+    COND_HELO_RESOLVES,         /* dns_want: 1 resolves, 0 does not */
+    COND_COUNTRY                /* the client's country is one of countries */
+};
+
+/* Which DNS list a question belongs to (for templates and metrics). */
+enum dnslist_type {
+    DNSLIST_NONE,               /* not a list (rdns, mx, ...) */
+    DNSLIST_BL,                 /* dnsbl: */
+    DNSLIST_RHSBL,              /* rhsbl: */
+    DNSLIST_WL                  /* dnswl: */
+};
+
+enum rdns_want {
+    RDNS_PTR,                   /* the client has a PTR name */
+    RDNS_FCRDNS,                /* and that name resolves back to the client */
+    RDNS_NONE                   /* no PTR at all */
+};
+
+enum mx_want {
+    MX_WANT_OK,                 /* sender_mx: true - the domain accepts mail */
+    MX_WANT_BAD,                /* sender_mx: false - no MX/address, or null MX */
+    MX_WANT_NULL                /* sender_mx: null_mx - RFC 7505 null MX */
+};
+
+/* One DNS question of the rule set, asked per request for the value of
+ * its subject attribute. Conditions that ask the same thing share one. */
+struct dnsq {
+    enum dnsq_kind kind;
+    enum dnslist_type list;     /* lists: which kind (templates, metrics) */
+    enum attr subject;          /* client_address, sender_domain, helo_name ... */
+    char *zone;                 /* lists, country; NULL otherwise */
+    struct dnscode *codes;      /* lists: accepted return codes; none = default */
+    size_t n_codes;
+    bool defer_on_error;        /* on_error: defer - a failure defers the request */
+};
+
+/* One zone of a DNS list condition. */
+struct dns_member {
+    int dnsq;                   /* index into rules->dnsqs */
+    double weight;              /* points of `add: { C: weight }` when listed */
 };
 
 /* What a leaf condition looks at. */
@@ -109,11 +162,19 @@ struct cond {
     enum cmp_op op;             /* CMP */
     double number;              /* CMP */
     enum attr other;            /* SAME_AS */
+    struct dns_member *members; /* DNSLIST: one per zone */
+    size_t n_members;
+    unsigned min_hits;          /* DNSLIST: members that must list (default 1) */
+    int dnsq;                   /* other DNS leaves: question, -1 = Postfix's attributes (rdns) */
+    int dns_want;               /* RDNS: enum rdns_want; SENDER_MX: enum mx_want; HELO: 0/1 */
+    char **countries;           /* COUNTRY: upper-case codes */
+    size_t n_countries;
 };
 
 enum add_kind {
     ADD_CONST,                  /* a number */
-    ADD_ATTR                    /* a numeric attribute divided by a unit */
+    ADD_ATTR,                   /* a numeric attribute divided by a unit */
+    ADD_WEIGHT                  /* the weights of the listing zones of the rule's DNS lists */
 };
 
 struct add {
@@ -163,6 +224,8 @@ struct rules {
     struct action_rule *actions;
     size_t n_actions;
     bool *counter_read;         /* [n_counters]: read by actions even when not added to */
+    struct dnsq *dnsqs;         /* DNS questions conditions ask */
+    size_t n_dnsqs;
 };
 
 /* Per-request evaluation state; reused, see rules_eval_reset(). */
@@ -182,14 +245,32 @@ struct eval {
     size_t n_would;
     const struct points_rule *would_points[RULES_MAX_MATCHED];
     size_t n_would_points;
+    /* DNS: which questions this request needs, and their answers. */
+    bool dns_need[RULES_MAX_DNS];
+    struct dnsq_answer dns[RULES_MAX_DNS];    /* status NOTASKED until answered */
+    bool dns_ready;                           /* dns[] filled for this request */
 };
 
 void rules_eval_reset(struct eval *ev, const struct rules *r);
+
+/* rules_dns_needed - start a request: reset ev, and mark in
+ * ev->dns_need the DNS questions that can still change its answer:
+ * those of points rules that may match (up to a whitelist that surely
+ * matches) and of action rules that may match (up to one that surely
+ * matches). A request decided by its attributes alone asks nothing.
+ * Returns the number of questions needed. The caller then fills
+ * ev->dns[] and counts with rules_eval_points_dns. */
+size_t rules_dns_needed(const struct rules *r, struct request *req, struct eval *ev);
 
 /* rules_eval_points - run the points rules; fill ev->updates with the
  * counters to add to or read. Returns true if counting stopped at a
  * `then:` rule (ev->stopped_by), in which case actions are not tested. */
 bool rules_eval_points(const struct rules *r, struct request *req, struct eval *ev);
+
+/* rules_eval_points_dns - the same, keeping the DNS answers put in
+ * ev->dns[] since rules_dns_needed (and marking them ready). Plain
+ * rules_eval_points starts from a blank ev: every DNS check not asked. */
+bool rules_eval_points_dns(const struct rules *r, struct request *req, struct eval *ev);
 
 /* rules_set_scores - take the store's answer (scores[i] for updates[i]). */
 void rules_set_scores(const struct rules *r, struct eval *ev, const double *scores, size_t n);
@@ -211,10 +292,12 @@ const char *rules_counter_key(const struct counter *c, struct request *req, size
 int rules_find_counter(const struct rules *r, const char *name, size_t len);
 int rules_find_list(const struct rules *r, const char *name, size_t len);
 
-/* Template variable ids: attributes, then score.NAME, key.NAME, rule. */
+/* Template variable ids: attributes, then score.NAME, key.NAME, rule,
+ * then the DNS ones (dnsbl.hits, dnsbl.zones ... country). */
 #define RULES_VAR_SCORE 1000
 #define RULES_VAR_KEY 2000
 #define RULES_VAR_RULE 3000
+#define RULES_VAR_DNS 4000
 int rules_template_resolve(void *rules, const char *name, size_t len);
 
 /* The context template expansion needs. */

@@ -97,6 +97,12 @@ int server_start(struct server *srv, uv_loop_t *loop, struct config *cfg)
                   cfg->store.backend == STORE_BACKEND_REDIS ? "redis" : "memory", err);
         return rc;
     }
+    rc = dns_open(&srv->dns, &cfg->dns, loop, err, sizeof err);
+    if (rc < 0) {
+        log_error("cannot start the DNS resolver: %s", err);
+        server_stop(srv);
+        return rc;
+    }
     for (size_t i = 0; i < cfg->n_listen; i++) {
         rc = listener_open(srv, cfg->listen[i]);
         if (rc < 0) {
@@ -182,6 +188,21 @@ int server_reload(struct server *srv)
         srv->store = st;
         log_info("store changed to %s", store_name(st));
     }
+    if (!dns_config_equal(&old->dns, &cfg->dns)) {
+        struct dns *d = NULL;
+        char err[512] = "";
+        if (dns_open(&d, &cfg->dns, srv->loop, err, sizeof err) < 0) {
+            /* The store may have changed already: keep the old resolver
+             * rather than fail half a reload. */
+            log_error("reload: cannot start the new DNS resolver, keeping the old one: %s", err);
+        } else {
+            /* Requests waiting on the old one get their answers now
+             * (missing ones count as failed). */
+            dns_close(srv->dns);
+            srv->dns = d;
+            log_info("dns resolver settings changed");
+        }
+    }
     if (!server_same_listen(old, cfg))
         log_warn("listen: changes take effect after a restart; still listening on the old addresses");
     if (!server_same_admin(old, cfg))
@@ -212,6 +233,11 @@ static void server_close_handles(struct server *srv)
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
         if (hs[i]->loop && !uv_is_closing(hs[i]))
             uv_close(hs[i], NULL);
+    /* DNS first: requests it still holds go on to the store. */
+    if (srv->dns) {
+        dns_close(srv->dns);
+        srv->dns = NULL;
+    }
     if (srv->admin) {
         admin_close(srv->admin);
         srv->admin = NULL;

@@ -20,6 +20,7 @@
 #include <uv.h>
 
 #include "config.h"
+#include "dns.h"
 #include "log.h"
 #include "store.h"
 
@@ -31,6 +32,7 @@ struct server {
     uv_loop_t *loop;
     struct config *cfg;         /* current; requests hold their own reference */
     struct store *store;        /* current counter store */
+    struct dns *dns;            /* current resolver for DNS checks */
     struct listener *listeners; /* linked list */
     struct conn *conns;         /* doubly linked list of open connections */
     unsigned n_conns;           /* connections open now */

@@ -10,6 +10,9 @@ What it offers:
   free_port()        a free loopback TCP port (never 6379 / 10040)
   wait_until()       poll a predicate until a deadline
   Redis              redis-server on its own port and dir; stop/pause/resume/restart
+  DnsServer          unbound serving test zones on a loopback UDP/TCP port
+  DeadDns            a UDP socket that takes DNS queries and never answers
+  dns_query()        one raw DNS question (rcode, answer count), for readiness checks
   RedisClient        a tiny RESP client (GET, KEYS, FLUSHALL ...)
   yaml_dump()        dict -> YAML text, for smtpguard configs
   Daemon             write a config, start smtpguard, wait for "ready", log file,
@@ -36,6 +39,7 @@ import shutil
 import signal
 import smtplib
 import socket
+import struct
 import subprocess
 import sys
 import tempfile
@@ -88,6 +92,11 @@ def _missing(testcase, what):
 def require_redis(testcase):
     if not find_tool("redis-server"):
         _missing(testcase, "redis-server not installed (scripts/install-deps installs it)")
+
+
+def require_unbound(testcase):
+    if not find_tool("unbound"):
+        _missing(testcase, "unbound not installed (scripts/install-deps installs it)")
 
 
 def require_postfix(testcase):
@@ -351,6 +360,166 @@ class Redis:
         wait_until(lambda: not port_open("127.0.0.1", self.port), 5,
                    what="redis port %d to close" % self.port)
         self.start(timeout)
+
+
+# ---------------------------------------------------------------- DNS
+
+def free_udp_port(host="127.0.0.1"):
+    """A loopback port free for both TCP and UDP (a DNS server takes both)."""
+    for _ in range(200):
+        port = free_port(host)
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        try:
+            u.bind((host, port))
+            return port
+        except OSError:
+            continue
+        finally:
+            u.close()
+    raise RuntimeError("no free UDP port found")
+
+
+def dns_query(port, name, qtype=1, timeout=1.0, host="127.0.0.1"):
+    """Ask one question over UDP; return (rcode, answer count) or None on timeout."""
+    qid = random.randint(1, 65535)
+    pkt = struct.pack(">HHHHHH", qid, 0x0100, 1, 0, 0, 0)
+    for label in name.rstrip(".").split("."):
+        pkt += bytes([len(label)]) + label.encode()
+    pkt += b"\0" + struct.pack(">HH", qtype, 1)
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(timeout)
+    try:
+        s.sendto(pkt, (host, port))
+        data = s.recv(4096)
+    except OSError:
+        return None
+    finally:
+        s.close()
+    if len(data) < 12:
+        return None
+    return data[3] & 15, struct.unpack(">H", data[6:8])[0]
+
+
+def reverse_name(ip, zone):
+    """198.51.100.7 + zone -> 7.100.51.198.zone; IPv6 by nibbles."""
+    import ipaddress
+    a = ipaddress.ip_address(ip)
+    if a.version == 4:
+        return ".".join(reversed(ip.split("."))) + "." + zone
+    nib = a.exploded.replace(":", "")
+    return ".".join(reversed(nib)) + "." + zone
+
+
+class DnsServer:
+    """unbound on 127.0.0.1:PORT serving records (zone-file lines) from
+    local zones, nothing else: it never asks the Internet. Stopped by PID.
+
+    records: ["host.test. 60 IN A 192.0.2.1", ...]; zones: local zones
+    (static: NXDOMAIN with an SOA whose TTL/minimum is negative_ttl)."""
+
+    ZONES = ("test.", "in-addr.arpa.", "ip6.arpa.")
+
+    def __init__(self, tmp, records, port=None, name="dns", negative_ttl=60):
+        self.tmp = tmp
+        self.port = port or free_udp_port()
+        self.dir = tmp.mkdir(name)
+        self.proc = None
+        self.exe = find_tool("unbound")
+        self.negative_ttl = negative_ttl
+        self.write(records)
+
+    @property
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+    def write(self, records):
+        lines = [
+            "server:",
+            "  interface: 127.0.0.1",
+            "  port: %d" % self.port,
+            "  do-daemonize: no",
+            '  username: ""',
+            '  chroot: ""',
+            '  directory: "%s"' % self.dir,
+            '  pidfile: "%s"' % os.path.join(self.dir, "unbound.pid"),
+            "  use-syslog: no",
+            '  logfile: ""',
+            "  verbosity: 1",
+            "  do-ip6: no",
+            "  num-threads: 1",
+            "  so-reuseport: no",
+            "  outgoing-range: 16",
+            "  access-control: 127.0.0.0/8 allow",
+            '  module-config: "iterator"',
+            # Anything outside the test zones is refused: no recursion.
+            '  local-zone: "." refuse',
+        ]
+        for z in self.ZONES:
+            lines.append('  local-zone: "%s" static' % z)
+            lines.append("  local-data: '%s %d IN SOA ns.test. hostmaster.test. 1 3600 600 86400 %d'"
+                         % (z, self.negative_ttl, self.negative_ttl))
+        for r in records:
+            lines.append("  local-data: '%s'" % r)
+        lines += ["remote-control:", "  control-enable: no", ""]
+        with open(os.path.join(self.dir, "unbound.conf"), "w") as f:
+            f.write("\n".join(lines))
+
+    def start(self, timeout=10):
+        assert self.proc is None, "unbound already running"
+        logf = open(os.path.join(self.dir, "unbound.log"), "ab")
+        self.proc = subprocess.Popen(
+            [self.exe, "-d", "-c", os.path.join(self.dir, "unbound.conf")],
+            stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, cwd=self.dir)
+        logf.close()
+
+        def ready():
+            if self.proc.poll() is not None:
+                raise RuntimeError("unbound exited (rc=%s): %s" % (self.proc.returncode,
+                                                                  self.log_tail()))
+            return dns_query(self.port, "test.", 6, timeout=0.3) is not None
+        wait_until(ready, timeout, what="unbound on port %d" % self.port)
+        return self
+
+    def log_tail(self, n=2000):
+        try:
+            with open(os.path.join(self.dir, "unbound.log"), "rb") as f:
+                return f.read()[-n:].decode(errors="replace")
+        except OSError:
+            return ""
+
+    def stop(self, timeout=10):
+        if self.proc is None:
+            return
+        p, self.proc = self.proc, None
+        if p.poll() is None:
+            p.terminate()
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait(5)
+
+    def restart(self, records, timeout=10):
+        """Serve other records on the same port (the daemon's cache is not told)."""
+        self.stop()
+        self.write(records)
+        self.start(timeout)
+
+
+class DeadDns:
+    """A UDP socket on loopback that takes queries and never answers."""
+
+    def __init__(self):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+
+    @property
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+    def close(self):
+        self.sock.close()
 
 
 # ---------------------------------------------------------------- YAML
@@ -1214,6 +1383,7 @@ class SGTestCase(unittest.TestCase):
         self.tmp = TempDir(prefix="sgtest.%s." % self._testMethodName[:40])
         self._daemons = []
         self._redis = []
+        self._dns = []
         self._postfix = []
         self._clients = []
         self.addCleanup(self._cleanup)
@@ -1246,6 +1416,8 @@ class SGTestCase(unittest.TestCase):
                 sys.stderr.write("# postfix stop failed: %s\n" % e)
         for r in self._redis:
             r.stop()
+        for x in self._dns:
+            x.stop() if isinstance(x, DnsServer) else x.close()
         if first is not None:
             # Keep the evidence of a failed stop.
             sys.stderr.write("# daemon stop failed; logs kept in %s\n" % self.tmp.path)
@@ -1268,6 +1440,18 @@ class SGTestCase(unittest.TestCase):
         self._redis.append(r)
         r.start()
         return r
+
+    def start_dns(self, records, **kw):
+        require_unbound(self)
+        d = DnsServer(self.tmp, records, **kw)
+        self._dns.append(d)
+        d.start()
+        return d
+
+    def dead_dns(self):
+        d = DeadDns()
+        self._dns.append(d)
+        return d
 
     def start_postfix(self, policy_port, **kw):
         require_postfix(self)
