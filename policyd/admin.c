@@ -26,7 +26,10 @@
 #include <unistd.h>
 #include <uv.h>
 
+#include "alert.h"
 #include "config.h"
+#include "dns.h"
+#include "followup.h"
 #include "log.h"
 #include "metrics.h"
 #include "record.h"
@@ -343,6 +346,9 @@ static void admin_gauges(struct server *srv, struct metrics_gauges *g)
     g->store_up = srv->store && store_is_up(srv->store);
     g->store_backend = srv->store ? store_name(srv->store) : NULL;
     g->store_keys = -1;
+    g->dns = NULL;
+    g->alerts = NULL;
+    g->tracked_open = srv->cfg->tracking.enabled ? (long long)followup_track_open() : -1;
     if (srv->store && srv->cfg->store.backend == STORE_BACKEND_MEMORY) {
         size_t keys;
         store_memory_stats(srv->store, &keys, NULL);
@@ -353,7 +359,15 @@ static void admin_gauges(struct server *srv, struct metrics_gauges *g)
 static void admin_metrics(struct admin_conn *c)
 {
     struct metrics_gauges g;
+    struct dns_stats dns;
+    struct alert_stats alerts;
     admin_gauges(c->ad->srv, &g);
+    if (c->ad->srv->dns) {
+        dns_stats_get(c->ad->srv->dns, &dns);
+        g.dns = &dns;
+    }
+    if (followup_alert_stats(&alerts))
+        g.alerts = &alerts;
     const struct metrics *parts[] = {&metrics_main};
     admin_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8",
                   metrics_format(parts, 1, &g), NULL);

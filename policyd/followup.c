@@ -214,6 +214,14 @@ void followup_stop(void)
     fu.stream_key = NULL;
 }
 
+bool followup_alert_stats(struct alert_stats *out)
+{
+    if (!fu.alert)
+        return false;
+    alert_get_stats(fu.alert, out);
+    return true;
+}
+
 size_t followup_track_open(void)
 {
     return fu.track ? track_open_count(fu.track) : 0;

@@ -34,5 +34,8 @@ void followup_decision(const struct config *cfg, const struct decision *d);
 
 /* followup_track_open - messages being followed now (tests, metrics). */
 size_t followup_track_open(void);
+/* followup_alert_stats - the alert counters; false when alerts are off. */
+struct alert_stats;
+bool followup_alert_stats(struct alert_stats *out);
 
 #endif

@@ -16,6 +16,8 @@
 #include <string.h>
 #include <strings.h>
 
+#include "alert.h"
+#include "dns.h"
 #include "xalloc.h"
 
 struct metrics metrics_main;
@@ -170,6 +172,52 @@ static void mb_counter(struct mbuf *b, const char *name, const char *help,
     mb_printf(b, "%s %llu\n", name, metrics_sum(parts, n, offset));
 }
 
+static void mb_plain(struct mbuf *b, const char *name, const char *type, const char *help,
+                     unsigned long long v)
+{
+    mb_head(b, name, type, help);
+    mb_printf(b, "%s %llu\n", name, v);
+}
+
+/* DNS checks (dns.h): what the resolver did, and which zones listed. The
+ * zone label is bounded: the resolver keeps at most DNS_MAX_ZONE_STATS. */
+static void metrics_format_dns(struct mbuf *b, const struct dns_stats *s)
+{
+    mb_plain(b, "smtpguard_dns_queries_total", "counter", "DNS questions sent to servers.", s->queries);
+    mb_plain(b, "smtpguard_dns_answers_total", "counter", "DNS questions answered (found or not).",
+             s->answers);
+    mb_plain(b, "smtpguard_dns_errors_total", "counter", "DNS questions failed (SERVFAIL, refused, timeout).",
+             s->errors);
+    mb_plain(b, "smtpguard_dns_cache_hits_total", "counter", "DNS questions answered from the cache.",
+             s->cache_hits);
+    mb_plain(b, "smtpguard_dns_coalesced_total", "counter",
+             "DNS questions that joined an identical one in flight.", s->coalesced);
+    mb_plain(b, "smtpguard_dns_timeouts_total", "counter",
+             "Requests whose DNS deadline passed before every answer came.", s->timeouts);
+    mb_plain(b, "smtpguard_dns_dropped_total", "counter",
+             "DNS questions not asked because max_inflight was reached.", s->dropped);
+    mb_plain(b, "smtpguard_dns_inflight", "gauge", "DNS queries out now.", s->inflight);
+    mb_plain(b, "smtpguard_dns_cache_entries", "gauge", "DNS answers cached now.", s->cached);
+    mb_head(b, "smtpguard_dns_zone_hits_total", "counter", "Requests a DNS list zone listed, by zone.");
+    for (size_t i = 0; i < s->n_zones; i++) {
+        mb_printf(b, "smtpguard_dns_zone_hits_total{zone=\"");
+        mb_label(b, s->zones[i].zone);
+        mb_printf(b, "\"} %llu\n", s->zones[i].hits);
+    }
+}
+
+static void metrics_format_alerts(struct mbuf *b, const struct alert_stats *s)
+{
+    mb_plain(b, "smtpguard_alerts_sent_total", "counter", "Alert mails the relay or sendmail took.",
+             s->sent);
+    mb_plain(b, "smtpguard_alerts_failed_total", "counter", "Alert mails given up after retries.",
+             s->failed);
+    mb_plain(b, "smtpguard_alerts_dropped_total", "counter", "Alert mails refused by a full queue.",
+             s->dropped);
+    mb_plain(b, "smtpguard_alerts_suppressed_total", "counter",
+             "Alerts swallowed by the once-per-interval de-duplication.", s->suppressed);
+}
+
 char *metrics_format(const struct metrics *const *parts, size_t n, const struct metrics_gauges *g)
 {
     struct mbuf b = {xmalloc(8192), 0, 8192};
@@ -246,6 +294,15 @@ char *metrics_format(const struct metrics *const *parts, size_t n, const struct 
     if (g->store_keys >= 0) {
         mb_head(&b, "smtpguard_store_keys", "gauge", "Keys held by the memory store.");
         mb_printf(&b, "smtpguard_store_keys %lld\n", g->store_keys);
+    }
+    if (g->dns)
+        metrics_format_dns(&b, g->dns);
+    if (g->alerts)
+        metrics_format_alerts(&b, g->alerts);
+    if (g->tracked_open >= 0) {
+        mb_head(&b, "smtpguard_tracked_messages", "gauge",
+                "Messages being tracked now (transactions not yet ended).");
+        mb_printf(&b, "smtpguard_tracked_messages %lld\n", g->tracked_open);
     }
     mb_head(&b, "smtpguard_start_time_seconds", "gauge",
             "When the daemon started, in seconds since the epoch.");

@@ -120,6 +120,28 @@ class AlertTest(h.SGTestCase):
         mails = self.catcher.wait_mails(3)
         self.assertEqual(mails[2].message()["Subject"], "smtpguard: flood reject ip:198.51.100.10")
 
+    def test_alert_counters_in_metrics(self):
+        import test_admin as ta
+        admin = "127.0.0.1:%d" % h.free_port()
+        cfg = alert_config(h.free_port(), self.catcher.port)
+        cfg["admin"] = {"listen": admin}
+        d = self.start_daemon(cfg)
+        c = self.client(d)
+        for _ in range(7):
+            c.request(h.policy_request(client_address="198.51.100.11", instance="m.1"))
+        self.catcher.wait_mails(1)
+
+        def counters():
+            st, _, body = ta.http(admin, "GET", "/metrics")
+            self.assertEqual(st, 200)
+            f = ta.parse_metrics(body)
+            return (ta.sample(f, "smtpguard_alerts_sent_total"),
+                    ta.sample(f, "smtpguard_alerts_suppressed_total"))
+        # Three trips: one mail, two swallowed by the interval.
+        got = h.wait_until(lambda: counters() if counters()[0] == 1 else None, 5 * h.SLOW,
+                           what="the sent alert counted")
+        self.assertEqual(got, (1, 2))
+
     def test_two_daemons_one_redis_send_exactly_one(self):
         r = self.start_redis()
         store = h.redis_store(r.port)

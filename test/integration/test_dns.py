@@ -399,3 +399,34 @@ class DnsConfigTest(h.SGTestCase):
                      .replace("counters:", 'listen: ["127.0.0.1:%d"]\ndns: { servers: ["127.0.0.1:5353"], timeout: 500ms }\ncounters:' % h.free_port(), 1))
         rc, err, out = d.check_config()
         self.assertEqual(rc, 0, err + out)
+
+
+class DnsMetricsTest(h.SGTestCase):
+    # DnsTest's helpers, without running DnsTest's tests a second time.
+    start = DnsTest.start
+    ask = DnsTest.ask
+
+    def test_dns_counters_in_metrics(self):
+        # /metrics shows what the resolver did: a question asked once,
+        # then answered from the cache, and which zone listed the client.
+        import test_admin as ta
+        dns = self.start_dns(RECORDS)
+        admin = "127.0.0.1:%d" % h.free_port()
+        self.start(dns.address, admin={"listen": admin}, actions=[
+            {"name": "bl", "when": {"dnsbl": ["bl.test"]}, "do": "reject",
+             "message": "550 5.7.1 listed"}])
+
+        def scrape():
+            st, _, body = ta.http(admin, "GET", "/metrics")
+            self.assertEqual(st, 200)
+            return ta.parse_metrics(body)
+
+        self.assertEqual(self.ask("198.51.100.10"), "550 5.7.1 listed")
+        first = scrape()
+        self.assertEqual(ta.sample(first, "smtpguard_dns_queries_total"), 1)
+        self.assertEqual(ta.sample(first, "smtpguard_dns_zone_hits_total", zone="bl.test"), 1)
+        self.assertEqual(self.ask("198.51.100.10"), "550 5.7.1 listed")
+        second = scrape()
+        self.assertEqual(ta.sample(second, "smtpguard_dns_queries_total"), 1, "asked again, not cached")
+        self.assertGreaterEqual(ta.sample(second, "smtpguard_dns_cache_hits_total"), 1)
+        self.assertEqual(ta.sample(second, "smtpguard_dns_zone_hits_total", zone="bl.test"), 2)
