@@ -35,6 +35,11 @@
  *   so a percentile is within 1.6 %), not into an array: memory does not
  *   grow with the run.
  *
+ * - --idle opens the connections and sends nothing (what an idle
+ *   connection costs the server); --fill N sends N requests, each from a
+ *   new client address and a new SASL user (to grow the server's state),
+ *   and stops.
+ *
  * Output: a human summary on stdout, then one "RESULT key=value ..." line
  * for scripts (scripts/bench). Exit status: 0; 1 with --check when any
  * error happened, any answer was not a valid Postfix action, or nothing
@@ -79,6 +84,7 @@ struct lconn {
     bool idle_listed;           /* on the idle stack */
     bool dead;                  /* connect failed: not tried again */
     uint64_t sent_ns;           /* uv_hrtime at the write */
+    char wbuf[1024];            /* --fill: the request being sent */
     size_t rlen;                /* bytes in rbuf */
     char rbuf[LOAD_RBUF];       /* the answer being read */
 };
@@ -108,6 +114,8 @@ static struct load {
     unsigned pool_size;
     bool check;
     bool quiet;
+    bool idle_mode;             /* --idle: connect, send nothing */
+    uint64_t fill;              /* --fill N: N requests, each a new client and user */
     /* the request pool */
     char *pool;                 /* all requests, back to back */
     size_t *pool_off;           /* start of request i; pool_off[pool_size] = end */
@@ -537,6 +545,8 @@ static void load_ready(struct lconn *c)
         load_conn_close(c);
         return;
     }
+    if (L.idle_mode)
+        return;
     if (L.rate > 0)
         load_idle_push(c);
     else
@@ -631,8 +641,24 @@ static void load_send(struct lconn *c)
 {
     if (!c->connected || c->busy || c->closing || L.stopping)
         return;
-    unsigned k = L.next_req++ % L.pool_size;
-    uv_buf_t b = uv_buf_init(L.pool + L.pool_off[k], (unsigned)(L.pool_off[k + 1] - L.pool_off[k]));
+    uv_buf_t b;
+    if (L.fill) {
+        /* Every request a new client address (100.64.0.0/10 holds 4M)
+         * and a new SASL user: each one makes new counter keys. */
+        uint64_t k = L.sent_total;
+        int n = snprintf(c->wbuf, sizeof c->wbuf,
+                         "request=smtpd_access_policy\nprotocol_state=RCPT\n"
+                         "client_address=100.%u.%u.%u\nclient_name=unknown\n"
+                         "helo_name=fill.example\nsender=fill%" PRIu64 "@isp.example\n"
+                         "recipient=r@dest.example\nsasl_method=plain\n"
+                         "sasl_username=fill%" PRIu64 "@isp.example\n\n",
+                         (unsigned)(64 + ((k >> 16) & 63)), (unsigned)((k >> 8) & 255),
+                         (unsigned)(k & 255), k, k);
+        b = uv_buf_init(c->wbuf, (unsigned)n);
+    } else {
+        unsigned k = L.next_req++ % L.pool_size;
+        b = uv_buf_init(L.pool + L.pool_off[k], (unsigned)(L.pool_off[k + 1] - L.pool_off[k]));
+    }
     c->busy = true;
     c->sent_ns = uv_hrtime();
     L.sent_total++;
@@ -803,6 +829,8 @@ static void usage(FILE *fp)
             "      --sasl PCT      requests with a SASL user (default 60)\n"
             "      --pool N        distinct requests prepared (default 65536)\n"
             "      --timeout S     seconds an answer may take (default 5)\n"
+            "      --idle          connect and send nothing (per-connection memory)\n"
+            "      --fill N        N requests, each from a new client and SASL user, then stop\n"
             "      --check         exit 1 on any error or invalid answer\n"
             "  -q, --quiet         only the RESULT line\n");
 }
@@ -836,6 +864,7 @@ int main(int argc, char **argv)
         {"eom", required_argument, NULL, 4},       {"ipv6", required_argument, NULL, 5},
         {"sasl", required_argument, NULL, 6},      {"pool", required_argument, NULL, 7},
         {"timeout", required_argument, NULL, 8},   {"check", no_argument, NULL, 9},
+        {"idle", no_argument, NULL, 10},           {"fill", required_argument, NULL, 11},
         {"quiet", no_argument, NULL, 'q'},         {"help", no_argument, NULL, 'h'},
         {NULL, 0, NULL, 0},
     };
@@ -873,6 +902,8 @@ int main(int argc, char **argv)
         case 7: L.pool_size = (unsigned)arg_num("--pool", optarg, 1, 1 << 20); break;
         case 8: L.timeout = arg_num("--timeout", optarg, 0.01, 600); break;
         case 9: L.check = true; break;
+        case 10: L.idle_mode = true; break;
+        case 11: L.fill = (uint64_t)arg_num("--fill", optarg, 1, 4194304); break;
         case 'q': L.quiet = true; break;
         case 'h': usage(stdout); return 0;
         default: usage(stderr); return 2;
@@ -884,6 +915,13 @@ int main(int argc, char **argv)
     }
     if (load_parse_target(target) < 0)
         return 2;
+    if (L.fill) {
+        /* Filling is counted from the first request and ends with it. */
+        L.max_count = L.fill;
+        L.warmup = 0;
+        L.duration = LOAD_MAX_SECONDS;
+        L.pool_size = 1;
+    }
     signal(SIGPIPE, SIG_IGN);
     load_build_pool();
 
