@@ -566,7 +566,8 @@ static void load_answer(struct lconn *c, size_t end)
         const char *nl = memchr(text, '\n', end - 7);
         v = load_classify(text, nl ? (size_t)(nl - text) : end - 9, word, sizeof word);
     }
-    bool measured = c->sent_ns >= L.measure_from_ns && c->sent_ns < L.stop_at_ns;
+    bool measured = c->sent_ns >= L.measure_from_ns && c->sent_ns < L.stop_at_ns &&
+                    L.answered < L.max_count;
     if (!v) {
         load_error(c, &L.err_invalid, "answer is not a Postfix action");
     } else if (measured) {
