@@ -90,7 +90,7 @@ struct lconn {
 };
 
 struct verdict_count {
-    char name[16];              /* "DUNNO", "4xx" ... */
+    char name[32];              /* "DUNNO", "4xx" ...: a word of an answer, cut */
     uint64_t n;                 /* answers */
 };
 
