@@ -78,9 +78,10 @@ if not now or #ARGV ~= 1 + 3 * #KEYS then
     return redis.error_reply('ERR smtpguard script: bad arguments')
 end
 
--- Each number is formatted once: %.17g is most of this script's cost
--- after the GET and SET themselves (formatting now once per call and
--- each score once, not per use, took 27.5 to 21 us per 5-key call).
+-- Each number is formatted once: after the redis.call()s, %.17g is the
+-- largest cost of this script (formatting now once per call and each
+-- score once, with the MGET below, took Redis from 27.3 to 23.9 us of
+-- CPU per 5-key call; docs/performance.md).
 local snow = fmt(now)
 local out = {snow}
 -- One MGET for every key rather than a GET each: a redis.call() costs
