@@ -77,6 +77,10 @@ OBJS := $(SRCS:%.c=$(B)/%.o)
 LIB  := $(B)/libpolicyd.a
 BIN  := $(B)/smtpguard
 
+# The load generator (test/bench/sgload.c): libuv only, built with the daemon
+# so both compilers check it.
+SGLOAD := $(B)/sgload
+
 UNIT_SRCS := $(wildcard test/unit/test_*.c)
 UNIT_BINS := $(UNIT_SRCS:test/unit/%.c=$(B)/unit/%)
 
@@ -84,9 +88,9 @@ UNIT_BINS := $(UNIT_SRCS:test/unit/%.c=$(B)/unit/%)
 # Only the default variant is linked to policyd/smtpguard; the others
 # (VARIANT=asan, VARIANT=clang ...) stay in build/<variant>/.
 ifeq ($(VARIANT),release)
-all: policyd/smtpguard
+all: policyd/smtpguard $(SGLOAD)
 else
-all: $(BIN)
+all: $(BIN) $(SGLOAD)
 endif
 
 policyd/smtpguard: $(BIN)
@@ -109,6 +113,9 @@ $(LIB): $(OBJS)
 
 $(BIN): $(B)/policyd/main.o $(LIB)
 	$(CC) $(LDFLAGS) -o $@ $^ $(PKG_LIBS)
+
+$(SGLOAD): $(B)/test/bench/sgload.o
+	$(CC) $(LDFLAGS) -o $@ $^ $(shell pkg-config --libs libuv) -lm
 
 # Unit tests: each test_<module>.c links the archive; fakes, if any,
 # come before it so the real member is never pulled in.
@@ -162,5 +169,5 @@ install: all
 clean:
 	rm -rf build policyd/smtpguard
 
--include $(OBJS:.o=.d) $(B)/policyd/main.d $(UNIT_SRCS:test/unit/%.c=$(B)/test/unit/%.d)
+-include $(OBJS:.o=.d) $(B)/policyd/main.d $(B)/test/bench/sgload.d $(UNIT_SRCS:test/unit/%.c=$(B)/test/unit/%.d)
 .SECONDARY:

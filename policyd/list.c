@@ -511,6 +511,20 @@ bool list_match(const struct list *l, const char *value, size_t len)
     return list_match_domain(l, buf, len);
 }
 
+bool list_match_addr(const struct list *l, const char *value, size_t len,
+                     const struct ipaddr *ip)
+{
+    char buf[LIST_VALUE_MAX];
+
+    if (!ip)
+        return list_match(l, value, len);
+    if (!l->data || len == 0)
+        return false;
+    if (cidr_set_contains(l->data->nets, ip))
+        return true;
+    return list_lower(value, len, buf) && list_strset_has(&l->data->exact, buf, len);
+}
+
 void list_free(struct list *l)
 {
     free(l->name);

@@ -72,6 +72,10 @@ bool list_match_ip(const struct list *l, const struct ipaddr *ip);
  * itself or (see above) its parents. Case-insensitive.
  */
 bool list_match(const struct list *l, const char *value, size_t len);
+/* list_match_addr - list_match for a value already parsed as ip (NULL:
+ * not an address), so the parse is not repeated for every list. */
+bool list_match_addr(const struct list *l, const char *value, size_t len,
+                     const struct ipaddr *ip);
 
 void list_free(struct list *l); /* frees name, file, data; not l itself */
 

@@ -352,6 +352,7 @@ void request_reset(struct request *req)
     memset(req->len, 0, sizeof req->len);
     req->derived_done = 0;
     req->unknown_count = 0;
+    req->client_ip_state = 0;
     arena_rewind(&req->arena);
 }
 
@@ -382,6 +383,8 @@ void request_set(struct request *req, enum attr a, const char *val, size_t len)
         return;
     req->val[a] = val;
     req->len[a] = len;
+    if (a == ATTR_CLIENT_ADDRESS)
+        req->client_ip_state = 0;
     if (a >= ATTR_WIRE_COUNT)
         /* A test or a replay tool set a derived value: keep it. */
         req->derived_done |= DERIVED_BIT(a);
@@ -474,21 +477,32 @@ const char *request_get(struct request *req, enum attr a, size_t *len)
     return req->val[a];
 }
 
-const char *request_client_prefix(struct request *req, int v4_bits, int v6_bits, size_t *len)
+const struct ipaddr *request_client_ip(struct request *req)
 {
     const char *addr = req->val[ATTR_CLIENT_ADDRESS];
-    struct ipaddr ip;
+
+    if (req->client_ip_state == 0)
+        req->client_ip_state =
+            addr && ipaddr_parse(addr, req->len[ATTR_CLIENT_ADDRESS], &req->client_ip) == 0 ? 1
+                                                                                            : -1;
+    return req->client_ip_state > 0 ? &req->client_ip : NULL;
+}
+
+const char *request_client_prefix(struct request *req, int v4_bits, int v6_bits, size_t *len)
+{
+    const struct ipaddr *ip;
     /* "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff/128" is 43 bytes. */
     char tmp[64];
     size_t n;
 
     if (len)
         *len = 0;
-    if (!addr || v4_bits < 0 || v4_bits > 32 || v6_bits < 0 || v6_bits > 128)
+    if (v4_bits < 0 || v4_bits > 32 || v6_bits < 0 || v6_bits > 128)
         return NULL;
-    if (ipaddr_parse(addr, req->len[ATTR_CLIENT_ADDRESS], &ip) < 0)
+    ip = request_client_ip(req);
+    if (!ip)
         return NULL;
-    n = ipaddr_format_prefix(&ip, (unsigned)v4_bits, (unsigned)v6_bits, tmp, sizeof tmp);
+    n = ipaddr_format_prefix(ip, (unsigned)v4_bits, (unsigned)v6_bits, tmp, sizeof tmp);
     if (n == 0 || n >= sizeof tmp)
         return NULL;
     if (len)

@@ -19,6 +19,8 @@
 #include <stdbool.h>
 #include <stddef.h>
 
+#include "cidr.h"
+
 /* Every attribute of the Postfix 2.1 - 3.8 policy protocol, then derived. */
 enum attr {
     ATTR_REQUEST,
@@ -82,6 +84,8 @@ struct request {
     unsigned derived_done;         /* bitmask of derived attrs computed (bit = a - ATTR_WIRE_COUNT) */
     unsigned unknown_count;        /* attributes we did not know (ignored) */
     struct arena arena;            /* derived strings */
+    int client_ip_state;           /* client_ip: 0 not parsed yet, 1 valid, -1 not an address */
+    struct ipaddr client_ip;       /* client_address parsed, once per request */
 };
 
 void request_init(struct request *req);
@@ -102,6 +106,11 @@ const char *request_get(struct request *req, enum attr a, size_t *len);
  * IP address (Postfix sends "unknown" in some cases).
  */
 const char *request_client_prefix(struct request *req, int v4_bits, int v6_bits, size_t *len);
+
+/* request_client_ip - client_address as an address, parsed on first use
+ * and kept for the request (lists, CIDR conditions and network keys all
+ * ask for it); NULL when absent or not an IP address. */
+const struct ipaddr *request_client_ip(struct request *req);
 
 /* request_number - parse a numeric attribute (size, recipient_count);
  * false when absent or not a non-negative decimal number. */

@@ -470,9 +470,15 @@ bool rules_cond_match(const struct rules *r, const struct cond *c, struct reques
         return v && rules_text_equals(c, v, vlen);
     case COND_CIDR: {
         struct ipaddr ip;
+        if (c->subject.index == ATTR_CLIENT_ADDRESS) {
+            const struct ipaddr *cip = request_client_ip(req);
+            return cip && cidr_contains(&c->net, cip);
+        }
         return v && ipaddr_parse(v, vlen, &ip) == 0 && cidr_contains(&c->net, &ip);
     }
     case COND_IN_LIST:
+        if (v && c->subject.index == ATTR_CLIENT_ADDRESS)
+            return list_match_addr(&r->lists[c->list], v, vlen, request_client_ip(req));
         return v && list_match(&r->lists[c->list], v, vlen);
     case COND_REGEX:
         return v && rules_regex_match(c, v, vlen);

@@ -62,6 +62,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -824,6 +825,31 @@ static int redis_open(struct store **out, const struct store_config *cfg, uv_loo
     return 0;
 }
 
+/* redis_fmt_num - v as %.17g would write it (both survive the round trip
+ * bit for bit), into out (REDIS_NUM_LEN bytes); returns the length.
+ * Whole numbers (points of 1, half-lives in seconds: most arguments)
+ * are written by hand, which costs a tenth of the snprintf. */
+static size_t redis_fmt_num(double v, char *out)
+{
+    if (v > -1e15 && v < 1e15 && v == (double)(long long)v && !(v == 0 && signbit(v))) {
+        char tmp[24];
+        size_t n = 0, o = 0;
+        long long x = (long long)v;
+        unsigned long long u = x < 0 ? (unsigned long long)-x : (unsigned long long)x;
+        do {
+            tmp[n++] = (char)('0' + u % 10);
+            u /= 10;
+        } while (u);
+        if (x < 0)
+            out[o++] = '-';
+        while (n)
+            out[o++] = tmp[--n];
+        out[o] = '\0';
+        return o;
+    }
+    return (size_t)snprintf(out, REDIS_NUM_LEN, "%.17g", v);
+}
+
 /* redis_cmd_reserve - make c->buf hold at least size bytes. */
 static void redis_cmd_reserve(struct redis_cmd *c, size_t size)
 {
@@ -899,10 +925,10 @@ static void redis_counters(struct store *st, const struct store_update *u, size_
             c->argv[a] = u[i].decay.kind == DECAY_HALF_LIFE ? "h" : "l";
         c->argvlen[a] = 1;
         c->argv[a + 1] = p;
-        c->argvlen[a + 1] = (size_t)snprintf(p, REDIS_NUM_LEN, "%.17g", u[i].decay.param);
+        c->argvlen[a + 1] = redis_fmt_num(u[i].decay.param, p);
         p += c->argvlen[a + 1] + 1;
         c->argv[a + 2] = p;
-        c->argvlen[a + 2] = (size_t)snprintf(p, REDIS_NUM_LEN, "%.17g", u[i].points);
+        c->argvlen[a + 2] = redis_fmt_num(u[i].points, p);
         p += c->argvlen[a + 2] + 1;
     }
     c->argc = (int)(4 + 4 * n);

@@ -9,6 +9,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 
 #include <cmocka.h>
 
@@ -409,6 +410,33 @@ static void test_request_client_prefix(void **state)
     request_fini(&req);
 }
 
+static void test_request_client_ip_follows_set(void **state)
+{
+    (void)state;
+    struct request req;
+    request_init(&req);
+    /* Parsed once and kept; a new client_address (a replay, a test)
+     * or a reset must not see the old parse. */
+    request_set(&req, ATTR_CLIENT_ADDRESS, "192.0.2.7", 9);
+    const struct ipaddr *ip = request_client_ip(&req);
+    if (!ip || ip->family != AF_INET || ip->bytes[3] != 7)
+        fail_msg("192.0.2.7: got %s, want IPv4 ending in .7", ip ? "another address" : "NULL");
+    request_set(&req, ATTR_CLIENT_ADDRESS, "2001:db8::1", 11);
+    ip = request_client_ip(&req);
+    if (!ip || ip->family != AF_INET6)
+        fail_msg("after set 2001:db8::1: got %s, want IPv6", ip ? "IPv4" : "NULL");
+    request_set(&req, ATTR_CLIENT_ADDRESS, "unknown", 7);
+    if (request_client_ip(&req))
+        fail_msg("after set unknown: got an address, want NULL");
+    request_set(&req, ATTR_CLIENT_ADDRESS, "198.51.100.1", 12);
+    if (!request_client_ip(&req))
+        fail_msg("198.51.100.1: got NULL, want an address");
+    request_reset(&req);
+    if (request_client_ip(&req))
+        fail_msg("after reset: got an address, want NULL");
+    request_fini(&req);
+}
+
 static void test_request_number(void **state)
 {
     static const struct {
@@ -476,6 +504,7 @@ int main(void)
         cmocka_unit_test(test_request_arena_alignment),
         cmocka_unit_test(test_request_arena_reset_reuses_memory),
         cmocka_unit_test(test_request_client_prefix),
+        cmocka_unit_test(test_request_client_ip_follows_set),
         cmocka_unit_test(test_request_number),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
