@@ -34,7 +34,9 @@
  *   the socket died (the same flaw makes a refused connect wait for the
  *   connect timer).
  * - Reconnection backs off from 100 ms, doubling up to 5 s, and starts
- *   over once a connection is up. While it is down, apply fails fast.
+ *   over once a connection is up. While it is down, apply fails fast;
+ *   during the very first attempt (start-up) requests queue behind
+ *   AUTH/SELECT, bounded by their deadline.
  * - Failures reach callers deferred (a uv_check, with an idle handle so
  *   the loop does not block in poll meanwhile, as in store_memory.c),
  *   never from inside apply. Replies and deadlines call back directly:
@@ -151,6 +153,7 @@ struct store {
     char sha[SHA1_HEX_LEN + 1]; /* of store_redis_lua */
 
     enum redis_state state;     /* see enum */
+    bool first_done;            /* the first connection attempt has ended */
     redisAsyncContext *ac;      /* NULL unless connecting or up; hiredis frees it */
     unsigned backoff_ms;        /* next reconnection delay */
     uv_timer_t conn_timer;      /* backoff wait, or connect deadline */
@@ -359,6 +362,7 @@ static void redis_conn_down(struct store *st, const char *why)
     bool was_up = st->state == REDIS_STATE_UP;
 
     uv_timer_stop(&st->conn_timer);
+    st->first_done = true;
     if (st->closing) {
         st->state = REDIS_STATE_CLOSED;
         return;
@@ -458,6 +462,7 @@ static void redis_on_select(redisAsyncContext *ac, void *r, void *privdata)
     }
     uv_timer_stop(&st->conn_timer);
     st->state = REDIS_STATE_UP;
+    st->first_done = true;
     st->backoff_ms = REDIS_BACKOFF_MIN_MS;
     st->owing_since_ms = uv_now(st->loop);
     if (!st->quiet_loss)
@@ -865,7 +870,13 @@ static const char *redis_refuse(const struct store *st)
 {
     if (st->closing)
         return "closing";
-    if (st->state != REDIS_STATE_UP || !st->ac)
+    /* While the first connection is being made, requests queue behind
+     * AUTH and SELECT (their deadline still runs): a daemon that has just
+     * started counts its first requests instead of failing them. Once
+     * Redis has been seen down, requests fail at once until it is back,
+     * rather than each hold an smtpd for the whole timeout. */
+    bool starting = st->state == REDIS_STATE_CONNECTING && !st->first_done;
+    if ((st->state != REDIS_STATE_UP && !starting) || !st->ac)
         return "not connected";
     if (st->in_hiredis >= REDIS_MAX_INFLIGHT)
         return "too many requests in flight";
