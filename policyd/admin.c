@@ -34,6 +34,7 @@
 #include "metrics.h"
 #include "record.h"
 #include "server.h"
+#include "textbuf.h"
 #include "xalloc.h"
 
 #ifndef SMTPGUARD_VERSION
@@ -137,52 +138,9 @@ int admin_query_get(const char *query, size_t qlen, const char *name, char *out,
     return -1;
 }
 
-struct abuf {
-    char *p;
-    size_t len, cap;            /* bytes */
-};
-
-__attribute__((format(printf, 2, 3))) static void ab_printf(struct abuf *b, const char *fmt, ...)
-{
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
-        va_end(ap);
-        if (n < 0)
-            return;
-        if ((size_t)n < b->cap - b->len) {
-            b->len += (size_t)n;
-            return;
-        }
-        b->cap = b->cap * 2 + (size_t)n;
-        b->p = xrealloc(b->p, b->cap);
-    }
-}
-
-static void ab_init(struct abuf *b)
-{
-    b->cap = 1024;
-    b->len = 0;
-    b->p = xmalloc(b->cap);
-    b->p[0] = '\0';
-}
-
-/* ab_json - a JSON string with its quotes; bytes from peers escaped. */
-static void ab_json(struct abuf *b, const char *s, size_t n)
-{
-    ab_printf(b, "\"");
-    for (size_t i = 0; i < n; i++) {
-        unsigned char c = (unsigned char)s[i];
-        if (c == '"' || c == '\\')
-            ab_printf(b, "\\%c", c);
-        else if (c < 0x20 || c == 0x7f)
-            ab_printf(b, "\\u%04x", c);
-        else
-            ab_printf(b, "%c", c);
-    }
-    ab_printf(b, "\"");
-}
+/* Response bodies: at most this many bytes (a top list of a few
+ * thousand keys fits many times over). */
+#define ADMIN_MAX_BODY (16u << 20)
 
 /* ---- connection lifetime ---- */
 
@@ -305,10 +263,10 @@ static void admin_respond(struct admin_conn *c, int code, const char *ctype, cha
     }
 }
 
-static void admin_json(struct admin_conn *c, int code, struct abuf *b)
+static void admin_json(struct admin_conn *c, int code, struct textbuf *b)
 {
-    ab_printf(b, "\n");
-    admin_respond(c, code, "application/json", b->p, NULL);
+    textbuf_printf(b, "\n");
+    admin_respond(c, code, "application/json", textbuf_take(b, NULL), NULL);
 }
 
 __attribute__((format(printf, 3, 4))) static void admin_error(struct admin_conn *c, int code,
@@ -319,12 +277,12 @@ __attribute__((format(printf, 3, 4))) static void admin_error(struct admin_conn 
     va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
-    struct abuf b;
-    ab_init(&b);
-    ab_printf(&b, "{\"error\":");
-    ab_json(&b, msg, strlen(msg));
-    ab_printf(&b, "}");
-    admin_respond(c, code, "application/json", (ab_printf(&b, "\n"), b.p),
+    struct textbuf b;
+    textbuf_init(&b, ADMIN_MAX_BODY);
+    textbuf_printf(&b, "{\"error\":");
+    textbuf_json_str(&b, msg, strlen(msg));
+    textbuf_printf(&b, "}");
+    admin_respond(c, code, "application/json", (textbuf_printf(&b, "\n"), textbuf_take(&b, NULL)),
                   code == 405 ? (c->buf[0] == 'P' ? "Allow: GET\r\n" : "Allow: POST\r\n")
                   : code == 401 ? "WWW-Authenticate: Bearer\r\n"
                                 : NULL);
@@ -385,25 +343,25 @@ static void admin_status(struct admin_conn *c)
     struct server *srv = c->ad->srv;
     struct metrics_gauges g;
     admin_gauges(srv, &g);
-    struct abuf b;
-    ab_init(&b);
-    ab_printf(&b, "{\"version\":\"%s\",\"uptime_seconds\":%.0f,\"config_generation\":%u,\"config\":",
+    struct textbuf b;
+    textbuf_init(&b, ADMIN_MAX_BODY);
+    textbuf_printf(&b, "{\"version\":\"%s\",\"uptime_seconds\":%.0f,\"config_generation\":%u,\"config\":",
               SMTPGUARD_VERSION, admin_wallclock() - srv->start_time, srv->cfg->generation);
-    ab_json(&b, srv->cfg->path, strlen(srv->cfg->path));
-    ab_printf(&b, ",\"store\":{\"backend\":\"%s\",\"up\":%s", g.store_backend ? g.store_backend : "none",
+    textbuf_json_str(&b, srv->cfg->path, strlen(srv->cfg->path));
+    textbuf_printf(&b, ",\"store\":{\"backend\":\"%s\",\"up\":%s", g.store_backend ? g.store_backend : "none",
               g.store_up ? "true" : "false");
     if (g.store_keys >= 0)
-        ab_printf(&b, ",\"keys\":%lld", g.store_keys);
-    ab_printf(&b, "},\"connections\":%u,\"connections_total\":%llu,\"requests\":%lu,"
+        textbuf_printf(&b, ",\"keys\":%lld", g.store_keys);
+    textbuf_printf(&b, "},\"connections\":%u,\"connections_total\":%llu,\"requests\":%lu,"
                   "\"recording\":%s,\"counters\":[",
               srv->n_conns, (unsigned long long)g.connections_total, srv->requests,
               record_active() ? "true" : "false");
     const struct rules *r = srv->cfg->rules;
     for (size_t i = 0; i < r->n_counters; i++) {
-        ab_printf(&b, i ? "," : "");
-        ab_json(&b, r->counters[i].name, strlen(r->counters[i].name));
+        textbuf_printf(&b, i ? "," : "");
+        textbuf_json_str(&b, r->counters[i].name, strlen(r->counters[i].name));
     }
-    ab_printf(&b, "]}");
+    textbuf_printf(&b, "]}");
     admin_json(c, 200, &b);
 }
 
@@ -459,13 +417,13 @@ static void admin_on_score(void *arg, int status, const double *scores, size_t n
         admin_error(c, 503, "the store did not answer");
     } else {
         size_t clen = strlen(c->counter);
-        struct abuf b;
-        ab_init(&b);
-        ab_printf(&b, "{\"counter\":");
-        ab_json(&b, c->counter, clen);
-        ab_printf(&b, ",\"key\":");
-        ab_json(&b, c->key + clen + 1, c->key_len - clen - 1);
-        ab_printf(&b, ",\"score\":%.*f,\"exact\":%.6f}", c->precision,
+        struct textbuf b;
+        textbuf_init(&b, ADMIN_MAX_BODY);
+        textbuf_printf(&b, "{\"counter\":");
+        textbuf_json_str(&b, c->counter, clen);
+        textbuf_printf(&b, ",\"key\":");
+        textbuf_json_str(&b, c->key + clen + 1, c->key_len - clen - 1);
+        textbuf_printf(&b, ",\"score\":%.*f,\"exact\":%.6f}", c->precision,
                   decay_round(scores[0], c->precision), scores[0]);
         admin_json(c, 200, &b);
     }
@@ -489,19 +447,19 @@ static void admin_on_top(void *arg, int status, const struct store_top_entry *e,
         admin_error(c, 503, "the store did not answer");
     } else {
         size_t clen = strlen(c->counter);
-        struct abuf b;
-        ab_init(&b);
-        ab_printf(&b, "{\"counter\":");
-        ab_json(&b, c->counter, clen);
-        ab_printf(&b, ",\"keys\":[");
+        struct textbuf b;
+        textbuf_init(&b, ADMIN_MAX_BODY);
+        textbuf_printf(&b, "{\"counter\":");
+        textbuf_json_str(&b, c->counter, clen);
+        textbuf_printf(&b, ",\"keys\":[");
         for (size_t i = 0; i < n; i++) {
             size_t skip = e[i].key_len > clen ? clen + 1 : 0;
-            ab_printf(&b, "%s{\"key\":", i ? "," : "");
-            ab_json(&b, e[i].key + skip, e[i].key_len - skip);
-            ab_printf(&b, ",\"score\":%.*f,\"exact\":%.6f}", c->precision,
+            textbuf_printf(&b, "%s{\"key\":", i ? "," : "");
+            textbuf_json_str(&b, e[i].key + skip, e[i].key_len - skip);
+            textbuf_printf(&b, ",\"score\":%.*f,\"exact\":%.6f}", c->precision,
                       decay_round(e[i].score, c->precision), e[i].score);
         }
-        ab_printf(&b, "]}");
+        textbuf_printf(&b, "]}");
         admin_json(c, 200, &b);
     }
     admin_conn_unref(c);
@@ -533,13 +491,13 @@ static void admin_on_reset(void *arg, int status)
         admin_error(c, 503, "the store did not answer");
     } else {
         size_t clen = strlen(c->counter);
-        struct abuf b;
-        ab_init(&b);
-        ab_printf(&b, "{\"counter\":");
-        ab_json(&b, c->counter, clen);
-        ab_printf(&b, ",\"key\":");
-        ab_json(&b, c->key + clen + 1, c->key_len - clen - 1);
-        ab_printf(&b, ",\"reset\":true}");
+        struct textbuf b;
+        textbuf_init(&b, ADMIN_MAX_BODY);
+        textbuf_printf(&b, "{\"counter\":");
+        textbuf_json_str(&b, c->counter, clen);
+        textbuf_printf(&b, ",\"key\":");
+        textbuf_json_str(&b, c->key + clen + 1, c->key_len - clen - 1);
+        textbuf_printf(&b, ",\"reset\":true}");
         admin_json(c, 200, &b);
         char q[LOG_QUOTE_BUF];
         log_info("admin: reset %s", log_quote(c->key, c->key_len, q, sizeof q));
@@ -563,14 +521,14 @@ static void admin_reload(struct admin_conn *c)
     struct server *srv = c->ad->srv;
     log_info("admin: reload requested");
     int rc = server_reload(srv);
-    struct abuf b;
-    ab_init(&b);
-    ab_printf(&b, "{\"reloaded\":%s,\"generation\":%u", rc == 0 ? "true" : "false",
+    struct textbuf b;
+    textbuf_init(&b, ADMIN_MAX_BODY);
+    textbuf_printf(&b, "{\"reloaded\":%s,\"generation\":%u", rc == 0 ? "true" : "false",
               srv->cfg->generation);
     if (rc < 0)
-        ab_printf(&b, ",\"error\":\"the new configuration was refused; the daemon log has every "
+        textbuf_printf(&b, ",\"error\":\"the new configuration was refused; the daemon log has every "
                       "problem, the old one keeps serving\"");
-    ab_printf(&b, "}");
+    textbuf_printf(&b, "}");
     admin_json(c, rc == 0 ? 200 : 500, &b);
 }
 

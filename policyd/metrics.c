@@ -18,7 +18,7 @@
 
 #include "alert.h"
 #include "dns.h"
-#include "xalloc.h"
+#include "textbuf.h"
 
 struct metrics metrics_main;
 
@@ -92,48 +92,29 @@ void metrics_verdict(struct metrics *m, const char *rule, const char *verdict)
 
 /* ---- exposition ---- */
 
-struct mbuf {
-    char *p;
-    size_t len, cap;            /* bytes */
-};
+/* The whole scrape: bounded label sets keep it far below this. */
+#define METRICS_MAX_TEXT (4u << 20)
 
-__attribute__((format(printf, 2, 3))) static void mb_printf(struct mbuf *b, const char *fmt, ...)
-{
-    for (;;) {
-        va_list ap;
-        va_start(ap, fmt);
-        int n = vsnprintf(b->p + b->len, b->cap - b->len, fmt, ap);
-        va_end(ap);
-        if (n < 0)
-            return;
-        if ((size_t)n < b->cap - b->len) {
-            b->len += (size_t)n;
-            return;
-        }
-        b->cap = b->cap * 2 + (size_t)n;
-        b->p = xrealloc(b->p, b->cap);
-    }
-}
 
 /* mb_label - a label value, escaped as the text format wants. */
-static void mb_label(struct mbuf *b, const char *s)
+static void mb_label(struct textbuf *b, const char *s)
 {
     for (; *s; s++) {
         if (*s == '\\' || *s == '"')
-            mb_printf(b, "\\%c", *s);
+            textbuf_printf(b, "\\%c", *s);
         else if (*s == '\n')
-            mb_printf(b, "\\n");
+            textbuf_printf(b, "\\n");
         else
-            mb_printf(b, "%c", *s);
+            textbuf_printf(b, "%c", *s);
     }
 }
 
-static void mb_head(struct mbuf *b, const char *name, const char *type, const char *help)
+static void mb_head(struct textbuf *b, const char *name, const char *type, const char *help)
 {
-    mb_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
+    textbuf_printf(b, "# HELP %s %s\n# TYPE %s %s\n", name, help, name, type);
 }
 
-static void mb_histogram(struct mbuf *b, const char *name, const char *help,
+static void mb_histogram(struct textbuf *b, const char *name, const char *help,
                          const struct metrics *const *parts, size_t n, size_t offset)
 {
     struct metrics_histogram sum = {{0}, 0, 0};
@@ -149,12 +130,12 @@ static void mb_histogram(struct mbuf *b, const char *name, const char *help,
     uint64_t cum = 0;
     for (int k = 0; k < METRICS_BUCKETS; k++) {
         cum += sum.buckets[k];
-        mb_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, metrics_bounds[k], (unsigned long long)cum);
+        textbuf_printf(b, "%s_bucket{le=\"%g\"} %llu\n", name, metrics_bounds[k], (unsigned long long)cum);
     }
     cum += sum.buckets[METRICS_BUCKETS];
-    mb_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
-    mb_printf(b, "%s_sum %.9g\n", name, sum.sum);
-    mb_printf(b, "%s_count %llu\n", name, (unsigned long long)sum.count);
+    textbuf_printf(b, "%s_bucket{le=\"+Inf\"} %llu\n", name, (unsigned long long)cum);
+    textbuf_printf(b, "%s_sum %.9g\n", name, sum.sum);
+    textbuf_printf(b, "%s_count %llu\n", name, (unsigned long long)sum.count);
 }
 
 static unsigned long long metrics_sum(const struct metrics *const *parts, size_t n, size_t offset)
@@ -165,23 +146,23 @@ static unsigned long long metrics_sum(const struct metrics *const *parts, size_t
     return s;
 }
 
-static void mb_counter(struct mbuf *b, const char *name, const char *help,
+static void mb_counter(struct textbuf *b, const char *name, const char *help,
                        const struct metrics *const *parts, size_t n, size_t offset)
 {
     mb_head(b, name, "counter", help);
-    mb_printf(b, "%s %llu\n", name, metrics_sum(parts, n, offset));
+    textbuf_printf(b, "%s %llu\n", name, metrics_sum(parts, n, offset));
 }
 
-static void mb_plain(struct mbuf *b, const char *name, const char *type, const char *help,
+static void mb_plain(struct textbuf *b, const char *name, const char *type, const char *help,
                      unsigned long long v)
 {
     mb_head(b, name, type, help);
-    mb_printf(b, "%s %llu\n", name, v);
+    textbuf_printf(b, "%s %llu\n", name, v);
 }
 
 /* DNS checks (dns.h): what the resolver did, and which zones listed. The
  * zone label is bounded: the resolver keeps at most DNS_MAX_ZONE_STATS. */
-static void metrics_format_dns(struct mbuf *b, const struct dns_stats *s)
+static void metrics_format_dns(struct textbuf *b, const struct dns_stats *s)
 {
     mb_plain(b, "smtpguard_dns_queries_total", "counter", "DNS questions sent to servers.", s->queries);
     mb_plain(b, "smtpguard_dns_answers_total", "counter", "DNS questions answered (found or not).",
@@ -200,13 +181,13 @@ static void metrics_format_dns(struct mbuf *b, const struct dns_stats *s)
     mb_plain(b, "smtpguard_dns_cache_entries", "gauge", "DNS answers cached now.", s->cached);
     mb_head(b, "smtpguard_dns_zone_hits_total", "counter", "Requests a DNS list zone listed, by zone.");
     for (size_t i = 0; i < s->n_zones; i++) {
-        mb_printf(b, "smtpguard_dns_zone_hits_total{zone=\"");
+        textbuf_printf(b, "smtpguard_dns_zone_hits_total{zone=\"");
         mb_label(b, s->zones[i].zone);
-        mb_printf(b, "\"} %llu\n", s->zones[i].hits);
+        textbuf_printf(b, "\"} %llu\n", s->zones[i].hits);
     }
 }
 
-static void metrics_format_alerts(struct mbuf *b, const struct alert_stats *s)
+static void metrics_format_alerts(struct textbuf *b, const struct alert_stats *s)
 {
     mb_plain(b, "smtpguard_alerts_sent_total", "counter", "Alert mails the relay or sendmail took.",
              s->sent);
@@ -220,8 +201,8 @@ static void metrics_format_alerts(struct mbuf *b, const struct alert_stats *s)
 
 char *metrics_format(const struct metrics *const *parts, size_t n, const struct metrics_gauges *g)
 {
-    struct mbuf b = {xmalloc(8192), 0, 8192};
-    b.p[0] = '\0';
+    struct textbuf b;
+    textbuf_init(&b, METRICS_MAX_TEXT);
 
     mb_head(&b, "smtpguard_requests_total", "counter",
             "Policy requests answered, by SMTP protocol state.");
@@ -229,7 +210,7 @@ char *metrics_format(const struct metrics *const *parts, size_t n, const struct 
         unsigned long long v = 0;
         for (size_t i = 0; i < n; i++)
             v += parts[i]->requests[s];
-        mb_printf(&b, "smtpguard_requests_total{protocol_state=\"%s\"} %llu\n",
+        textbuf_printf(&b, "smtpguard_requests_total{protocol_state=\"%s\"} %llu\n",
                   metrics_state_name((enum metrics_state)s), v);
     }
 
@@ -254,15 +235,15 @@ char *metrics_format(const struct metrics *const *parts, size_t n, const struct 
                     if (!strcmp(parts[j]->rows[q].rule, row->rule) &&
                         !strcmp(parts[j]->rows[q].verdict, row->verdict))
                         v += parts[j]->rows[q].count;
-            mb_printf(&b, "smtpguard_verdicts_total{rule=\"");
+            textbuf_printf(&b, "smtpguard_verdicts_total{rule=\"");
             mb_label(&b, row->rule);
-            mb_printf(&b, "\",verdict=\"");
+            textbuf_printf(&b, "\",verdict=\"");
             mb_label(&b, row->verdict);
-            mb_printf(&b, "\"} %llu\n", v);
+            textbuf_printf(&b, "\"} %llu\n", v);
         }
     }
     if (other)
-        mb_printf(&b, "smtpguard_verdicts_total{rule=\"other\",verdict=\"other\"} %llu\n", other);
+        textbuf_printf(&b, "smtpguard_verdicts_total{rule=\"other\",verdict=\"other\"} %llu\n", other);
 
     mb_histogram(&b, "smtpguard_answer_duration_seconds",
                  "Time from a request parsed to its answer ready.", parts, n,
@@ -282,18 +263,18 @@ char *metrics_format(const struct metrics *const *parts, size_t n, const struct 
                parts, n, offsetof(struct metrics, admin_requests));
 
     mb_head(&b, "smtpguard_connections", "gauge", "Policy connections open now.");
-    mb_printf(&b, "smtpguard_connections %u\n", g->connections);
+    textbuf_printf(&b, "smtpguard_connections %u\n", g->connections);
     mb_head(&b, "smtpguard_connections_total", "counter", "Policy connections accepted.");
-    mb_printf(&b, "smtpguard_connections_total %llu\n", (unsigned long long)g->connections_total);
+    textbuf_printf(&b, "smtpguard_connections_total %llu\n", (unsigned long long)g->connections_total);
     mb_head(&b, "smtpguard_config_generation", "gauge",
             "Configuration generation serving now (1 + reloads that took effect).");
-    mb_printf(&b, "smtpguard_config_generation %u\n", g->config_generation);
+    textbuf_printf(&b, "smtpguard_config_generation %u\n", g->config_generation);
     mb_head(&b, "smtpguard_store_up", "gauge", "Whether the counter store can answer (1) or not (0).");
-    mb_printf(&b, "smtpguard_store_up{backend=\"%s\"} %d\n",
+    textbuf_printf(&b, "smtpguard_store_up{backend=\"%s\"} %d\n",
               g->store_backend ? g->store_backend : "none", g->store_up ? 1 : 0);
     if (g->store_keys >= 0) {
         mb_head(&b, "smtpguard_store_keys", "gauge", "Keys held by the memory store.");
-        mb_printf(&b, "smtpguard_store_keys %lld\n", g->store_keys);
+        textbuf_printf(&b, "smtpguard_store_keys %lld\n", g->store_keys);
     }
     if (g->dns)
         metrics_format_dns(&b, g->dns);
@@ -302,10 +283,10 @@ char *metrics_format(const struct metrics *const *parts, size_t n, const struct 
     if (g->tracked_open >= 0) {
         mb_head(&b, "smtpguard_tracked_messages", "gauge",
                 "Messages being tracked now (transactions not yet ended).");
-        mb_printf(&b, "smtpguard_tracked_messages %lld\n", g->tracked_open);
+        textbuf_printf(&b, "smtpguard_tracked_messages %lld\n", g->tracked_open);
     }
     mb_head(&b, "smtpguard_start_time_seconds", "gauge",
             "When the daemon started, in seconds since the epoch.");
-    mb_printf(&b, "smtpguard_start_time_seconds %.3f\n", g->start_time);
-    return b.p;
+    textbuf_printf(&b, "smtpguard_start_time_seconds %.3f\n", g->start_time);
+    return textbuf_take(&b, NULL);
 }
