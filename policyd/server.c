@@ -110,7 +110,9 @@ int server_start(struct server *srv, uv_loop_t *loop, struct config *cfg)
             return rc;
         }
     }
-    if (cfg->admin.listen) {
+    /* With workers: N the admin API lives in worker 0 only (one port,
+     * one listener); its /metrics are that worker's figures. */
+    if (cfg->admin.listen && log_worker <= 0) {
         rc = admin_open(&srv->admin, srv, cfg->admin.listen);
         if (rc < 0) {
             server_stop(srv);
