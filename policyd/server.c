@@ -174,6 +174,15 @@ int server_reload(struct server *srv)
         metrics_main.reload_failures++;
         return -EINVAL;
     }
+    if (cfg->workers != old->workers) {
+        /* The new config was validated for its own worker count: a memory
+         * store is fine with workers: 1, not in one of two workers. */
+        log_error("reload refused, keeping generation %u: workers: changed from %u to %u, "
+                  "which needs a restart", old->generation, old->workers, cfg->workers);
+        config_unref(cfg);
+        metrics_main.reload_failures++;
+        return -EINVAL;
+    }
     cfg->generation = old->generation + 1;
     if (!store_config_equal(&old->store, &cfg->store)) {
         struct store *st = NULL;

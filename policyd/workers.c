@@ -54,7 +54,9 @@ static void workers_spawn(struct worker *w, unsigned n, struct config *cfg, work
             _exit(1);
         log_worker = (int)n;
         signal(SIGCHLD, SIG_DFL);
-        sigprocmask(SIG_UNBLOCK, &workers_sigs, NULL);
+        /* The signals stay blocked until the worker's handlers are in
+         * place (workers_unblock): a SIGHUP or SIGTERM that comes during
+         * its start waits instead of killing it. */
         exit(fn(cfg));
     }
     w->pid = pid;
@@ -128,6 +130,12 @@ static bool workers_reap(struct worker *ws, unsigned n, bool stopping)
     return clean;
 }
 
+void workers_unblock(void)
+{
+    if (log_worker >= 0)
+        sigprocmask(SIG_UNBLOCK, &workers_sigs, NULL);
+}
+
 /* workers_reload - SIGHUP: check the config here, pass it on if good. */
 static void workers_reload(struct config **cfgp, struct worker *ws, unsigned n)
 {
@@ -142,8 +150,14 @@ static void workers_reload(struct config **cfgp, struct worker *ws, unsigned n)
         config_errors_fini(&errs);
         return;
     }
-    if (cfg->workers != old->workers)
-        log_warn("workers: changes take effect after a restart; still %u workers", n);
+    if (cfg->workers != old->workers) {
+        /* The new config was checked for its own worker count, not for
+         * this one (a memory store is fine with workers: 1). */
+        log_error("reload refused, workers keep generation %u: workers: changed from %u to %u, "
+                  "which needs a restart", old->generation, old->workers, cfg->workers);
+        config_unref(cfg);
+        return;
+    }
     cfg->generation = old->generation + 1;
     *cfgp = cfg;
     config_unref(old);

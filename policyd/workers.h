@@ -32,4 +32,9 @@ typedef int (*workers_main_cb)(struct config *cfg);
  * parent's exit code: 0 if every worker stopped cleanly. */
 int workers_run(struct config *cfg, workers_main_cb fn);
 
+/* workers_unblock - in a worker, once its signal handlers are installed:
+ * let the signals in (they are blocked from the fork on, and any that
+ * came meanwhile are delivered now). Does nothing outside a worker. */
+void workers_unblock(void);
+
 #endif

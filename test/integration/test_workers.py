@@ -6,6 +6,7 @@ the configs that workers: N refuses."""
 import os
 import re
 import signal
+import socket
 import time
 
 import harness as h
@@ -145,6 +146,42 @@ class WorkersTest(h.SGTestCase):
         self.assertEqual(self.served_by(d, mark), {"0", "1"})
         acts = [c.request(h.policy_request(client_address="198.51.100.8")) for c in conns]
         self.assertEqual(acts, ["DUNNO"] * 4 + [FLOOD % "198.51.100.8"] * (N_CONNS - 4))
+
+    def test_reload_changing_workers_is_refused(self):
+        cfg = self.config()
+        d = self.start_workers(cfg)
+        conns = self.connect_all(d)
+        # workers: 1 with the memory store is a valid config on its own,
+        # but not for the two workers running now.
+        bad = dict(cfg, workers=1, store={"backend": "memory"})
+        bad["actions"] = [dict(cfg["actions"][0], message="550 5.7.1 split %{client_address}")]
+        mark = d.mark()
+        d.write_config(bad)
+        d.signal(signal.SIGHUP)
+        h.wait_until(lambda: "reload refused" in d.log()[mark:], 10, what="refusal logged")
+        time.sleep(0.3)
+        self.assertNotRegex(d.log()[mark:], r"config reloaded|store changed")
+        acts = [c.request(h.policy_request(client_address="198.51.100.9")) for c in conns]
+        self.assertEqual(acts, ["DUNNO"] * 4 + [FLOOD % "198.51.100.9"] * (N_CONNS - 4))
+
+    def test_admin_in_worker_zero_only(self):
+        admin = "127.0.0.1:%d" % h.free_port()
+        token = self.tmp.write("admin.token", "workers-test-token\n", mode=0o600)
+        d = self.start_workers(self.config(admin={"listen": admin, "token_file": token}))
+        self.assertEqual(len(re.findall(r"admin", d.log())), 1, d.log())
+        self.assertRegex(d.log(), r"w=0 [^\n]*admin")
+        host, port = admin.rsplit(":", 1)
+        self.assertTrue(h.port_open(host, int(port)))
+        # A reload asked through the admin API reaches every worker.
+        mark = d.mark()
+        s = socket.create_connection((host, int(port)), timeout=5)
+        s.sendall(b"POST /reload HTTP/1.1\r\nHost: x\r\n"
+                  b"Authorization: Bearer workers-test-token\r\nContent-Length: 0\r\n\r\n")
+        self.assertIn(b" 200 ", s.recv(4096))
+        s.close()
+        h.wait_until(lambda: len(re.findall(r"w=\d config reloaded generation=2",
+                                            d.log()[mark:])) == 2,
+                     10, what="both workers reloaded")
 
 
 class WorkersConfigTest(h.SGTestCase):
