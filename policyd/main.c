@@ -68,7 +68,7 @@ static int main_serve(struct config *cfg)
     log_info("smtpguard %s ready: generation=%u store=%s counters=%zu points=%zu actions=%zu",
              SMTPGUARD_VERSION, cfg->generation, store_name(srv.store), cfg->rules->n_counters,
              cfg->rules->n_points, cfg->rules->n_actions);
-    workers_unblock();
+    workers_ready();
     uv_run(loop, UV_RUN_DEFAULT);
     log_info("stopped after %lu requests", srv.requests);
     config_unref(srv.cfg);

@@ -12,6 +12,7 @@
 #include "workers.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -28,6 +29,7 @@
 #define WORKERS_BACKOFF_MAX_MS 30000  /* cap: at most one restart per 30 s per worker */
 #define WORKERS_STABLE_MS 30000       /* a worker that lived this long starts the back-off over */
 #define WORKERS_STOP_MS 15000         /* bound on a graceful stop, then SIGKILL */
+#define WORKERS_START_MS 60000        /* bound on the first start of every worker */
 
 struct worker {
     pid_t pid;                  /* 0 when not running */
@@ -37,6 +39,7 @@ struct worker {
 };
 
 static sigset_t workers_sigs;   /* the signals the parent takes */
+static int workers_ready_fd[2] = {-1, -1}; /* start-up only: workers write a byte when ready */
 
 /* workers_spawn - fork worker n; the child never returns. */
 static void workers_spawn(struct worker *w, unsigned n, struct config *cfg, workers_main_cb fn)
@@ -130,10 +133,60 @@ static bool workers_reap(struct worker *ws, unsigned n, bool stopping)
     return clean;
 }
 
-void workers_unblock(void)
+void workers_ready(void)
 {
-    if (log_worker >= 0)
-        sigprocmask(SIG_UNBLOCK, &workers_sigs, NULL);
+    if (log_worker < 0)
+        return;
+    sigprocmask(SIG_UNBLOCK, &workers_sigs, NULL);
+    if (workers_ready_fd[1] >= 0) {
+        char b = 1;
+        if (write(workers_ready_fd[1], &b, 1) != 1)
+            log_warn("cannot tell the parent that this worker is ready: %s", strerror(errno));
+        close(workers_ready_fd[1]);
+        close(workers_ready_fd[0]);
+        workers_ready_fd[0] = workers_ready_fd[1] = -1;
+    }
+}
+
+/*
+ * workers_wait_ready - the first start: wait until every worker is
+ * serving, so that a worker that cannot start (a port taken, Redis
+ * settings it cannot use) fails the whole start, as one process would,
+ * rather than restart for ever. Signals wait (blocked) meanwhile.
+ * Returns 0, or -1 with the reason logged.
+ */
+static int workers_wait_ready(struct worker *ws, unsigned n)
+{
+    unsigned ready = 0;
+    uint64_t deadline = log_now_ms() + WORKERS_START_MS;
+    while (ready < n) {
+        struct pollfd pfd = {.fd = workers_ready_fd[0], .events = POLLIN};
+        if (poll(&pfd, 1, 100) > 0) {
+            char buf[64];
+            ssize_t got = read(workers_ready_fd[0], buf, sizeof buf);
+            if (got > 0)
+                ready += (unsigned)got;
+        }
+        int status;
+        pid_t pid = waitpid(-1, &status, WNOHANG);
+        if (pid > 0) {
+            for (unsigned i = 0; i < n; i++) {
+                if (ws[i].pid == pid) {
+                    char how[64];
+                    workers_describe(status, how, sizeof how);
+                    log_error("worker %u could not start (%s): not starting", i, how);
+                    ws[i].pid = 0;
+                }
+            }
+            return -1;
+        }
+        if (log_now_ms() >= deadline) {
+            log_error("only %u of %u workers ready after %d s: not starting", ready, n,
+                      WORKERS_START_MS / 1000);
+            return -1;
+        }
+    }
+    return 0;
 }
 
 /* workers_reload - SIGHUP: check the config here, pass it on if good. */
@@ -177,12 +230,31 @@ int workers_run(struct config *cfg, workers_main_cb fn)
     /* The workers open their own JSON log. */
     actions_json_close();
     log_info("starting %u workers: pid=%d", n, (int)getpid());
+    if (pipe(workers_ready_fd) < 0) {
+        log_error("cannot start workers: pipe: %s", strerror(errno));
+        free(ws);
+        config_unref(cfg);
+        return 1;
+    }
     for (unsigned i = 0; i < n; i++) {
         ws[i].backoff_ms = WORKERS_BACKOFF_MIN_MS;
         workers_spawn(&ws[i], i, cfg, fn);
     }
     bool stopping = false, clean = true;
     uint64_t stop_deadline = 0;
+    if (workers_wait_ready(ws, n) < 0) {
+        /* Stop the ones that did start; the exit code says it failed. */
+        stopping = true;
+        clean = false;
+        stop_deadline = log_now_ms() + WORKERS_STOP_MS;
+        workers_signal_all(ws, n, SIGTERM);
+    } else {
+        log_info("all %u workers serving", n);
+    }
+    /* Restarted workers do not report. */
+    close(workers_ready_fd[0]);
+    close(workers_ready_fd[1]);
+    workers_ready_fd[0] = workers_ready_fd[1] = -1;
     for (;;) {
         if (!stopping) {
             uint64_t now = log_now_ms();

@@ -3,8 +3,10 @@
  * daemon of its own (event loop, listeners bound with SO_REUSEPORT, Redis
  * connection, DNS resolver), and only supervises them.
  *
- * The parent never starts an event loop: it waits for signals with
- * sigtimedwait() and
+ * At the first start the parent waits until every worker serves; if one
+ * cannot (a port taken, say), the others are stopped and workers_run
+ * fails, as a single process would. Then it never starts an event loop:
+ * it waits for signals with sigtimedwait() and
  *   SIGHUP         loads the config itself first: a broken one is logged
  *                  once, here, and not passed on; a good one is passed to
  *                  every worker, which reloads it as a single daemon does,
@@ -32,9 +34,10 @@ typedef int (*workers_main_cb)(struct config *cfg);
  * parent's exit code: 0 if every worker stopped cleanly. */
 int workers_run(struct config *cfg, workers_main_cb fn);
 
-/* workers_unblock - in a worker, once its signal handlers are installed:
- * let the signals in (they are blocked from the fork on, and any that
- * came meanwhile are delivered now). Does nothing outside a worker. */
-void workers_unblock(void);
+/* workers_ready - in a worker, once it serves (its signal handlers are
+ * installed): let the signals in (they are blocked from the fork on, and
+ * any that came meanwhile are delivered now) and, at the first start,
+ * tell the parent. Does nothing outside a worker. */
+void workers_ready(void);
 
 #endif

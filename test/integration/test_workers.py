@@ -183,6 +183,21 @@ class WorkersTest(h.SGTestCase):
                                             d.log()[mark:])) == 2,
                      10, what="both workers reloaded")
 
+    def test_worker_that_cannot_start_fails_the_start(self):
+        cfg = self.config()
+        port = int(cfg["listen"][0].rsplit(":", 1)[1])
+        # Held without SO_REUSEPORT: no worker can bind the port.
+        s = socket.socket()
+        s.bind(("127.0.0.1", port))
+        s.listen(1)
+        self.addCleanup(s.close)
+        d = self.start_daemon(cfg, wait_ready=False)
+        rc = d.wait_exit(10)
+        self.assertEqual(rc, 1, d.log_tail())
+        self.assertRegex(d.log(), r"worker \d could not start")
+        for pid in self.worker_pids(d).values():
+            h.wait_until(lambda: not h.pid_alive(pid), 5, what="worker %d gone" % pid)
+
 
 class WorkersConfigTest(h.SGTestCase):
 
