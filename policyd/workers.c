@@ -44,21 +44,27 @@ static int workers_ready_fd[2] = {-1, -1}; /* start-up only: workers write a byt
 /* workers_spawn - fork worker n; the child never returns. */
 static void workers_spawn(struct worker *w, unsigned n, struct config *cfg, workers_main_cb fn)
 {
+    pid_t parent = getpid();
     pid_t pid = fork();
     if (pid < 0) {
-        log_error("cannot fork worker %u: %s", n, strerror(errno));
+        log_error("cannot fork worker %u: %s; trying again in %u ms", n, strerror(errno),
+                  w->backoff_ms);
         w->restart_ms = log_now_ms() + w->backoff_ms;
+        w->backoff_ms = w->backoff_ms * 2 > WORKERS_BACKOFF_MAX_MS ? WORKERS_BACKOFF_MAX_MS
+                                                                   : w->backoff_ms * 2;
         return;
     }
     if (pid == 0) {
-        /* Die with the parent, whatever kills it. */
+        /* Die with the parent, whatever kills it; if it died before
+         * this line, go now. (Not "getppid() == 1": the parent may be
+         * a container's process 1.) */
         prctl(PR_SET_PDEATHSIG, SIGTERM);
-        if (getppid() == 1)
+        if (getppid() != parent)
             _exit(1);
         log_worker = (int)n;
         signal(SIGCHLD, SIG_DFL);
         /* The signals stay blocked until the worker's handlers are in
-         * place (workers_unblock): a SIGHUP or SIGTERM that comes during
+         * place (workers_ready): a SIGHUP or SIGTERM that comes during
          * its start waits instead of killing it. */
         exit(fn(cfg));
     }
@@ -159,6 +165,9 @@ static int workers_wait_ready(struct worker *ws, unsigned n)
 {
     unsigned ready = 0;
     uint64_t deadline = log_now_ms() + WORKERS_START_MS;
+    for (unsigned i = 0; i < n; i++)
+        if (ws[i].pid == 0)
+            return -1; /* fork failed, logged */
     while (ready < n) {
         struct pollfd pfd = {.fd = workers_ready_fd[0], .events = POLLIN};
         if (poll(&pfd, 1, 100) > 0) {

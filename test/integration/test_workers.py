@@ -128,6 +128,14 @@ class WorkersTest(h.SGTestCase):
         for pid in pids:
             h.wait_until(lambda: not h.pid_alive(pid), 5, what="worker %d gone" % pid)
 
+    def test_workers_die_with_the_parent(self):
+        d = self.start_workers(self.config())
+        pids = list(self.worker_pids(d).values())
+        d.proc.kill()   # SIGKILL: the parent cannot pass anything on
+        self.assertEqual(d.wait_exit(5), -signal.SIGKILL)
+        for pid in pids:
+            h.wait_until(lambda: not h.pid_alive(pid), 10, what="worker %d gone" % pid)
+
     def test_killed_worker_is_restarted(self):
         d = self.start_workers(self.config())
         old = self.worker_pids(d)
