@@ -67,6 +67,7 @@ SRCS += policyd/store_redis.c
 SRCS += policyd/conn.c
 SRCS += policyd/listener.c
 SRCS += policyd/server.c
+SRCS += policyd/workers.c
 SRCS += policyd/metrics.c
 SRCS += policyd/record.c
 SRCS += policyd/admin.c

@@ -15,6 +15,7 @@
 #include "admin.h"
 
 #include <errno.h>
+#include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -520,7 +521,38 @@ static void admin_reload(struct admin_conn *c)
 {
     struct server *srv = c->ad->srv;
     log_info("admin: reload requested");
-    int rc = server_reload(srv);
+    int rc;
+    if (log_worker >= 0) {
+        /* workers: N: every worker must reload, so the parent does it
+         * (SIGHUP: it checks the config and passes the signal on); here
+         * the config is only checked, for the answer. XXX: the answer
+         * comes before the workers have reloaded. */
+        struct config_errors errs = {0};
+        struct config *cfg = config_load(srv->cfg->path, &errs);
+        rc = cfg ? 0 : -EINVAL;
+        if (cfg && cfg->workers != srv->cfg->workers)
+            rc = -EINVAL;
+        if (cfg)
+            config_unref(cfg);
+        for (size_t i = 0; i < errs.n; i++)
+            log_error("%s", errs.msgs[i]);
+        config_errors_fini(&errs);
+        if (rc == 0)
+            kill(getppid(), SIGHUP);
+        else
+            log_error("admin: reload refused: the new configuration has errors or changes workers:");
+        struct textbuf b;
+        textbuf_init(&b, ADMIN_MAX_BODY);
+        textbuf_printf(&b, "{\"reloaded\":%s,\"generation\":%u", rc == 0 ? "true" : "false",
+                  srv->cfg->generation + (rc == 0));
+        if (rc < 0)
+            textbuf_printf(&b, ",\"error\":\"the new configuration was refused; the daemon log has "
+                          "every problem, the old one keeps serving\"");
+        textbuf_printf(&b, "}");
+        admin_json(c, rc == 0 ? 200 : 500, &b);
+        return;
+    }
+    rc = server_reload(srv);
     struct textbuf b;
     textbuf_init(&b, ADMIN_MAX_BODY);
     textbuf_printf(&b, "{\"reloaded\":%s,\"generation\":%u", rc == 0 ? "true" : "false",

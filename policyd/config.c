@@ -2902,6 +2902,7 @@ static void config_defaults(struct config *cfg)
 {
     cfg->listen[0] = xstrdup(CONFIG_DEFAULT_PORT_HINT);
     cfg->n_listen = 1;
+    cfg->workers = 1;
     cfg->limits.protocol.max_line = PROTOCOL_DEFAULT_MAX_LINE;
     cfg->limits.protocol.max_request = PROTOCOL_DEFAULT_MAX_REQUEST;
     cfg->limits.protocol.max_attrs = PROTOCOL_DEFAULT_MAX_ATTRS;
@@ -2935,8 +2936,40 @@ static void config_defaults(struct config *cfg)
     dns_config_defaults(&cfg->dns);
 }
 
+/* CONFIG_MAX_WORKERS - bound on workers: (one per core is the idea). */
+#define CONFIG_MAX_WORKERS 64
+
+/*
+ * config_check_workers - what workers: N > 1 rules out. Each worker is a
+ * process of its own: the memory store would split every counter between
+ * them; a unix socket cannot be bound N times the way SO_REUSEPORT binds
+ * a TCP port; N processes rotating one recording would tear it.
+ */
+static void config_check_workers(struct loader *ld, yaml_node_t *n)
+{
+    struct config *cfg = ld->cfg;
+    if (cfg->workers <= 1)
+        return;
+    if (cfg->store.backend == STORE_BACKEND_MEMORY)
+        config_err(ld, n, "workers",
+                   "workers: %u needs store.backend: redis: the memory store lives in one "
+                   "process, and counters would split between the workers",
+                   cfg->workers);
+    for (size_t i = 0; i < cfg->n_listen; i++)
+        if (!strncmp(cfg->listen[i], "unix:", 5))
+            config_err(ld, n, "workers",
+                       "workers: %u needs TCP listeners: a unix socket (%s) cannot be shared "
+                       "with SO_REUSEPORT; listen on 127.0.0.1:PORT instead",
+                       cfg->workers, cfg->listen[i]);
+    if (cfg->record.file)
+        config_err(ld, n, "workers",
+                   "workers: %u and record: do not go together: the workers would write and "
+                   "rotate one file at once", cfg->workers);
+}
+
 static void config_main_settings(struct loader *ld, yaml_node_t *root)
 {
+    yaml_node_t *workers = NULL;
     CONFIG_FOR_PAIRS(ld, root, pair) {
         yaml_node_t *k;
         const char *key = config_pair_key(ld, pair, "", &k);
@@ -2961,12 +2994,20 @@ static void config_main_settings(struct loader *ld, yaml_node_t *root)
             config_parse_record(ld, v, key);
         else if (!strcmp(key, "alerts"))
             config_parse_alerts(ld, v, key);
-        else if (!strcmp(key, "include") || !strcmp(key, "tracking"))
+        else if (!strcmp(key, "workers")) {
+            unsigned long w;
+            if (config_parse_uint(ld, v, key, 1, CONFIG_MAX_WORKERS, &w)) {
+                ld->cfg->workers = (unsigned)w;
+                workers = v;
+            }
+        } else if (!strcmp(key, "include") || !strcmp(key, "tracking"))
             ; /* include: read before the rules; tracking: after them (config_run) */
         else if (!config_is_rule_section(key))
             config_unknown_key(ld, k, "", key,
-                               "listen, clients, limits, store, dns, include, log, admin, record, alerts, tracking, counters, lists, points, actions");
+                               "listen, clients, limits, store, dns, include, log, admin, record, alerts, tracking, workers, counters, lists, points, actions");
     }
+    if (workers)
+        config_check_workers(ld, workers);
 }
 
 /* Run one pass over the rule sections of every file. */

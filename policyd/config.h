@@ -90,6 +90,7 @@ struct config {
     unsigned refs;              /* holders: the server and requests in flight */
     unsigned generation;        /* 1 for the first load, +1 per reload */
     char *path;                 /* main file as given */
+    unsigned workers;           /* worker processes (workers:); 1 = no fork */
     char *listen[CONFIG_MAX_LISTEN];
     size_t n_listen;
     struct cidr_set *clients;   /* allowed TCP peers */

@@ -5,6 +5,8 @@
 
 #include <arpa/inet.h>
 #include <errno.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -73,6 +75,37 @@ static void listener_on_connection(uv_stream_t *server_stream, int status)
     conn_start(c);
 }
 
+/*
+ * listener_bind_reuseport - with workers: N every worker binds the same
+ * port with SO_REUSEPORT, and the kernel spreads new connections over
+ * the workers' sockets. libuv 1.44 has no flag for that option, so the
+ * socket is made here and handed to libuv (uv_tcp_open). Only with
+ * workers > 1: a single process keeps "address in use" when another
+ * daemon holds the port.
+ */
+static int listener_bind_reuseport(struct listener *l, const struct sockaddr *sa)
+{
+    int fd = socket(sa->sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    if (fd < 0)
+        return uv_translate_sys_error(errno);
+    int on = 1;
+    socklen_t len = sa->sa_family == AF_INET6 ? sizeof(struct sockaddr_in6)
+                                              : sizeof(struct sockaddr_in);
+    if (setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &on, sizeof on) < 0 ||
+        setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &on, sizeof on) < 0 ||
+        (sa->sa_family == AF_INET6 &&
+         setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &on, sizeof on) < 0) ||
+        bind(fd, sa, len) < 0) {
+        int err = errno;
+        close(fd);
+        return uv_translate_sys_error(err);
+    }
+    int rc = uv_tcp_open(&l->h.tcp, fd);
+    if (rc < 0)
+        close(fd);
+    return rc;
+}
+
 static int listener_bind_tcp(struct listener *l, const char *address)
 {
     uv_tcp_init(l->srv->loop, &l->h.tcp);
@@ -99,7 +132,10 @@ static int listener_bind_tcp(struct listener *l, const char *address)
     }
     if (rc < 0)
         return rc;
-    rc = uv_tcp_bind(&l->h.tcp, (const struct sockaddr *)&ss, flags);
+    if (l->srv->cfg->workers > 1)
+        rc = listener_bind_reuseport(l, (const struct sockaddr *)&ss);
+    else
+        rc = uv_tcp_bind(&l->h.tcp, (const struct sockaddr *)&ss, flags);
     if (rc == 0)
         uv_tcp_nodelay(&l->h.tcp, 1);
     return rc;

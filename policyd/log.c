@@ -14,6 +14,7 @@
 #include <time.h>
 
 enum log_level log_threshold = LOG_LEVEL_INFO;
+int log_worker = -1;
 
 static bool log_to_stderr = true;
 static bool log_to_syslog;
@@ -110,7 +111,10 @@ __attribute__((format(printf, 2, 0))) static void log_vwrite(enum log_level leve
                                                          va_list ap)
 {
     char line[2048];
-    vsnprintf(line, sizeof line, fmt, ap);
+    size_t off = 0;
+    if (log_worker >= 0)
+        off = (size_t)snprintf(line, sizeof line, "w=%d ", log_worker);
+    vsnprintf(line + off, sizeof line - off, fmt, ap);
     if (log_to_stderr) {
         struct timespec ts;
         struct tm tm;

@@ -24,6 +24,9 @@ enum log_level {
 };
 
 extern enum log_level log_threshold;
+/* log_worker - this process's worker number (workers: N), written as
+ * "w=N " at the start of every line; -1 (no workers) writes nothing. */
+extern int log_worker;
 
 /* log_open - where to write. facility is a syslog facility name ("mail",
  * "local0" ...) or NULL for no syslog; to_stderr adds stderr. Returns 0

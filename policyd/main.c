@@ -21,6 +21,7 @@
 #include "log.h"
 #include "replay.h"
 #include "server.h"
+#include "workers.h"
 
 #ifndef SMTPGUARD_VERSION
 #define SMTPGUARD_VERSION "0.1.0"
@@ -45,6 +46,38 @@ static void usage(FILE *fp)
             "  -h, --help           this text\n"
             "\n"
             "Signals: HUP reloads, TERM/INT stop gracefully, USR1 reopens the JSON log.\n");
+}
+
+/* main_serve - run the daemon on cfg (takes over its reference) until
+ * SIGTERM: the whole process with workers: 1, one worker otherwise. */
+static int main_serve(struct config *cfg)
+{
+    if (log_worker >= 0 && server_apply_log(cfg, server_verbose) == -EINVAL) {
+        log_error("cannot open syslog");
+        config_unref(cfg);
+        return 1;
+    }
+    uv_loop_t *loop = uv_default_loop();
+    struct server srv;
+    if (server_start(&srv, loop, cfg) < 0) {
+        uv_run(loop, UV_RUN_DEFAULT); /* let the handles close */
+        config_unref(srv.cfg);
+        uv_loop_close(loop);
+        return 1;
+    }
+    log_info("smtpguard %s ready: generation=%u store=%s counters=%zu points=%zu actions=%zu",
+             SMTPGUARD_VERSION, cfg->generation, store_name(srv.store), cfg->rules->n_counters,
+             cfg->rules->n_points, cfg->rules->n_actions);
+    workers_ready();
+    uv_run(loop, UV_RUN_DEFAULT);
+    log_info("stopped after %lu requests", srv.requests);
+    config_unref(srv.cfg);
+    actions_json_close();
+    int rc = uv_loop_close(loop);
+    if (rc != 0)
+        log_error("handles left open at exit (%s)", uv_strerror(rc));
+    log_close();
+    return rc == 0 ? 0 : 1;
 }
 
 int main(int argc, char **argv)
@@ -121,24 +154,7 @@ int main(int argc, char **argv)
         return 1;
     }
 
-    uv_loop_t *loop = uv_default_loop();
-    struct server srv;
-    if (server_start(&srv, loop, cfg) < 0) {
-        uv_run(loop, UV_RUN_DEFAULT); /* let the handles close */
-        config_unref(srv.cfg);
-        uv_loop_close(loop);
-        return 1;
-    }
-    log_info("smtpguard %s ready: generation=%u store=%s counters=%zu points=%zu actions=%zu",
-             SMTPGUARD_VERSION, cfg->generation, store_name(srv.store), cfg->rules->n_counters,
-             cfg->rules->n_points, cfg->rules->n_actions);
-    uv_run(loop, UV_RUN_DEFAULT);
-    log_info("stopped after %lu requests", srv.requests);
-    config_unref(srv.cfg);
-    actions_json_close();
-    int rc = uv_loop_close(loop);
-    if (rc != 0)
-        log_error("handles left open at exit (%s)", uv_strerror(rc));
-    log_close();
-    return rc == 0 ? 0 : 1;
+    if (cfg->workers > 1)
+        return workers_run(cfg, main_serve);
+    return main_serve(cfg);
 }

@@ -110,7 +110,9 @@ int server_start(struct server *srv, uv_loop_t *loop, struct config *cfg)
             return rc;
         }
     }
-    if (cfg->admin.listen) {
+    /* With workers: N the admin API lives in worker 0 only (one port,
+     * one listener); its /metrics are that worker's figures. */
+    if (cfg->admin.listen && log_worker <= 0) {
         rc = admin_open(&srv->admin, srv, cfg->admin.listen);
         if (rc < 0) {
             server_stop(srv);
@@ -169,6 +171,15 @@ int server_reload(struct server *srv)
         for (size_t i = 0; i < errs.n; i++)
             log_error("%s", errs.msgs[i]);
         config_errors_fini(&errs);
+        metrics_main.reload_failures++;
+        return -EINVAL;
+    }
+    if (cfg->workers != old->workers) {
+        /* The new config was validated for its own worker count: a memory
+         * store is fine with workers: 1, not in one of two workers. */
+        log_error("reload refused, keeping generation %u: workers: changed from %u to %u, "
+                  "which needs a restart", old->generation, old->workers, cfg->workers);
+        config_unref(cfg);
         metrics_main.reload_failures++;
         return -EINVAL;
     }
