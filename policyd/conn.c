@@ -37,7 +37,10 @@ static void conn_unref(struct conn *c)
     if (c->next)
         c->next->prev = c->prev;
     srv->n_conns--;
-    engine_req_fini(&c->er);
+    if (c->er) {
+        engine_req_fini(c->er);
+        free(c->er);
+    }
     free(c->rbuf);
     free(c);
     server_conn_closed(srv);
@@ -99,7 +102,6 @@ struct conn *conn_new(struct server *srv, bool is_pipe)
     c->idle_timer.data = c;
     c->wait_timer.data = c;
     c->refs = 3; /* the three handles */
-    engine_req_init(&c->er);
     protocol_scan_reset(&c->scan);
     c->next = srv->conns;
     if (srv->conns)
@@ -203,8 +205,8 @@ static void conn_on_written(uv_write_t *w, int status)
 
 static void conn_write_answer(struct conn *c)
 {
-    size_t alen = strlen(c->er.answer);
-    size_t n = protocol_format_answer(c->wbuf, sizeof c->wbuf, c->er.answer, alen);
+    size_t alen = strlen(c->er->answer);
+    size_t n = protocol_format_answer(c->wbuf, sizeof c->wbuf, c->er->answer, alen);
     if (n == 0) /* sizes are static: the answer always fits */
         log_panic("c=%lx answer does not fit: %zu bytes", c->id, alen);
     uv_buf_t b = uv_buf_init(c->wbuf, (unsigned)n);
@@ -239,7 +241,7 @@ static void conn_send(struct conn *c)
 {
     if (!c->closing)
         conn_write_answer(c);
-    engine_finish(&c->er, c->srv->store, c->id, c->req_no);
+    engine_finish(c->er, c->srv->store, c->id, c->req_no);
     c->srv->requests++;
     conn_finish(c);
 }
@@ -260,14 +262,14 @@ static void conn_on_decided(struct engine_req *er, void *arg)
     if (c->closing) {
         /* The connection went away while the store was asked: record
          * the decision all the same, then let go. */
-        engine_finish(&c->er, c->srv->store, c->id, c->req_no);
+        engine_finish(c->er, c->srv->store, c->id, c->req_no);
         conn_unref(c);
         return;
     }
     c->refs--; /* cannot reach 0: the handles are open */
-    if (c->er.wait > 0) {
+    if (c->er->wait > 0) {
         c->holding = true;
-        uv_timer_start(&c->wait_timer, conn_on_wait, (uint64_t)(c->er.wait * 1000), 0);
+        uv_timer_start(&c->wait_timer, conn_on_wait, (uint64_t)(c->er->wait * 1000), 0);
         return;
     }
     conn_send(c);
@@ -313,7 +315,15 @@ static void conn_process(struct conn *c)
         enum protocol_status st = protocol_scan(&c->scan, lim, c->rbuf, c->rlen, &req_len, &why);
         if (st == PROTOCOL_NEED_MORE)
             break;
-        if (st == PROTOCOL_READY && protocol_parse(c->rbuf, req_len, &c->er.req, &why) < 0)
+        if (st == PROTOCOL_READY && !c->er) {
+            /* The request state (~5 kB, most of it for 64 counters) is
+             * made at a connection's first request and kept for the
+             * rest: an idle connection costs little, a busy one
+             * allocates nothing per request. */
+            c->er = xmalloc(sizeof *c->er);
+            engine_req_init(c->er);
+        }
+        if (st == PROTOCOL_READY && protocol_parse(c->rbuf, req_len, &c->er->req, &why) < 0)
             st = PROTOCOL_ERROR;
         if (st == PROTOCOL_ERROR) {
             log_warn_every(&srv->proto_limiter, 10, "c=%lx peer=%s bad request: %s; closing", c->id,
@@ -326,8 +336,8 @@ static void conn_process(struct conn *c)
         c->busy = true;
         uv_timer_stop(&c->idle_timer); /* it is our turn, not the client's */
         c->refs++; /* until the engine calls back */
-        c->er.dns = srv->dns;
-        engine_start(&c->er, srv->cfg, &srv->store, conn_on_decided, c);
+        c->er->dns = srv->dns;
+        engine_start(c->er, srv->cfg, &srv->store, conn_on_decided, c);
     }
     c->in_process = false;
     /* A client that pipelines (Postfix does not, load generators may)

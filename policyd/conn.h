@@ -52,7 +52,7 @@ struct conn {
     size_t rcap;                /* bytes allocated */
     size_t req_len;             /* bytes of rbuf the current request uses */
     struct protocol_scan scan;
-    struct engine_req er;       /* the request being answered */
+    struct engine_req *er;      /* the request being answered; made at the first request */
     char wbuf[ACTIONS_MAX_ANSWER + 16]; /* "action=...\n\n" */
     uv_write_t write_req;       /* used only when a write would block */
     bool writing;
