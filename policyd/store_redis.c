@@ -3,9 +3,10 @@
  *
  * How it works:
  * - One hiredis async context, attached to the loop with hiredis's libuv
- *   adapter. All updates of one apply go out as ONE EVALSHA of
+ *   adapter. All updates of one apply go out in ONE EVALSHA of
  *   store_redis.lua (embedded at build time; its SHA-1 is computed here
- *   at open, so no SCRIPT LOAD round trip). ARGV[1] is "": the script
+ *   at open, so no SCRIPT LOAD round trip), together with the other
+ *   applies of the same loop turn (see "batches" below). ARGV[1] is "": the script
  *   takes Redis's TIME, so all hosts decay on one clock. A NOSCRIPT reply
  *   (Redis restarted, SCRIPT FLUSH, a failover) sends that same request
  *   again as EVAL with the script text, which also loads it, and the
@@ -88,6 +89,11 @@
 #define REDIS_ARGV_MAX (7 + 4 * STORE_MAX_UPDATES) /* + prefix, floor, size of the top set */
 #define REDIS_NUM_LEN 32        /* bytes for one "%.17g" and its NUL */
 #define REDIS_LOG_EVERY 60      /* seconds between repeated warnings */
+/* One EVALSHA carries at most this many requests, and this many keys:
+ * the script's MGET unpacks every key onto Lua's stack (about 8,000
+ * slots), and a long call holds Redis's one thread for everyone. */
+#define REDIS_BATCH_MAX_CMDS 64
+#define REDIS_BATCH_MAX_KEYS 512
 
 enum redis_state {
     REDIS_STATE_WAITING,        /* backoff timer running, no context */
@@ -118,12 +124,32 @@ struct redis_cmd {
     bool in_hiredis;            /* hiredis holds it as privdata */
     bool retried;               /* EVAL sent after NOSCRIPT */
     bool pooled;                /* on the free list */
+    struct redis_cmd *batch_next; /* next request of the same batch */
+    size_t batch_off;           /* index of its first score in the batch's reply */
     size_t n;                   /* updates (apply) */
     int argc;                   /* arguments in argv */
     const char *argv[REDIS_ARGV_MAX]; /* point into buf, or constants */
     size_t argvlen[REDIS_ARGV_MAX]; /* bytes */
     char *buf;                  /* key and number text */
     size_t buf_cap;             /* bytes allocated to buf */
+};
+
+/* The applies of one loop turn, sent as ONE EVALSHA: hiredis's privdata
+ * for it. Its argv points into the requests' own buffers, which stay
+ * put until the reply has come (a NOSCRIPT reply sends it again). */
+struct redis_batch {
+    struct store *st;           /* owner */
+    struct redis_batch *next_free; /* pool free list */
+    struct redis_batch *next_all; /* every batch, for the final free */
+    struct redis_cmd *head, *tail; /* its requests, chained by batch_next */
+    size_t ncmds;               /* requests */
+    size_t nkeys;               /* keys, all requests together */
+    bool retried;               /* EVAL sent after NOSCRIPT */
+    int argc;                   /* arguments in argv */
+    const char **argv;          /* the command */
+    size_t *argvlen;            /* bytes */
+    size_t argv_cap;            /* entries allocated to argv and argvlen */
+    char numkeys[24];           /* nkeys as text */
 };
 
 /* A failure to report later (fail-fast paths and close). */
@@ -160,6 +186,7 @@ struct store {
     uv_timer_t deadline_timer;  /* armed for dl_head */
     uv_check_t check;           /* reports queued failures */
     uv_idle_t idle;             /* keeps poll from blocking while some are queued */
+    uv_prepare_t flush;         /* sends the pending batch before the loop polls */
     int handles_open;           /* not yet closed */
     bool closing;               /* store_close() was called */
 
@@ -167,6 +194,10 @@ struct store {
     struct redis_cmd *free_cmds; /* pool */
     struct redis_cmd *all_cmds; /* every record */
     size_t in_hiredis;          /* records hiredis holds */
+    struct redis_batch *pending; /* applies of this loop turn, not sent yet */
+    size_t queued;              /* records in pending */
+    struct redis_batch *free_batches; /* pool */
+    struct redis_batch *all_batches; /* every batch */
     uint64_t owing_since_ms;    /* loop time of the last reply, or of the first request owed */
 
     struct redis_fail *fail_head, *fail_tail; /* failures to report */
@@ -260,7 +291,7 @@ static struct redis_cmd *redis_cmd_get(struct store *st)
 {
     struct redis_cmd *c = st->free_cmds;
 
-    if (st->in_hiredis >= REDIS_MAX_INFLIGHT)
+    if (st->in_hiredis + st->queued >= REDIS_MAX_INFLIGHT)
         return NULL;
     if (c) {
         st->free_cmds = c->next_free;
@@ -275,6 +306,7 @@ static struct redis_cmd *redis_cmd_get(struct store *st)
     c->waiting = false;
     c->in_hiredis = false;
     c->retried = false;
+    c->batch_next = NULL;
     c->apply_cb = NULL;
     c->reset_cb = NULL;
     c->top_cb = NULL;
@@ -341,17 +373,179 @@ static void redis_dl_remove(struct store *st, struct redis_cmd *c)
 
 static void redis_on_reply(redisAsyncContext *ac, void *r, void *privdata);
 
-/* redis_cmd_send - hand c to hiredis. Returns 0 or -EIO. */
-static int redis_cmd_send(struct store *st, struct redis_cmd *c)
+static void redis_on_batch_reply(redisAsyncContext *ac, void *r, void *privdata);
+
+/* redis_send - one command to hiredis. Returns 0 or -EIO. */
+static int redis_send(struct store *st, redisCallbackFn *fn, void *privdata, int argc,
+                      const char **argv, const size_t *argvlen)
 {
     if (!st->ac || (st->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)))
         return -EIO;
-    if (redisAsyncCommandArgv(st->ac, redis_on_reply, c, c->argc, c->argv, c->argvlen) != REDIS_OK)
+    if (redisAsyncCommandArgv(st->ac, fn, privdata, argc, argv, argvlen) != REDIS_OK)
         return -EIO;
-    if (st->in_hiredis++ == 0)
+    return 0;
+}
+
+/* redis_held - n more records are held by hiredis. */
+static void redis_held(struct store *st, size_t n)
+{
+    if (st->in_hiredis == 0)
         st->owing_since_ms = uv_now(st->loop);
+    st->in_hiredis += n;
+}
+
+/* redis_cmd_send - hand c to hiredis on its own. Returns 0 or -EIO. */
+static int redis_cmd_send(struct store *st, struct redis_cmd *c)
+{
+    if (redis_send(st, redis_on_reply, c, c->argc, c->argv, c->argvlen) < 0)
+        return -EIO;
+    redis_held(st, 1);
     c->in_hiredis = true;
     return 0;
+}
+
+/* --- batches ------------------------------------------------------------
+ *
+ * Redis runs one script call at a time, and what a call costs beyond its
+ * keys (reading and dispatching the command, setting up the script, TIME,
+ * the MGET, the sorted set of the top) is paid once per call, not once per
+ * request. So the applies of one loop turn (every request read from every
+ * Postfix connection in that turn) go out as one EVALSHA, sent from a
+ * uv_prepare just before the loop polls: the same moment hiredis would
+ * have written them anyway, so a lone request waits no longer than
+ * before. The script applies the updates in order, so a key shared by two
+ * requests of a batch is counted as if they had come one after the other.
+ */
+
+static struct redis_batch *redis_batch_get(struct store *st)
+{
+    struct redis_batch *b = st->free_batches;
+
+    if (b) {
+        st->free_batches = b->next_free;
+    } else {
+        b = xcalloc(1, sizeof *b);
+        b->st = st;
+        b->next_all = st->all_batches;
+        st->all_batches = b;
+    }
+    b->next_free = NULL;
+    b->head = b->tail = NULL;
+    b->ncmds = b->nkeys = 0;
+    b->retried = false;
+    b->argc = 0;
+    return b;
+}
+
+static void redis_batch_put(struct redis_batch *b)
+{
+    b->head = b->tail = NULL;
+    b->next_free = b->st->free_batches;
+    b->st->free_batches = b;
+}
+
+/* redis_batch_argv - b's EVALSHA: the keys of every request, then every
+ * request's (kind, parameter, points), then the top set's arguments. */
+static void redis_batch_argv(struct store *st, struct redis_batch *b)
+{
+    size_t need = 4 + 4 * b->nkeys + 3, k = 3, a;
+
+    if (b->argv_cap < need) {
+        b->argv_cap = need < 64 ? 64 : need;
+        free(b->argv);
+        free(b->argvlen);
+        b->argv = xmalloc(b->argv_cap * sizeof *b->argv);
+        b->argvlen = xmalloc(b->argv_cap * sizeof *b->argvlen);
+    }
+    b->argv[0] = "EVALSHA";
+    b->argvlen[0] = 7;
+    b->argv[1] = st->sha;
+    b->argvlen[1] = SHA1_HEX_LEN;
+    b->argv[2] = b->numkeys;
+    b->argvlen[2] = (size_t)snprintf(b->numkeys, sizeof b->numkeys, "%zu", b->nkeys);
+    a = 4 + b->nkeys;
+    b->argv[3 + b->nkeys] = "";   /* now: Redis's TIME */
+    b->argvlen[3 + b->nkeys] = 0;
+    for (struct redis_cmd *c = b->head; c; c = c->batch_next) {
+        /* c->argv is EVALSHA sha numkeys KEY... "" (kind param points)... */
+        memcpy(b->argv + k, c->argv + 3, c->n * sizeof *b->argv);
+        memcpy(b->argvlen + k, c->argvlen + 3, c->n * sizeof *b->argvlen);
+        k += c->n;
+        memcpy(b->argv + a, c->argv + 4 + c->n, 3 * c->n * sizeof *b->argv);
+        memcpy(b->argvlen + a, c->argvlen + 4 + c->n, 3 * c->n * sizeof *b->argvlen);
+        a += 3 * c->n;
+    }
+    if (st->top_floor[0]) {
+        b->argv[a] = st->prefix;
+        b->argvlen[a++] = st->prefix_len;
+        b->argv[a] = st->top_floor;
+        b->argvlen[a++] = strlen(st->top_floor);
+        b->argv[a] = st->top_size;
+        b->argvlen[a++] = strlen(st->top_size);
+    }
+    b->argc = (int)a;
+}
+
+/* redis_batch_flush - send the pending batch; its requests fail (later,
+ * from the loop) if it cannot go out. */
+static void redis_batch_flush(struct store *st)
+{
+    struct redis_batch *b = st->pending;
+
+    if (!b)
+        return;
+    st->pending = NULL;
+    st->queued -= b->ncmds;
+    redis_batch_argv(st, b);
+    if (redis_send(st, redis_on_batch_reply, b, b->argc, b->argv, b->argvlen) == 0) {
+        redis_held(st, b->ncmds);
+        for (struct redis_cmd *c = b->head; c; c = c->batch_next)
+            c->in_hiredis = true;
+        return;
+    }
+    for (struct redis_cmd *c = b->head, *next; c; c = next) {
+        next = c->batch_next;
+        if (c->waiting) {
+            redis_dl_remove(st, c);
+            redis_fail_later(st, REDIS_KIND_APPLY, c->apply_cb, NULL, NULL, c->arg);
+        }
+        redis_cmd_put(c);
+    }
+    redis_batch_put(b);
+}
+
+static void redis_flush_cb(uv_prepare_t *h)
+{
+    struct store *st = h->data;
+
+    uv_prepare_stop(h);
+    if (!st->closing)
+        redis_batch_flush(st);
+}
+
+/* redis_batch_add - c joins this loop turn's batch. */
+static void redis_batch_add(struct store *st, struct redis_cmd *c)
+{
+    struct redis_batch *b = st->pending;
+
+    if (b && (b->ncmds >= REDIS_BATCH_MAX_CMDS || b->nkeys + c->n > REDIS_BATCH_MAX_KEYS)) {
+        redis_batch_flush(st);
+        b = NULL;
+    }
+    if (!b) {
+        b = st->pending = redis_batch_get(st);
+        uv_prepare_start(&st->flush, redis_flush_cb);
+    }
+    c->batch_next = NULL;
+    c->batch_off = 1 + b->nkeys;    /* element 0 of the reply is now */
+    if (b->tail)
+        b->tail->batch_next = c;
+    else
+        b->head = c;
+    b->tail = c;
+    b->ncmds++;
+    b->nkeys += c->n;
+    st->queued++;
 }
 
 /* --- connection ------------------------------------------------------- */
@@ -532,27 +726,34 @@ static void redis_connect_start(struct store *st)
 
 /* --- replies and deadlines -------------------------------------------- */
 
-/* redis_parse_scores - {now, score...} as strings. Returns 0 or -EPROTO. */
-static int redis_parse_scores(const redisReply *reply, size_t n, double *scores, double *now)
+/* redis_parse_nums - elements off .. off+n-1 of the script's reply
+ * {now, score...} (numbers as strings) into out. Returns 0 or -EPROTO. */
+static int redis_parse_nums(const redisReply *reply, size_t off, size_t n, double *out)
 {
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != n + 1)
+    if (reply->type != REDIS_REPLY_ARRAY || off + n > reply->elements)
         return -EPROTO;
-    for (size_t i = 0; i <= n; i++) {
-        const redisReply *e = reply->element[i];
+    for (size_t i = 0; i < n; i++) {
+        const redisReply *e = reply->element[off + i];
         char num[REDIS_NUM_LEN + 16], *end;
         if (e->type != REDIS_REPLY_STRING || e->len == 0 || (size_t)e->len >= sizeof num)
             return -EPROTO;
         memcpy(num, e->str, (size_t)e->len);
         num[e->len] = '\0';
-        double v = strtod(num, &end);
+        out[i] = strtod(num, &end);
         if (*end != '\0')
             return -EPROTO;
-        if (i == 0)
-            *now = v;
-        else
-            scores[i - 1] = v;
     }
     return 0;
+}
+
+/* redis_parse_scores - {now, score...} of n updates. Returns 0 or -EPROTO. */
+static int redis_parse_scores(const redisReply *reply, size_t n, double *scores, double *now)
+{
+    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != n + 1)
+        return -EPROTO;
+    if (redis_parse_nums(reply, 0, 1, now) < 0)
+        return -EPROTO;
+    return redis_parse_nums(reply, 1, n, scores);
 }
 
 /* redis_top_reply - {now, key, score, ...} to entries without the
@@ -661,6 +862,81 @@ static void redis_on_reply(redisAsyncContext *ac, void *r, void *privdata)
         reset_cb(arg, status);
 }
 
+/* redis_batch_waiting - some request of b still waits for its answer. */
+static bool redis_batch_waiting(const struct redis_batch *b)
+{
+    for (const struct redis_cmd *c = b->head; c; c = c->batch_next)
+        if (c->waiting)
+            return true;
+    return false;
+}
+
+static void redis_on_batch_reply(redisAsyncContext *ac, void *r, void *privdata)
+{
+    struct redis_batch *b = privdata;
+    struct store *st = b->st;
+    redisReply *reply = r;
+    double scores[STORE_MAX_UPDATES], now = 0;
+    int status = STORE_TEMPFAIL;
+
+    if (reply)
+        st->owing_since_ms = uv_now(st->loop);
+    if (reply && reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0 &&
+        !b->retried && st->ac == ac && redis_batch_waiting(b)) {
+        /* The script is not loaded: EVAL loads it and runs this batch. */
+        b->retried = true;
+        b->argv[0] = "EVAL";
+        b->argvlen[0] = 4;
+        b->argv[1] = store_redis_lua;
+        b->argvlen[1] = sizeof store_redis_lua - 1;
+        if (redis_send(st, redis_on_batch_reply, b, b->argc, b->argv, b->argvlen) == 0)
+            return;
+    }
+    st->in_hiredis -= b->ncmds;
+
+    if (!reply) {
+        /* Connection gone: logged by redis_conn_down. */
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        char q[LOG_QUOTE_BUF];
+        log_warn_every(&st->lim_error, REDIS_LOG_EVERY, "redis %s: error reply: %s", st->address,
+                       log_quote(reply->str, reply->len, q, sizeof q));
+    } else if (reply->type != REDIS_REPLY_ARRAY || reply->elements != b->nkeys + 1 ||
+               redis_parse_nums(reply, 0, 1, &now) < 0) {
+        log_warn_every(&st->lim_error, REDIS_LOG_EVERY,
+                       "redis %s: unexpected reply to the counter script (type %d)", st->address,
+                       reply->type);
+    } else {
+        status = STORE_OK;
+    }
+
+    for (struct redis_cmd *c = b->head, *next; c; c = next) {
+        next = c->batch_next;
+        c->in_hiredis = false;
+        if (!c->waiting) {
+            /* Answered already (deadline passed, or the store closed). */
+            redis_cmd_put(c);
+            continue;
+        }
+        redis_dl_remove(st, c);
+        int cst = status;
+        if (cst == STORE_OK && redis_parse_nums(reply, c->batch_off, c->n, scores) < 0) {
+            log_warn_every(&st->lim_error, REDIS_LOG_EVERY,
+                           "redis %s: unexpected reply to the counter script (not a number)",
+                           st->address);
+            cst = STORE_TEMPFAIL;
+        }
+        /* Copy out, recycle, then call: the callback may apply again (it
+         * joins the next batch) or close the store (the requests after it
+         * are then no longer waiting). */
+        store_done_cb cb = c->apply_cb;
+        void *arg = c->arg;
+        size_t n = c->n;
+        redis_cmd_put(c);
+        cb(arg, cst, cst == STORE_OK ? scores : NULL, cst == STORE_OK ? n : 0, now);
+    }
+    redis_batch_put(b);
+}
+
 /* redis_socket_dead - the libuv adapter swallowed a socket error. */
 static bool redis_socket_dead(const struct store *st)
 {
@@ -764,6 +1040,13 @@ static void redis_free(struct store *st)
         free(c->buf);
         free(c);
     }
+    while (st->all_batches) {
+        struct redis_batch *b = st->all_batches;
+        st->all_batches = b->next_all;
+        free(b->argv);
+        free(b->argvlen);
+        free(b);
+    }
     while (st->free_fails) {
         struct redis_fail *f = st->free_fails;
         st->free_fails = f->next;
@@ -821,9 +1104,10 @@ static int redis_open(struct store **out, const struct store_config *cfg, uv_loo
     uv_timer_init(loop, &st->deadline_timer);
     uv_check_init(loop, &st->check);
     uv_idle_init(loop, &st->idle);
+    uv_prepare_init(loop, &st->flush);
     st->conn_timer.data = st->deadline_timer.data = st;
-    st->check.data = st->idle.data = st;
-    st->handles_open = 4;
+    st->check.data = st->idle.data = st->flush.data = st;
+    st->handles_open = 5;
     st->state = REDIS_STATE_WAITING;
     redis_connect_start(st);
     *out = st;
@@ -878,7 +1162,7 @@ static const char *redis_refuse(const struct store *st)
     bool starting = st->state == REDIS_STATE_CONNECTING && !st->first_done;
     if ((st->state != REDIS_STATE_UP && !starting) || !st->ac)
         return "not connected";
-    if (st->in_hiredis >= REDIS_MAX_INFLIGHT)
+    if (st->in_hiredis + st->queued >= REDIS_MAX_INFLIGHT)
         return "too many requests in flight";
     return NULL;
 }
@@ -952,6 +1236,12 @@ static void redis_counters(struct store *st, const struct store_update *u, size_
         c->argvlen[c->argc++] = strlen(st->top_size);
     }
 
+    if (!peek) {
+        /* Sent with the other applies of this loop turn. */
+        redis_batch_add(st, c);
+        redis_dl_append(st, c);
+        return;
+    }
     if (redis_cmd_send(st, c) < 0) {
         redis_cmd_put(c);
         redis_fail_later(st, REDIS_KIND_APPLY, cb, NULL, NULL, arg);
@@ -1105,6 +1395,17 @@ static void redis_close(struct store *st)
         /* Still held by hiredis: recycled when redisAsyncFree hands it back. */
         redis_fail_later(st, c->kind, c->apply_cb, c->reset_cb, c->top_cb, c->arg);
     }
+    if (st->pending) {
+        /* Never sent: nobody else holds these records. */
+        struct redis_batch *b = st->pending;
+        st->pending = NULL;
+        st->queued = 0;
+        for (struct redis_cmd *c = b->head, *next; c; c = next) {
+            next = c->batch_next;
+            redis_cmd_put(c);
+        }
+        redis_batch_put(b);
+    }
     if (st->ac) {
         redisAsyncContext *ac = st->ac;
         st->ac = NULL;
@@ -1115,6 +1416,7 @@ static void redis_close(struct store *st)
     uv_close((uv_handle_t *)&st->deadline_timer, redis_close_cb);
     uv_close((uv_handle_t *)&st->check, redis_close_cb);
     uv_close((uv_handle_t *)&st->idle, redis_close_cb);
+    uv_close((uv_handle_t *)&st->flush, redis_close_cb);
 }
 
 const struct store_ops store_redis_ops = {

@@ -8,6 +8,10 @@
 --   ARGV[3i-1]    KEYS[i]'s decay kind: "h" half-life, "l" leaky bucket
 --   ARGV[3i]      its parameter: half-life in seconds, or points/second
 --   ARGV[3i+1]    points to add; 0 only reads
+--                 The same key may come more than once (the updates of
+--                 several requests in one call): the updates are applied
+--                 in order, each seeing the ones before it, and the
+--                 score after each is returned at its position.
 --   ARGV[3n+2..4] optional, the top set: the store prefix, the floor and
 --                 the size. An update that leaves a key at or above the
 --                 floor adds it to the sorted set PREFIX.."@top:"..COUNTER
@@ -157,7 +161,20 @@ local olds = {}
 if #KEYS > 0 then
     olds = redis.call('MGET', unpack(KEYS))
 end
+-- A call may carry several requests (store_redis.c batches the requests
+-- of one loop turn), so a key may come more than once: each update sees
+-- the one before it, exactly as if every request had been its own call
+-- at the same instant (one TIME for the whole call).
+-- cur[key] is a key's value as this call left it ({score} at now, or
+-- false once deleted); its write (SET or DEL) goes out once, at the end,
+-- in the order the keys were first changed.
+local cur, last, order = {}, {}, {}
+-- The top set, per sorted set: the latest score of each member this call
+-- put there, and the longest expiry among them. One ZADD, at most one
+-- ZCARD and one trim, and one PTTL per sorted set and call.
+local tops, top_order = {}, {}
 for i = 1, #KEYS do
+    local key = KEYS[i]
     local kind, param, points = ARGV[3 * i - 1], tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
     local peek = kind == 'H' or kind == 'L'
     if peek then
@@ -165,12 +182,24 @@ for i = 1, #KEYS do
         points = 0
     end
     if not param or not points or (kind ~= 'h' and kind ~= 'l') then
-        return redis.error_reply('ERR smtpguard script: bad arguments for ' .. KEYS[i])
+        return redis.error_reply('ERR smtpguard script: bad arguments for ' .. key)
     end
-    local old = olds[i]
+    local c = cur[key]
+    local s, t, exists
+    if c ~= nil then
+        exists = c ~= false
+        if exists then
+            s, t = c, now
+        end
+    else
+        local old = olds[i]
+        exists = old ~= false and old ~= nil
+        if exists then
+            s, t = parse_pair(old)
+        end
+    end
     local score = 0
-    if old then
-        local s, t = parse_pair(old)
+    if exists then
         if s then
             score = decay(kind, param, s, now - t, points)
         else
@@ -190,23 +219,63 @@ for i = 1, #KEYS do
         elseif ms > 1e15 then
             ms = 1e15
         end
-        redis.call('SET', KEYS[i], sscore .. ' ' .. snow, 'PX', string.format('%d', ms))
+        if last[key] == nil then
+            order[#order + 1] = key
+        end
+        cur[key] = score
+        last[key] = {sscore, ms}
         if top_prefix and top_size > 0 and score >= top_floor then
-            local counter = string.match(string.sub(KEYS[i], #top_prefix + 1), '^([^:]+):')
+            local counter = string.match(string.sub(key, #top_prefix + 1), '^([^:]+):')
             if counter then
                 local z = top_prefix .. '@top:' .. counter
-                redis.call('ZADD', z, sscore, KEYS[i])
-                if redis.call('ZCARD', z) > top_size then
-                    redis.call('ZREMRANGEBYRANK', z, 0, -(top_size + 1))
+                local tz = tops[z]
+                if not tz then
+                    tz = {members = {}, ms = 0}
+                    tops[z] = tz
+                    top_order[#top_order + 1] = z
                 end
-                if redis.call('PTTL', z) < ms then
-                    redis.call('PEXPIRE', z, string.format('%d', ms))
+                tz.members[key] = score
+                if ms > tz.ms then
+                    tz.ms = ms
                 end
             end
         end
-    elseif old and not peek and ttl(kind, param, score) == 0 then
-        redis.call('DEL', KEYS[i])
+    elseif exists and not peek and ttl(kind, param, score) == 0 then
+        if last[key] == nil then
+            order[#order + 1] = key
+        end
+        cur[key] = false
+        last[key] = false
     end
     out[i + 1] = sscore
+end
+for _, key in ipairs(order) do
+    local w = last[key]
+    if w then
+        redis.call('SET', key, w[1] .. ' ' .. snow, 'PX', string.format('%d', w[2]))
+    else
+        redis.call('DEL', key)
+    end
+end
+for _, z in ipairs(top_order) do
+    local tz = tops[z]
+    -- Members are ranked by their whole points: the set only decides who
+    -- is kept (a top query reads each member's own key for its score),
+    -- and Redis keeps a small sorted set as a packed list whose every
+    -- comparison parses the scores back: "12" parses in a fraction of the
+    -- time of "12.374829734104612" (ZADD of 8 members: 19 -> 8 us).
+    local args = {}
+    for key, score in pairs(tz.members) do
+        args[#args + 1] = string.format('%.0f', math.floor(score))
+        args[#args + 1] = key
+    end
+    -- ZADD answers how many members are new: only then can the set have
+    -- grown past its size.
+    if redis.call('ZADD', z, unpack(args)) > 0 and redis.call('ZCARD', z) > top_size then
+        redis.call('ZREMRANGEBYRANK', z, 0, -(top_size + 1))
+    end
+    if redis.call('PTTL', z) < tz.ms then
+        redis.call('PEXPIRE', z, string.format('%d', tz.ms))
+    end
 end
 return out

@@ -912,6 +912,114 @@ static void on_top(void *arg, int status, const struct store_top_entry *e, size_
     }
 }
 
+/* evalsha_calls - EVALSHA calls Redis has run since its start (or the
+ * last CONFIG RESETSTAT). */
+static long long evalsha_calls(redisContext *c)
+{
+    redisReply *r = sync_cmd(c, "INFO commandstats");
+    const char *p = strstr(r->str, "cmdstat_evalsha:calls=");
+    long long n = p ? strtoll(p + strlen("cmdstat_evalsha:calls="), NULL, 10) : 0;
+    freeReplyObject(r);
+    return n;
+}
+
+#define BATCH_REQUESTS 70   /* more than one EVALSHA carries (REDIS_BATCH_MAX_CMDS) */
+
+/* The applies of one loop turn go out as one script call, and the
+ * updates of a key shared by several of them are counted in order, as if
+ * each request had come on its own. */
+static void test_store_redis_batch(void **state)
+{
+    struct fixture f;
+    static struct result r[BATCH_REQUESTS];
+    struct decay hl = {DECAY_HALF_LIFE, 600}, lk = {DECAY_LEAK, 1};
+    char own[BATCH_REQUESTS][32];
+
+    (void)state;
+    fixture_init(&f);
+    redisContext *c = sync_connect();
+    freeReplyObject(sync_cmd(c, "DEL sgtest:batch:shared sgtest:batch:leak sgtest:batch:@top:own "
+                                "sgtest:batch:read"));
+    struct store_config cfg = {
+        .backend = STORE_BACKEND_REDIS,
+        .redis_address = getenv("SMTPGUARD_TEST_REDIS"),
+        .prefix = (char *)"sgtest:batch:",
+        .timeout_ms = 2000,
+        .top_floor = 3,
+        .top_size = 100,
+    };
+    struct store *st;
+    char err[256];
+    if (store_open(&st, &cfg, &f.loop, err, sizeof err) != 0)
+        fail_msg("store_open: %s", err);
+    wait_up(&f, st);
+
+    /* Five requests in one turn: "shared" gets 1 point from each; "leak"
+     * (leaky bucket) -3 then +1 each: a negative score is read as 0
+     * before the next points, as it is between calls; "read" is only read
+     * by the last one, after the others have written it. */
+    long long calls0 = evalsha_calls(c);
+    for (int i = 0; i < 5; i++) {
+        struct store_update u[3] = {upd("shared", hl.kind, hl.param, 1),
+                                    upd("leak", lk.kind, lk.param, i == 0 ? -3 : 1),
+                                    upd("read", hl.kind, hl.param, i == 4 ? 0 : 2)};
+        memset(&r[i], 0, sizeof r[i]);
+        store_apply(st, u, 3, on_done, &r[i]);
+    }
+    assert_int_equal(r[0].calls, 0);
+    if (!run_until(&f, &r[4].calls, NULL, NULL, 3000))
+        fail_msg("no answer to the batch within 3 s");
+    assert_int_equal(evalsha_calls(c) - calls0, 1);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(r[i].calls, 1);
+        assert_int_equal(r[i].status, STORE_OK);
+        assert_int_equal(r[i].n, 3);
+        /* One call, one clock: no decay between them. */
+        if (r[i].scores[0] != i + 1 || r[i].scores[1] != (i == 0 ? -3 : i) ||
+            r[i].scores[2] != (i == 4 ? 8 : 2 * (i + 1)) || r[i].now != r[0].now)
+            fail_msg("request %d got %.17g %.17g %.17g, want %d %d %d", i, r[i].scores[0],
+                     r[i].scores[1], r[i].scores[2], i + 1, i == 0 ? -3 : i,
+                     i == 4 ? 8 : 2 * (i + 1));
+    }
+    /* Stored once, with the last score and that call's time. */
+    redisReply *v = sync_cmd(c, "GET %s", "sgtest:batch:shared");
+    char want[80];
+    snprintf(want, sizeof want, "5 %.17g", r[0].now);
+    assert_string_equal(v->str, want);
+    freeReplyObject(v);
+
+    /* More requests than one call carries: two calls, every answer right,
+     * and the top set holds each key once, ranked by whole points. */
+    calls0 = evalsha_calls(c);
+    for (int i = 0; i < BATCH_REQUESTS; i++) {
+        snprintf(own[i], sizeof own[i], "own:%d", i);
+        struct store_update u[2] = {upd(own[i], hl.kind, hl.param, 3.5 + i),
+                                    upd("shared", hl.kind, hl.param, 1)};
+        memset(&r[i], 0, sizeof r[i]);
+        store_apply(st, u, 2, on_done, &r[i]);
+    }
+    if (!run_until(&f, &r[BATCH_REQUESTS - 1].calls, NULL, NULL, 3000))
+        fail_msg("no answer to the big batch within 3 s");
+    assert_int_equal(evalsha_calls(c) - calls0, 2);
+    for (int i = 0; i < BATCH_REQUESTS; i++) {
+        assert_int_equal(r[i].status, STORE_OK);
+        if (r[i].scores[0] != 3.5 + i)
+            fail_msg("request %d: own key got %.17g, want %.17g", i, r[i].scores[0], 3.5 + i);
+        /* "shared" was 5; the second call starts from the first's last
+         * score, decayed over the moment between the two calls. */
+        if (!(r[i].scores[1] > 5 + i + 1 - 1e-3 && r[i].scores[1] <= 5 + i + 1))
+            fail_msg("request %d: shared key got %.17g, want about %d", i, r[i].scores[1], 6 + i);
+    }
+    assert_int_equal(sync_int(c, "ZCARD %s", "sgtest:batch:@top:own"), BATCH_REQUESTS);
+    redisReply *z = sync_cmd(c, "ZSCORE %s %s", "sgtest:batch:@top:own", "sgtest:batch:own:69");
+    assert_int_equal(z->type, REDIS_REPLY_STRING);
+    assert_string_equal(z->str, "72");   /* 72.5 ranked as 72 */
+    freeReplyObject(z);
+    redisFree(c);
+    close_store(&f, st);
+    fixture_fini(&f);
+}
+
 static void test_store_redis_peek_and_top(void **state)
 {
     struct fixture f;
@@ -1026,6 +1134,7 @@ int main(void)
         cmocka_unit_test_teardown(test_store_redis_password, password_teardown),
         cmocka_unit_test(test_store_redis_latency),
         cmocka_unit_test(test_store_redis_peek_and_top),
+        cmocka_unit_test(test_store_redis_batch),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
