@@ -63,6 +63,7 @@ SRCS += policyd/dns.c
 SRCS += policyd/store.c
 SRCS += policyd/sha1.c
 SRCS += policyd/store_memory.c
+SRCS += policyd/replyarena.c
 SRCS += policyd/store_redis.c
 SRCS += policyd/conn.c
 SRCS += policyd/listener.c

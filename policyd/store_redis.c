@@ -76,6 +76,7 @@
 #include <hiredis/hiredis.h>
 
 #include "log.h"
+#include "replyarena.h"
 #include "sha1.h"
 #include "store_redis_lua.h"
 #include "xalloc.h"
@@ -181,6 +182,7 @@ struct store {
     enum redis_state state;     /* see enum */
     bool first_done;            /* the first connection attempt has ended */
     redisAsyncContext *ac;      /* NULL unless connecting or up; hiredis frees it */
+    struct reply_arena *arena;  /* where ac's reader builds replies */
     unsigned backoff_ms;        /* next reconnection delay */
     uv_timer_t conn_timer;      /* backoff wait, or connect deadline */
     uv_timer_t deadline_timer;  /* armed for dl_head */
@@ -701,6 +703,10 @@ static void redis_connect_start(struct store *st)
         return;
     }
     ac->data = st;
+    /* Replies are built in memory kept from one to the next: no malloc
+     * per reply element. One context at a time uses it: a new one is made
+     * only after the old one is gone. */
+    reply_arena_attach(st->arena, ac->c.reader);
     if (redisLibuvAttach(ac, st->loop) != REDIS_OK) {
         redisAsyncFree(ac);
         redis_conn_down(st, "cannot attach to the event loop");
@@ -1052,6 +1058,7 @@ static void redis_free(struct store *st)
         st->free_fails = f->next;
         free(f);
     }
+    reply_arena_free(st->arena);
     free(st->address);
     free(st->host);
     free(st->unix_path);
@@ -1098,6 +1105,7 @@ static int redis_open(struct store **out, const struct store_config *cfg, uv_loo
         snprintf(st->top_size, sizeof st->top_size, "%u", cfg->top_size);
     }
     sha1_hex(store_redis_lua, sizeof store_redis_lua - 1, st->sha);
+    st->arena = reply_arena_new();
     st->backoff_ms = REDIS_BACKOFF_MIN_MS;
 
     uv_timer_init(loop, &st->conn_timer);
