@@ -64,6 +64,7 @@ SRCS += policyd/store.c
 SRCS += policyd/sha1.c
 SRCS += policyd/store_memory.c
 SRCS += policyd/replyarena.c
+SRCS += policyd/respconn.c
 SRCS += policyd/store_redis.c
 SRCS += policyd/conn.c
 SRCS += policyd/listener.c

@@ -2,38 +2,35 @@
  * store_redis - counters in a Redis that every MTA shares.
  *
  * How it works:
- * - One hiredis async context, attached to the loop with hiredis's libuv
- *   adapter. All updates of one apply go out in ONE EVALSHA of
- *   store_redis.lua (embedded at build time; its SHA-1 is computed here
- *   at open, so no SCRIPT LOAD round trip), together with the other
- *   applies of the same loop turn (see "batches" below). ARGV[1] is "": the script
- *   takes Redis's TIME, so all hosts decay on one clock. A NOSCRIPT reply
- *   (Redis restarted, SCRIPT FLUSH, a failover) sends that same request
- *   again as EVAL with the script text, which also loads it, and the
- *   next requests go back to EVALSHA.
- * - hiredis 0.14.1 has no timeouts and frees its context by itself after
- *   an error or a disconnect. So: our own connect timer (which covers
- *   AUTH and SELECT too: a Redis that accepts but does not answer is not
- *   up), our own request deadlines, and the disconnect callback forgets
- *   the context pointer; nothing touches it after.
+ * - One connection (respconn.c: RESP written straight from our argv,
+ *   replies parsed by hiredis's reader into a reply arena, nothing
+ *   allocated per command). All updates of one apply go out in ONE
+ *   EVALSHA of store_redis.lua (embedded at build time; its SHA-1 is
+ *   computed here at open, so no SCRIPT LOAD round trip), together with
+ *   the other applies of the same loop turn (see "batches" below).
+ *   ARGV[1] is "": the script takes Redis's TIME, so all hosts decay on
+ *   one clock. A NOSCRIPT reply (Redis restarted, SCRIPT FLUSH, a
+ *   failover) sends that same request again as EVAL with the script
+ *   text, which also loads it, and the next requests go back to EVALSHA.
+ * - Timeouts are ours: a connect timer (which covers AUTH and SELECT
+ *   too: a Redis that accepts but does not answer is not up) and request
+ *   deadlines. The connection's failure event forgets its pointer;
+ *   nothing touches it after.
  * - Deadlines: every request gets the same timeout and requests are sent
  *   in order, so deadlines are ordered too. The callers still waiting sit
  *   on one list, oldest first, under ONE uv_timer armed for the head: a
  *   timer per request would cost a handle (and a close callback) each.
  *   When a deadline passes the caller gets STORE_TEMPFAIL right then;
- *   hiredis still holds the request record, so the record is recycled
- *   only when hiredis hands it back (the late reply is dropped).
- * - Records come from a pool that is kept, not freed (no malloc per
- *   request once warm; hiredis itself still formats each command into a
- *   fresh buffer). At most REDIS_MAX_INFLIGHT records may be held by
- *   hiredis; beyond that apply fails fast: a stuck Redis must not pile up
- *   memory for ever.
+ *   the connection still holds the request record, so the record is
+ *   recycled only when its reply (or the connection's end) comes back
+ *   (the late reply is dropped).
+ * - Records and batches come from pools that are kept, not freed (no
+ *   malloc per request once warm). At most REDIS_MAX_INFLIGHT records may
+ *   be in flight or queued; beyond that apply fails fast: a stuck Redis
+ *   must not pile up memory for ever.
  * - A connection that owes replies and has sent none for two timeouts is
- *   dropped and reconnected. Besides freeing the records, this covers a
- *   flaw of the 0.14.1 libuv adapter: on POLLERR it ignores the event and
- *   libuv has stopped the poll handle, so hiredis would never learn that
- *   the socket died (the same flaw makes a refused connect wait for the
- *   connect timer).
+ *   dropped and reconnected (a Redis paused or a link gone silent); a
+ *   socket error or EOF ends the connection at once.
  * - Reconnection backs off from 100 ms, doubling up to 5 s, and starts
  *   over once a connection is up. While it is down, apply fails fast;
  *   during the very first attempt (start-up) requests queue behind
@@ -48,9 +45,8 @@
  *   through log_warn_every, one line per minute at most. Error text
  *   from Redis is quoted (a script error may carry a key). The password
  *   is never logged.
- *
- * XXX: hiredis resolves a host name with a blocking getaddrinfo() at each
- * connect attempt; use an IP address or a unix socket in redis.address.
+ * - A host name in redis.address is resolved (uv_getaddrinfo, off the
+ *   loop) at each connection attempt, so a name that moves is followed.
  * - peek is the same EVALSHA with the decay kinds in capitals: the script
  *   reads and writes nothing. top is the script's "top" mode on the
  *   counter's sorted set (one round trip); the apply path feeds that set
@@ -71,17 +67,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <hiredis/adapters/libuv.h>
-#include <hiredis/async.h>
 #include <hiredis/hiredis.h>
 
 #include "log.h"
-#include "replyarena.h"
+#include "respconn.h"
 #include "sha1.h"
 #include "store_redis_lua.h"
 #include "xalloc.h"
 
-#define REDIS_MAX_INFLIGHT 1024 /* request records held by hiredis, at most */
+#define REDIS_MAX_INFLIGHT 1024 /* request records in flight or queued, at most */
 #define REDIS_BACKOFF_MIN_MS 100
 #define REDIS_BACKOFF_MAX_MS 5000
 #define REDIS_DEFAULT_PORT 6379
@@ -109,7 +103,7 @@ enum redis_kind {
     REDIS_KIND_TOP
 };
 
-/* One request; hiredis's privdata. */
+/* One request; its command's callback argument (or its batch's). */
 struct redis_cmd {
     struct store *st;           /* owner */
     struct redis_cmd *next_free; /* pool free list */
@@ -122,7 +116,7 @@ struct redis_cmd {
     void *arg;                  /* the caller's */
     uint64_t deadline_ms;       /* loop time (uv_now) */
     bool waiting;               /* the caller has not been answered */
-    bool in_hiredis;            /* hiredis holds it as privdata */
+    bool in_flight;             /* sent, its reply not yet back */
     bool retried;               /* EVAL sent after NOSCRIPT */
     bool pooled;                /* on the free list */
     struct redis_cmd *batch_next; /* next request of the same batch */
@@ -135,8 +129,8 @@ struct redis_cmd {
     size_t buf_cap;             /* bytes allocated to buf */
 };
 
-/* The applies of one loop turn, sent as ONE EVALSHA: hiredis's privdata
- * for it. Its argv points into the requests' own buffers, which stay
+/* The applies of one loop turn, sent as ONE EVALSHA: the callback
+ * argument for it. Its argv points into the requests' own buffers, which stay
  * put until the reply has come (a NOSCRIPT reply sends it again). */
 struct redis_batch {
     struct store *st;           /* owner */
@@ -181,8 +175,7 @@ struct store {
 
     enum redis_state state;     /* see enum */
     bool first_done;            /* the first connection attempt has ended */
-    redisAsyncContext *ac;      /* NULL unless connecting or up; hiredis frees it */
-    struct reply_arena *arena;  /* where ac's reader builds replies */
+    struct respconn *conn;      /* NULL unless connecting or up */
     unsigned backoff_ms;        /* next reconnection delay */
     uv_timer_t conn_timer;      /* backoff wait, or connect deadline */
     uv_timer_t deadline_timer;  /* armed for dl_head */
@@ -195,7 +188,7 @@ struct store {
     struct redis_cmd *dl_head, *dl_tail; /* waiting callers, oldest deadline first */
     struct redis_cmd *free_cmds; /* pool */
     struct redis_cmd *all_cmds; /* every record */
-    size_t in_hiredis;          /* records hiredis holds */
+    size_t in_flight;           /* records sent and not yet back */
     struct redis_batch *pending; /* applies of this loop turn, not sent yet */
     size_t queued;              /* records in pending */
     struct redis_batch *free_batches; /* pool */
@@ -293,7 +286,7 @@ static struct redis_cmd *redis_cmd_get(struct store *st)
 {
     struct redis_cmd *c = st->free_cmds;
 
-    if (st->in_hiredis + st->queued >= REDIS_MAX_INFLIGHT)
+    if (st->in_flight + st->queued >= REDIS_MAX_INFLIGHT)
         return NULL;
     if (c) {
         st->free_cmds = c->next_free;
@@ -306,7 +299,7 @@ static struct redis_cmd *redis_cmd_get(struct store *st)
     }
     c->next_free = NULL;
     c->waiting = false;
-    c->in_hiredis = false;
+    c->in_flight = false;
     c->retried = false;
     c->batch_next = NULL;
     c->apply_cb = NULL;
@@ -320,7 +313,7 @@ static struct redis_cmd *redis_cmd_get(struct store *st)
 /* redis_cmd_put - back to the pool once nobody needs it any more. */
 static void redis_cmd_put(struct redis_cmd *c)
 {
-    if (c->waiting || c->in_hiredis || c->pooled)
+    if (c->waiting || c->in_flight || c->pooled)
         return;
     c->pooled = true;
     c->next_free = c->st->free_cmds;
@@ -373,36 +366,34 @@ static void redis_dl_remove(struct store *st, struct redis_cmd *c)
         uv_timer_stop(&st->deadline_timer);
 }
 
-static void redis_on_reply(redisAsyncContext *ac, void *r, void *privdata);
+static void redis_on_reply(struct respconn *rc, const redisReply *reply, void *privdata);
 
-static void redis_on_batch_reply(redisAsyncContext *ac, void *r, void *privdata);
+static void redis_on_batch_reply(struct respconn *rc, const redisReply *reply, void *privdata);
 
-/* redis_send - one command to hiredis. Returns 0 or -EIO. */
-static int redis_send(struct store *st, redisCallbackFn *fn, void *privdata, int argc,
+/* redis_send - one command on the connection. Returns 0 or -EIO. */
+static int redis_send(struct store *st, respconn_reply_cb fn, void *privdata, int argc,
                       const char **argv, const size_t *argvlen)
 {
-    if (!st->ac || (st->ac->c.flags & (REDIS_DISCONNECTING | REDIS_FREEING)))
+    if (!st->conn)
         return -EIO;
-    if (redisAsyncCommandArgv(st->ac, fn, privdata, argc, argv, argvlen) != REDIS_OK)
-        return -EIO;
-    return 0;
+    return respconn_send(st->conn, argc, argv, argvlen, fn, privdata);
 }
 
-/* redis_held - n more records are held by hiredis. */
+/* redis_held - n more records are in flight. */
 static void redis_held(struct store *st, size_t n)
 {
-    if (st->in_hiredis == 0)
+    if (st->in_flight == 0)
         st->owing_since_ms = uv_now(st->loop);
-    st->in_hiredis += n;
+    st->in_flight += n;
 }
 
-/* redis_cmd_send - hand c to hiredis on its own. Returns 0 or -EIO. */
+/* redis_cmd_send - send c on its own. Returns 0 or -EIO. */
 static int redis_cmd_send(struct store *st, struct redis_cmd *c)
 {
     if (redis_send(st, redis_on_reply, c, c->argc, c->argv, c->argvlen) < 0)
         return -EIO;
     redis_held(st, 1);
-    c->in_hiredis = true;
+    c->in_flight = true;
     return 0;
 }
 
@@ -413,9 +404,9 @@ static int redis_cmd_send(struct store *st, struct redis_cmd *c)
  * the MGET, the sorted set of the top) is paid once per call, not once per
  * request. So the applies of one loop turn (every request read from every
  * Postfix connection in that turn) go out as one EVALSHA, sent from a
- * uv_prepare just before the loop polls: the same moment hiredis would
- * have written them anyway, so a lone request waits no longer than
- * before. The script applies the updates in order, so a key shared by two
+ * uv_prepare just before the loop polls (and written there), still in
+ * the loop turn that read them, so a lone request waits no longer than
+ * if it had been written at once. The script applies the updates in order, so a key shared by two
  * requests of a batch is counted as if they had come one after the other.
  */
 
@@ -502,7 +493,7 @@ static void redis_batch_flush(struct store *st)
     if (redis_send(st, redis_on_batch_reply, b, b->argc, b->argv, b->argvlen) == 0) {
         redis_held(st, b->ncmds);
         for (struct redis_cmd *c = b->head; c; c = c->batch_next)
-            c->in_hiredis = true;
+            c->in_flight = true;
         return;
     }
     for (struct redis_cmd *c = b->head, *next; c; c = next) {
@@ -578,54 +569,37 @@ static void redis_conn_down(struct store *st, const char *why)
                                                                : st->backoff_ms * 2;
 }
 
-/* redis_drop - give up the current context ourselves. hiredis calls
- * back every request it holds with a NULL reply (callers still waiting
- * get TEMPFAIL) and frees the context, now or, inside one of its
- * callbacks, as soon as that returns. */
+/* redis_drop - give up the current connection ourselves: every request
+ * it holds is called back with a NULL reply (callers still waiting get
+ * TEMPFAIL) now, or when the reply callback running now returns. */
 static void redis_drop(struct store *st, const char *why)
 {
-    redisAsyncContext *ac = st->ac;
+    struct respconn *conn = st->conn;
 
-    if (!ac)
+    if (!conn)
         return;
-    st->ac = NULL;
+    st->conn = NULL;
     redis_conn_down(st, why);
-    redisAsyncFree(ac);
+    respconn_close(conn);
 }
 
-static void redis_on_connect(const redisAsyncContext *ac, int status)
+/* redis_on_event - the connection is made, or has failed or been lost
+ * (its requests have had their NULL replies already). */
+static void redis_on_event(struct respconn *rc, int status, const char *why, void *arg)
 {
-    struct store *st = ac->data;
+    struct store *st = arg;
 
-    /* On failure hiredis frees the context when we return (without a
-     * disconnect callback: it never was connected). */
-    if (status != REDIS_OK && st->ac == ac) {
-        char why[128];
-        snprintf(why, sizeof why, "%s", ac->errstr[0] ? ac->errstr : "connect failed");
-        st->ac = NULL;
-        redis_conn_down(st, why);
-    }
-}
-
-static void redis_on_disconnect(const redisAsyncContext *ac, int status)
-{
-    struct store *st = ac->data;
-    char why[128];
-
-    if (st->ac != ac)
-        return;     /* we dropped it ourselves, already handled */
-    st->ac = NULL;
-    snprintf(why, sizeof why, "%s",
-             status == REDIS_OK ? "closed" : ac->errstr[0] ? ac->errstr : "error");
+    if (status == 0 || st->conn != rc)
+        return;     /* up once SELECT answers; or one we dropped ourselves */
+    st->conn = NULL;
     redis_conn_down(st, why);
 }
 
-static void redis_on_auth(redisAsyncContext *ac, void *r, void *privdata)
+static void redis_on_auth(struct respconn *rc, const redisReply *reply, void *privdata)
 {
     struct store *st = privdata;
-    redisReply *reply = r;
 
-    if (!reply || st->ac != ac)
+    if (!reply || st->conn != rc)
         return;
     if (reply->type == REDIS_REPLY_ERROR) {
         /* A password given to a Redis that has none works anyway. */
@@ -642,12 +616,11 @@ static void redis_on_auth(redisAsyncContext *ac, void *r, void *privdata)
     }
 }
 
-static void redis_on_select(redisAsyncContext *ac, void *r, void *privdata)
+static void redis_on_select(struct respconn *rc, const redisReply *reply, void *privdata)
 {
     struct store *st = privdata;
-    redisReply *reply = r;
 
-    if (!reply || st->ac != ac)
+    if (!reply || st->conn != rc)
         return;
     if (reply->type == REDIS_REPLY_ERROR) {
         char why[LOG_QUOTE_BUF + 48], q[LOG_QUOTE_BUF];
@@ -684,48 +657,21 @@ static void redis_on_connect_timeout(uv_timer_t *t)
  * queued at once and go out as soon as the socket connects. */
 static void redis_connect_start(struct store *st)
 {
-    redisAsyncContext *ac;
-
     if (st->closing)
         return;
     st->state = REDIS_STATE_CONNECTING;
-    ac = st->unix_path ? redisAsyncConnectUnix(st->unix_path)
-                       : redisAsyncConnect(st->host, st->port);
-    if (!ac) {
-        redis_conn_down(st, "out of memory");
-        return;
-    }
-    if (ac->err) {
-        char why[128];
-        snprintf(why, sizeof why, "%s", ac->errstr);
-        redisAsyncFree(ac);
-        redis_conn_down(st, why);
-        return;
-    }
-    ac->data = st;
-    /* Replies are built in memory kept from one to the next: no malloc
-     * per reply element. One context at a time uses it: a new one is made
-     * only after the old one is gone. */
-    reply_arena_attach(st->arena, ac->c.reader);
-    if (redisLibuvAttach(ac, st->loop) != REDIS_OK) {
-        redisAsyncFree(ac);
-        redis_conn_down(st, "cannot attach to the event loop");
-        return;
-    }
-    redisAsyncSetConnectCallback(ac, redis_on_connect);
-    redisAsyncSetDisconnectCallback(ac, redis_on_disconnect);
-    if (!st->unix_path)
-        redisEnableKeepAlive(&ac->c);
-    st->ac = ac;
+    st->conn = respconn_open(st->loop, st->host, st->port, st->unix_path, redis_on_event, st);
+    if (!st->conn)
+        return;     /* failed at once: redis_on_event has backed off */
     if (st->password) {
         const char *argv[2] = {"AUTH", st->password};
         size_t len[2] = {4, strlen(st->password)};
-        redisAsyncCommandArgv(ac, redis_on_auth, st, 2, argv, len);
+        respconn_send(st->conn, 2, argv, len, redis_on_auth, st);
     }
     {
         const char *argv[2] = {"SELECT", st->db};
         size_t len[2] = {6, strlen(st->db)};
-        redisAsyncCommandArgv(ac, redis_on_select, st, 2, argv, len);
+        respconn_send(st->conn, 2, argv, len, redis_on_select, st);
     }
     uv_timer_start(&st->conn_timer, redis_on_connect_timeout, st->timeout_ms, 0);
 }
@@ -801,21 +747,20 @@ static void redis_top_reply(struct store *st, struct redis_cmd *c, const redisRe
     cb(arg, status, status == STORE_OK ? entries : NULL, status == STORE_OK ? n : 0);
 }
 
-static void redis_on_reply(redisAsyncContext *ac, void *r, void *privdata)
+static void redis_on_reply(struct respconn *rc, const redisReply *reply, void *privdata)
 {
     struct redis_cmd *c = privdata;
     struct store *st = c->st;
-    redisReply *reply = r;
     double scores[STORE_MAX_UPDATES], now = 0;
     int status = STORE_TEMPFAIL;
 
-    c->in_hiredis = false;
-    st->in_hiredis--;
+    c->in_flight = false;
+    st->in_flight--;
     if (reply)
         st->owing_since_ms = uv_now(st->loop);
 
     if (reply && reply->type == REDIS_REPLY_ERROR && c->kind != REDIS_KIND_RESET &&
-        strncmp(reply->str, "NOSCRIPT", 8) == 0 && !c->retried && c->waiting && st->ac == ac) {
+        strncmp(reply->str, "NOSCRIPT", 8) == 0 && !c->retried && c->waiting && st->conn == rc) {
         /* The script is not loaded: EVAL loads it and runs this request. */
         c->retried = true;
         c->argv[0] = "EVAL";
@@ -877,18 +822,17 @@ static bool redis_batch_waiting(const struct redis_batch *b)
     return false;
 }
 
-static void redis_on_batch_reply(redisAsyncContext *ac, void *r, void *privdata)
+static void redis_on_batch_reply(struct respconn *rc, const redisReply *reply, void *privdata)
 {
     struct redis_batch *b = privdata;
     struct store *st = b->st;
-    redisReply *reply = r;
     double scores[STORE_MAX_UPDATES], now = 0;
     int status = STORE_TEMPFAIL;
 
     if (reply)
         st->owing_since_ms = uv_now(st->loop);
     if (reply && reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0 &&
-        !b->retried && st->ac == ac && redis_batch_waiting(b)) {
+        !b->retried && st->conn == rc && redis_batch_waiting(b)) {
         /* The script is not loaded: EVAL loads it and runs this batch. */
         b->retried = true;
         b->argv[0] = "EVAL";
@@ -898,7 +842,7 @@ static void redis_on_batch_reply(redisAsyncContext *ac, void *r, void *privdata)
         if (redis_send(st, redis_on_batch_reply, b, b->argc, b->argv, b->argvlen) == 0)
             return;
     }
-    st->in_hiredis -= b->ncmds;
+    st->in_flight -= b->ncmds;
 
     if (!reply) {
         /* Connection gone: logged by redis_conn_down. */
@@ -917,7 +861,7 @@ static void redis_on_batch_reply(redisAsyncContext *ac, void *r, void *privdata)
 
     for (struct redis_cmd *c = b->head, *next; c; c = next) {
         next = c->batch_next;
-        c->in_hiredis = false;
+        c->in_flight = false;
         if (!c->waiting) {
             /* Answered already (deadline passed, or the store closed). */
             redis_cmd_put(c);
@@ -943,14 +887,6 @@ static void redis_on_batch_reply(redisAsyncContext *ac, void *r, void *privdata)
     redis_batch_put(b);
 }
 
-/* redis_socket_dead - the libuv adapter swallowed a socket error. */
-static bool redis_socket_dead(const struct store *st)
-{
-    const redisLibuvEvents *p = st->ac ? st->ac->ev.data : NULL;
-
-    return p && st->state == REDIS_STATE_UP && !uv_is_active((const uv_handle_t *)&p->handle);
-}
-
 static void redis_deadline_cb(uv_timer_t *t)
 {
     struct store *st = t->data;
@@ -961,7 +897,7 @@ static void redis_deadline_cb(uv_timer_t *t)
         struct redis_cmd *c = st->dl_head;
         redis_dl_remove(st, c);
         expired++;
-        /* hiredis still holds c; it is recycled when the reply comes. */
+        /* Still in flight: recycled when its reply comes. */
         if (c->kind == REDIS_KIND_APPLY)
             c->apply_cb(c->arg, STORE_TEMPFAIL, NULL, 0, 0);
         else if (c->kind == REDIS_KIND_TOP)
@@ -974,13 +910,11 @@ static void redis_deadline_cb(uv_timer_t *t)
     if (expired)
         log_warn_every(&st->lim_timeout, REDIS_LOG_EVERY, "redis %s: no answer within %u ms",
                        st->address, st->timeout_ms);
-    if (st->in_hiredis > 0 && now - st->owing_since_ms >= 2 * (uint64_t)st->timeout_ms) {
+    if (st->in_flight > 0 && now - st->owing_since_ms >= 2 * (uint64_t)st->timeout_ms) {
         char why[64];
         snprintf(why, sizeof why, "no reply for %llu ms",
                  (unsigned long long)(now - st->owing_since_ms));
         redis_drop(st, why);
-    } else if (st->in_hiredis > 0 && redis_socket_dead(st)) {
-        redis_drop(st, "socket error");
     }
     /* A callback may have closed the store (its handles are closing). */
     if (!st->closing)
@@ -1058,7 +992,6 @@ static void redis_free(struct store *st)
         st->free_fails = f->next;
         free(f);
     }
-    reply_arena_free(st->arena);
     free(st->address);
     free(st->host);
     free(st->unix_path);
@@ -1105,7 +1038,6 @@ static int redis_open(struct store **out, const struct store_config *cfg, uv_loo
         snprintf(st->top_size, sizeof st->top_size, "%u", cfg->top_size);
     }
     sha1_hex(store_redis_lua, sizeof store_redis_lua - 1, st->sha);
-    st->arena = reply_arena_new();
     st->backoff_ms = REDIS_BACKOFF_MIN_MS;
 
     uv_timer_init(loop, &st->conn_timer);
@@ -1168,9 +1100,9 @@ static const char *redis_refuse(const struct store *st)
      * Redis has been seen down, requests fail at once until it is back,
      * rather than each hold an smtpd for the whole timeout. */
     bool starting = st->state == REDIS_STATE_CONNECTING && !st->first_done;
-    if ((st->state != REDIS_STATE_UP && !starting) || !st->ac)
+    if ((st->state != REDIS_STATE_UP && !starting) || !st->conn)
         return "not connected";
-    if (st->in_hiredis + st->queued >= REDIS_MAX_INFLIGHT)
+    if (st->in_flight + st->queued >= REDIS_MAX_INFLIGHT)
         return "too many requests in flight";
     return NULL;
 }
@@ -1382,10 +1314,10 @@ static void redis_close_cb(uv_handle_t *h)
 
     if (--st->handles_open > 0)
         return;
-    /* Everything hiredis held came back when the context was freed. */
-    if (st->in_hiredis != 0)
-        log_panic("redis %s: %zu requests still held by hiredis at close", st->address,
-                  st->in_hiredis);
+    /* Everything in flight came back when the connection was closed. */
+    if (st->in_flight != 0)
+        log_panic("redis %s: %zu requests still in flight at close", st->address,
+                  st->in_flight);
     while (st->fail_head)
         redis_fail_run(st);
     redis_free(st);
@@ -1400,7 +1332,7 @@ static void redis_close(struct store *st)
     while (st->dl_head) {
         struct redis_cmd *c = st->dl_head;
         redis_dl_remove(st, c);
-        /* Still held by hiredis: recycled when redisAsyncFree hands it back. */
+        /* Still in flight: recycled when closing the connection hands it back. */
         redis_fail_later(st, c->kind, c->apply_cb, c->reset_cb, c->top_cb, c->arg);
     }
     if (st->pending) {
@@ -1414,10 +1346,10 @@ static void redis_close(struct store *st)
         }
         redis_batch_put(b);
     }
-    if (st->ac) {
-        redisAsyncContext *ac = st->ac;
-        st->ac = NULL;
-        redisAsyncFree(ac);
+    if (st->conn) {
+        struct respconn *conn = st->conn;
+        st->conn = NULL;
+        respconn_close(conn);
     }
     st->state = REDIS_STATE_CLOSED;
     uv_close((uv_handle_t *)&st->conn_timer, redis_close_cb);

@@ -36,6 +36,7 @@
 
 #include "decay.h"
 #include "log.h"
+#include "respconn.h"
 #include "sha1.h"
 #include "store.h"
 #include "store_redis_lua.h"
@@ -1101,6 +1102,170 @@ static void test_store_redis_peek_and_top(void **state)
     fixture_fini(&f);
 }
 
+/* --- respconn: the connection under the store ------------------------- */
+
+struct rc_log {
+    int replies;                /* callbacks with a reply */
+    int nulls;                  /* callbacks with NULL */
+    int order_errors;           /* replies not in the order sent */
+    int events;                 /* on_event calls */
+    int last_status;            /* of the last event */
+    char why[128];              /* of the last event */
+    long long next;             /* the ECHO value expected next */
+    int events_before_nulls;    /* events seen before a NULL callback */
+    struct respconn *close_in;  /* close this connection from the first reply */
+    size_t big;                 /* length of the big value expected, or 0 */
+};
+
+static void rc_event(struct respconn *rc, int status, const char *why, void *arg)
+{
+    struct rc_log *l = arg;
+    (void)rc;
+    l->events++;
+    l->last_status = status;
+    snprintf(l->why, sizeof l->why, "%s", why);
+}
+
+static void rc_echo_reply(struct respconn *rc, const struct redisReply *reply, void *arg)
+{
+    struct rc_log *l = arg;
+    (void)rc;
+    if (!reply) {
+        l->nulls++;
+        if (l->events)
+            l->events_before_nulls++;
+        return;
+    }
+    l->replies++;
+    if (l->big) {
+        if (reply->type != REDIS_REPLY_STRING || (size_t)reply->len != l->big ||
+            reply->str[0] != 'v' || reply->str[l->big - 1] != 'v')
+            l->order_errors++;
+        return;
+    }
+    char want[32];
+    snprintf(want, sizeof want, "%lld", l->next++);
+    if (reply->type != REDIS_REPLY_STRING || strcmp(reply->str, want) != 0)
+        l->order_errors++;
+    if (l->close_in) {
+        struct respconn *c = l->close_in;
+        l->close_in = NULL;
+        respconn_close(c);
+        /* Closed: sending again is refused, not queued. */
+        const char *argv[1] = {"PING"};
+        size_t len[1] = {4};
+        if (respconn_send(c, 1, argv, len, rc_echo_reply, l) != -EIO)
+            l->order_errors++;
+    }
+}
+
+static void rc_send_echo(struct respconn *rc, struct rc_log *l, long long v)
+{
+    char num[32];
+    const char *argv[2] = {"ECHO", num};
+    size_t len[2] = {4, (size_t)snprintf(num, sizeof num, "%lld", v)};
+    assert_int_equal(respconn_send(rc, 2, argv, len, rc_echo_reply, l), 0);
+}
+
+/* run_until_count - run the loop until *count reaches want or ms pass. */
+static void run_until_count(struct fixture *f, const int *count, int want, unsigned ms)
+{
+    uint64_t end = uv_hrtime() + (uint64_t)ms * 1000000;
+
+    uv_timer_start(&f->tick, on_tick, 5, 5);
+    while (*count < want && uv_hrtime() < end)
+        uv_run(&f->loop, UV_RUN_ONCE);
+    uv_timer_stop(&f->tick);
+}
+
+/* Thousands of commands pipelined before the connection is even up come
+ * back in order; a reply larger than the read buffer and the arena's
+ * chunks comes back whole; a host name is resolved. */
+static void test_respconn_pipeline(void **state)
+{
+    struct fixture f;
+    struct rc_log l = {0};
+    enum { N = 5000, BIG = 300000 };
+    (void)state;
+    fixture_init(&f);
+
+    struct respconn *rc = respconn_open(&f.loop, "localhost", redis_port, NULL, rc_event, &l);
+    for (long long i = 0; i < N; i++)
+        rc_send_echo(rc, &l, i);
+    assert_int_equal(l.replies, 0);     /* never from inside send */
+    assert_int_equal(respconn_pending(rc), N);
+    run_until_count(&f, &l.replies, N, 5000);
+    assert_int_equal(l.events, 1);
+    assert_int_equal(l.last_status, 0);
+    assert_int_equal(l.replies, N);
+    assert_int_equal(l.order_errors, 0);
+    assert_int_equal(respconn_pending(rc), 0);
+
+    char *v = malloc(BIG);
+    assert_non_null(v);
+    memset(v, 'v', BIG);
+    const char *set[3] = {"SET", "sgtest:rc:big", v};
+    size_t setlen[3] = {3, 13, BIG};
+    const char *get[2] = {"GET", "sgtest:rc:big"};
+    size_t getlen[2] = {3, 13};
+    struct rc_log lb = {0};
+    lb.big = BIG;
+    assert_int_equal(respconn_send(rc, 3, set, setlen, rc_echo_reply, &l), 0);
+    assert_int_equal(respconn_send(rc, 2, get, getlen, rc_echo_reply, &lb), 0);
+    free(v);
+    if (!run_until(&f, &lb.replies, NULL, NULL, 5000))
+        fail_msg("no reply to GET of the big value");
+    assert_int_equal(lb.order_errors, 0);
+    assert_int_equal(l.replies, N + 1);
+    respconn_close(rc);
+    assert_int_equal(l.events, 1);      /* none after close */
+    fixture_fini(&f);
+}
+
+/* Closing from inside a reply callback: the commands after it get NULL,
+ * no event comes, a send is refused. */
+static void test_respconn_close_in_callback(void **state)
+{
+    struct fixture f;
+    struct rc_log l = {0};
+    (void)state;
+    fixture_init(&f);
+
+    struct respconn *rc = respconn_open(&f.loop, redis_host, redis_port, NULL, rc_event, &l);
+    l.close_in = rc;
+    for (long long i = 0; i < 10; i++)
+        rc_send_echo(rc, &l, i);
+    run_until(&f, &l.replies, NULL, NULL, 3000);
+    uv_run(&f.loop, UV_RUN_NOWAIT);
+    assert_int_equal(l.replies, 1);
+    assert_int_equal(l.nulls, 9);
+    assert_int_equal(l.order_errors, 0);
+    assert_int_equal(l.events, 1);      /* the connect, nothing after the close */
+    fixture_fini(&f);
+}
+
+/* A refused connection: the queued command gets NULL, then one event
+ * says why; nothing is left on the loop. */
+static void test_respconn_refused(void **state)
+{
+    struct fixture f;
+    struct rc_log l = {0};
+    (void)state;
+    fixture_init(&f);
+
+    struct respconn *rc = respconn_open(&f.loop, "127.0.0.1", 1, NULL, rc_event, &l);
+    rc_send_echo(rc, &l, 0);
+    assert_int_equal(l.nulls, 0);
+    if (!run_until(&f, &l.events, NULL, NULL, 3000))
+        fail_msg("no event for a refused connection");
+    assert_int_equal(l.nulls, 1);
+    assert_int_equal(l.events_before_nulls, 0);
+    assert_true(l.last_status < 0);
+    if (!strstr(l.why, "connect"))
+        fail_msg("why got \"%s\", want a connect error", l.why);
+    fixture_fini(&f);
+}
+
 int main(void)
 {
     const char *addr = getenv("SMTPGUARD_TEST_REDIS");
@@ -1135,6 +1300,9 @@ int main(void)
         cmocka_unit_test(test_store_redis_latency),
         cmocka_unit_test(test_store_redis_peek_and_top),
         cmocka_unit_test(test_store_redis_batch),
+        cmocka_unit_test(test_respconn_pipeline),
+        cmocka_unit_test(test_respconn_close_in_callback),
+        cmocka_unit_test(test_respconn_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
