@@ -44,9 +44,14 @@
 
 local FLOOR = 0.001 -- DECAY_FLOOR in decay.h
 local LN2 = math.log(2)
+-- Locals, not globals: every global is a table lookup, per use.
+local tonumber, fmtstr, smatch, ssub, sfind = tonumber, string.format, string.match, string.sub,
+    string.find
+local floor, ceil, abs, frexp, log = math.floor, math.ceil, math.abs, math.frexp, math.log
+local rcall = redis.call
 
 local function fmt(x)
-    return string.format('%.17g', x)
+    return fmtstr('%.17g', x)
 end
 
 -- decay_apply in decay.c.
@@ -68,22 +73,22 @@ end
 -- of two come out exact (log(0.5) / log(2) is exactly -1) and the rest is
 -- within an ulp or two of C's log2().
 local function log2(x)
-    local m, e = math.frexp(x)
-    return e + math.log(m) / LN2
+    local m, e = frexp(x)
+    return e + log(m) / LN2
 end
 
 -- decay_ttl in decay.c: whole seconds until the score reaches FLOOR.
 local function ttl(kind, param, score)
     if kind == 'h' then
-        score = math.abs(score)
+        score = abs(score)
     end
     if not (score > FLOOR) then
         return 0
     end
     if kind == 'h' then
-        return math.ceil(param * log2(score / FLOOR))
+        return ceil(param * log2(score / FLOOR))
     end
-    return math.ceil((score - FLOOR) / param)
+    return ceil((score - FLOOR) / param)
 end
 
 local now
@@ -96,7 +101,7 @@ end
 
 -- parse_pair - a stored "SCORE TIME", or nil.
 local function parse_pair(v)
-    local s, t = string.match(v, '^(%S+) (%S+)$')
+    local s, t = smatch(v, '^(%S+) (%S+)$')
     s, t = tonumber(s), tonumber(t)
     if s and t then
         return s, t
@@ -159,7 +164,7 @@ local out = {snow}
 -- about as much as the arithmetic of a whole key.
 local olds = {}
 if #KEYS > 0 then
-    olds = redis.call('MGET', unpack(KEYS))
+    olds = rcall('MGET', unpack(KEYS))
 end
 -- A call may carry several requests (store_redis.c batches the requests
 -- of one loop turn), so a key may come more than once: each update sees
@@ -172,7 +177,8 @@ local cur, last, order = {}, {}, {}
 -- The top set, per sorted set: the latest score of each member this call
 -- put there, and the longest expiry among them. One ZADD, at most one
 -- ZCARD and one trim, and one PTTL per sorted set and call.
-local tops, top_order = {}, {}
+local tops, top_order, znames = {}, {}, {}
+local plen = top_prefix and #top_prefix
 for i = 1, #KEYS do
     local key = KEYS[i]
     local kind, param, points = ARGV[3 * i - 1], tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
@@ -225,9 +231,16 @@ for i = 1, #KEYS do
         cur[key] = score
         last[key] = {sscore, ms}
         if top_prefix and top_size > 0 and score >= top_floor then
-            local counter = string.match(string.sub(key, #top_prefix + 1), '^([^:]+):')
-            if counter then
-                local z = top_prefix .. '@top:' .. counter
+            -- The sorted set of the key's counter: "PREFIX@top:COUNTER"
+            -- for "PREFIX" "COUNTER" ":" "...".
+            local colon = sfind(key, ':', plen + 1, true)
+            if colon and colon > plen + 1 then
+                local counter = ssub(key, plen + 1, colon - 1)
+                local z = znames[counter]
+                if not z then
+                    z = top_prefix .. '@top:' .. counter
+                    znames[counter] = z
+                end
                 local tz = tops[z]
                 if not tz then
                     tz = {members = {}, ms = 0}
@@ -252,9 +265,9 @@ end
 for _, key in ipairs(order) do
     local w = last[key]
     if w then
-        redis.call('SET', key, w[1] .. ' ' .. snow, 'PX', string.format('%d', w[2]))
+        rcall('SET', key, w[1] .. ' ' .. snow, 'PX', fmtstr('%d', w[2]))
     else
-        redis.call('DEL', key)
+        rcall('DEL', key)
     end
 end
 for _, z in ipairs(top_order) do
@@ -266,16 +279,16 @@ for _, z in ipairs(top_order) do
     -- time of "12.374829734104612" (ZADD of 8 members: 19 -> 8 us).
     local args = {}
     for key, score in pairs(tz.members) do
-        args[#args + 1] = string.format('%.0f', math.floor(score))
+        args[#args + 1] = fmtstr('%.0f', floor(score))
         args[#args + 1] = key
     end
     -- ZADD answers how many members are new: only then can the set have
     -- grown past its size.
-    if redis.call('ZADD', z, unpack(args)) > 0 and redis.call('ZCARD', z) > top_size then
-        redis.call('ZREMRANGEBYRANK', z, 0, -(top_size + 1))
+    if rcall('ZADD', z, unpack(args)) > 0 and rcall('ZCARD', z) > top_size then
+        rcall('ZREMRANGEBYRANK', z, 0, -(top_size + 1))
     end
-    if redis.call('PTTL', z) < tz.ms then
-        redis.call('PEXPIRE', z, string.format('%d', tz.ms))
+    if rcall('PTTL', z) < tz.ms then
+        rcall('PEXPIRE', z, fmtstr('%d', tz.ms))
     end
 end
 return out
