@@ -254,6 +254,12 @@ char *metrics_format(const struct metrics *const *parts, size_t n, const struct 
     mb_counter(&b, "smtpguard_store_errors_total",
                "Store round trips that failed or timed out (answered with on_error).", parts, n,
                offsetof(struct metrics, store_errors));
+    mb_counter(&b, "smtpguard_store_script_calls_total",
+               "Redis script calls sent with counter updates (each carries the requests of one "
+               "loop turn).", parts, n, offsetof(struct metrics, script_calls));
+    mb_counter(&b, "smtpguard_store_script_requests_total",
+               "Requests those calls carried; divided by the calls, the requests per call.", parts,
+               n, offsetof(struct metrics, script_requests));
     mb_counter(&b, "smtpguard_config_reloads_total", "Configuration reloads that took effect.",
                parts, n, offsetof(struct metrics, reloads));
     mb_counter(&b, "smtpguard_config_reload_failures_total",

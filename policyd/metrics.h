@@ -61,6 +61,8 @@ struct metrics {
     struct metrics_histogram answer;         /* request parsed -> answer ready, seconds */
     struct metrics_histogram store;          /* store round trip, seconds */
     uint64_t store_errors;                   /* round trips that failed or timed out */
+    uint64_t script_calls;                   /* Redis script calls carrying applies */
+    uint64_t script_requests;                /* applies those calls carried */
     uint64_t reloads;                        /* successful config reloads */
     uint64_t reload_failures;                /* refused config reloads */
     uint64_t admin_requests;                 /* HTTP requests to the admin listener */

@@ -70,6 +70,7 @@
 #include <hiredis/hiredis.h>
 
 #include "log.h"
+#include "metrics.h"
 #include "respconn.h"
 #include "sha1.h"
 #include "store_redis_lua.h"
@@ -491,6 +492,8 @@ static void redis_batch_flush(struct store *st)
     st->queued -= b->ncmds;
     redis_batch_argv(st, b);
     if (redis_send(st, redis_on_batch_reply, b, b->argc, b->argv, b->argvlen) == 0) {
+        metrics_main.script_calls++;
+        metrics_main.script_requests += b->ncmds;
         redis_held(st, b->ncmds);
         for (struct redis_cmd *c = b->head; c; c = c->batch_next)
             c->in_flight = true;

@@ -12,6 +12,7 @@ import re
 import subprocess
 
 import harness as h
+from test_admin import http, parse_metrics, sample
 
 BENCH_RULES = os.path.join(h.ROOT, "test", "bench", "rules.yaml")
 VALID = {"DUNNO", "OK", "PREPEND", "4xx", "5xx", "DEFER", "REJECT", "HOLD"}
@@ -69,10 +70,23 @@ class LoadSmokeTest(h.SGTestCase):
 
     def test_redis_store_smoke(self):
         r = self.start_redis()
-        port = h.free_port()
+        port, aport = h.free_port(), h.free_port()
+        admin = "127.0.0.1:%d" % aport
         self.start_daemon(self.bench_config(
-            port, '{ backend: redis, redis: { address: "127.0.0.1:%d", timeout: 2s } }' % r.port))
-        self.check_run(port, 8)
+            port, '{ backend: redis, redis: { address: "127.0.0.1:%d", timeout: 2s } }\n'
+            'admin: { listen: "%s" }' % (r.port, admin)))
+        self.check_run(port, 32)
+        # With 32 connections, requests read in one loop turn share a
+        # script call: fewer calls than requests, and every request that
+        # reached the store went in one.
+        st, _, body = http(admin, "GET", "/metrics")
+        self.assertEqual(st, 200)
+        m = parse_metrics(body)
+        calls = sample(m, "smtpguard_store_script_calls_total")
+        carried = sample(m, "smtpguard_store_script_requests_total")
+        self.assertEqual(carried, sample(m, "smtpguard_store_duration_seconds", "_count"))
+        self.assertGreater(calls, 0)
+        self.assertLess(calls, carried, "no call carried more than one request")
 
     def test_unix_socket_and_ipv6_mix(self):
         path = self.tmp.join("policy.sock")

@@ -100,6 +100,10 @@ static void test_metrics_format(void **state)
     metrics_verdict(b, "we\"ird\\", "defer");
     a->reloads = 1;
     b->store_errors = 4;
+    a->script_calls = 3;
+    b->script_calls = 2;
+    a->script_requests = 10;
+    b->script_requests = 7;
     struct metrics_gauges g = {.start_time = 1700000000.5, .connections = 3,
                                .connections_total = 9, .config_generation = 2, .store_up = true,
                                .store_backend = "redis", .store_keys = -1};
@@ -117,6 +121,9 @@ static void test_metrics_format(void **state)
     assert_contains(text, "smtpguard_answer_duration_seconds_bucket{le=\"+Inf\"} 2\n");
     assert_contains(text, "smtpguard_answer_duration_seconds_count 2\n");
     assert_contains(text, "smtpguard_store_errors_total 4\n");
+    assert_contains(text, "# TYPE smtpguard_store_script_calls_total counter\n");
+    assert_contains(text, "smtpguard_store_script_calls_total 5\n");
+    assert_contains(text, "smtpguard_store_script_requests_total 17\n");
     assert_contains(text, "smtpguard_config_reloads_total 1\n");
     assert_contains(text, "smtpguard_connections 3\n");
     assert_contains(text, "smtpguard_store_up{backend=\"redis\"} 1\n");
