@@ -134,6 +134,9 @@ static void *create_string(const redisReadTask *task, char *str, size_t len)
 static void *create_array(const redisReadTask *task, int elements)
 {
     struct reply_arena *a = task->privdata;
+
+    if (elements > REPLY_ARENA_MAX_ELEMENTS)
+        return NULL;    /* the reader reports "Out of memory" and stops */
     redisReply *r = new_object(task, REDIS_REPLY_ARRAY);
 
     if (elements > 0) {

@@ -27,6 +27,10 @@
 
 #define REPLY_ARENA_CHUNK 16384         /* bytes per chunk */
 #define REPLY_ARENA_KEEP (256 * 1024)   /* bytes kept across resets, at most */
+/* Elements one array may announce, at most: "*2000000000" from a broken
+ * or hostile server is a reader error (the connection is dropped), not
+ * 16 GB asked of malloc. Our largest reply, a top query, has 2,001. */
+#define REPLY_ARENA_MAX_ELEMENTS 65536
 
 struct reply_arena;
 

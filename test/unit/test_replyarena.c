@@ -195,6 +195,16 @@ static void test_replyarena_protocol_error(void **state)
      * same arena starts clean. */
     redisReaderFree(r);
     r = reader_with(a);
+
+    /* An array that announces more elements than any reply has is an
+     * error, not a huge allocation. */
+    const char huge[] = "*2000000000\r\n";
+    assert_int_equal(redisReaderFeed(r, huge, sizeof huge - 1), REDIS_OK);
+    rep = NULL;
+    assert_int_equal(redisReaderGetReply(r, &rep), REDIS_ERR);
+    assert_null(rep);
+    redisReaderFree(r);
+    r = reader_with(a);
     assert_int_equal(redisReaderFeed(r, NESTED, sizeof NESTED - 1), REDIS_OK);
     rep = get_one(r);
     check_nested(rep);
