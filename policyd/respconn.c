@@ -394,7 +394,8 @@ static void rc_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *r
     }
     if (status < 0 || !res) {
         char why[128];
-        snprintf(why, sizeof why, "cannot resolve: %s", uv_strerror(status < 0 ? status : UV_EAI_NONAME));
+        snprintf(why, sizeof why, "cannot resolve: %s",
+                 uv_strerror(status < 0 ? status : UV_EAI_NONAME));
         uv_freeaddrinfo(res);
         rc_teardown(rc, status < 0 ? status : -ENOENT, why);
         return;

@@ -407,8 +407,9 @@ static int redis_cmd_send(struct store *st, struct redis_cmd *c)
  * Postfix connection in that turn) go out as one EVALSHA, sent from a
  * uv_prepare just before the loop polls (and written there), still in
  * the loop turn that read them, so a lone request waits no longer than
- * if it had been written at once. The script applies the updates in order, so a key shared by two
- * requests of a batch is counted as if they had come one after the other.
+ * if it had been written at once. The script applies the updates in
+ * order, so a key shared by two requests of a batch is counted as if they
+ * had come one after the other.
  */
 
 static struct redis_batch *redis_batch_get(struct store *st)
