@@ -495,13 +495,15 @@ bool list_match(const struct list *l, const char *value, size_t len)
         return false;
     if (!list_lower(value, len, buf))
         return false;
-    if (ipaddr_parse(value, len, &ip) == 0) {
+    /* A mail address (most values) is never an IP address: look for the
+     * '@' first and parse an address only without one. */
+    at = list_memrchr(buf, '@', len);
+    if (!at && ipaddr_parse(value, len, &ip) == 0) {
         /* An address has no parent domains: "10.1.2.3" must not match
          * a string entry "3" of a subdomains=true list. */
         return cidr_set_contains(l->data->nets, &ip) ||
                list_strset_has(&l->data->exact, buf, len);
     }
-    at = list_memrchr(buf, '@', len);
     if (at) {
         size_t dlen = len - (size_t)(at - buf) - 1;
 
