@@ -61,8 +61,6 @@ struct respconn {
     bool handle_open;           /* h was initialised and is not closed yet */
     uv_timer_t later;           /* a failure found inside respconn_send, reported from the loop */
     int handles;                /* of h and later, not closed yet */
-    bool is_unix;               /* h is a uv_pipe_t */
-    int port;                   /* TCP port */
     uv_getaddrinfo_t gai;       /* resolving a host name */
     bool gai_active;            /* gai is running */
     uv_connect_t creq;          /* the connect request */
@@ -410,7 +408,6 @@ struct respconn *respconn_open(uv_loop_t *loop, const char *host, int port, cons
     struct respconn *rc = xcalloc(1, sizeof *rc);
 
     rc->loop = loop;
-    rc->port = port;
     rc->on_event = on_event;
     rc->arg = arg;
     rc->wreq.data = rc;
@@ -429,7 +426,6 @@ struct respconn *respconn_open(uv_loop_t *loop, const char *host, int port, cons
     rc->handles = 1;
 
     if (unix_path) {
-        rc->is_unix = true;
         int err = uv_pipe_init(loop, &rc->h.pipe, 0);
         if (err == 0) {
             rc->h.handle.data = rc;

@@ -1145,8 +1145,14 @@ static void redis_counters(struct store *st, const struct store_update *u, size_
     c->argv[1] = st->sha;
     c->argvlen[1] = SHA1_HEX_LEN;
     c->argv[2] = p;
-    c->argvlen[2] = (size_t)snprintf(p, REDIS_NUM_LEN, "%zu", n);
-    p += c->argvlen[2] + 1;
+    c->argvlen[2] = 0;
+    if (peek) {
+        /* An apply goes out in its batch's command, which counts the
+         * keys of all its requests (redis_batch_argv): only a peek is
+         * sent as it stands. */
+        c->argvlen[2] = (size_t)snprintf(p, REDIS_NUM_LEN, "%zu", n);
+        p += c->argvlen[2] + 1;
+    }
     for (size_t i = 0; i < n; i++) {
         c->argv[3 + i] = p;
         c->argvlen[3 + i] = st->prefix_len + u[i].key_len;
