@@ -65,6 +65,7 @@ SRCS += policyd/sha1.c
 SRCS += policyd/store_memory.c
 SRCS += policyd/replyarena.c
 SRCS += policyd/respconn.c
+SRCS += policyd/counter_wire.c
 SRCS += policyd/store_redis.c
 SRCS += policyd/conn.c
 SRCS += policyd/listener.c

@@ -69,6 +69,7 @@
 
 #include <hiredis/hiredis.h>
 
+#include "counter_wire.h"
 #include "log.h"
 #include "metrics.h"
 #include "respconn.h"
@@ -683,21 +684,17 @@ static void redis_connect_start(struct store *st)
 /* --- replies and deadlines -------------------------------------------- */
 
 /* redis_parse_nums - elements off .. off+n-1 of the script's reply
- * {now, score...} (numbers as strings) into out. Returns 0 or -EPROTO. */
+ * {now, score...} (each number 8 bytes, counter_wire.h) into out.
+ * Returns 0 or -EPROTO. */
 static int redis_parse_nums(const redisReply *reply, size_t off, size_t n, double *out)
 {
     if (reply->type != REDIS_REPLY_ARRAY || off + n > reply->elements)
         return -EPROTO;
     for (size_t i = 0; i < n; i++) {
         const redisReply *e = reply->element[off + i];
-        char num[REDIS_NUM_LEN + 16], *end;
-        if (e->type != REDIS_REPLY_STRING || e->len == 0 || (size_t)e->len >= sizeof num)
+        if (e->type != REDIS_REPLY_STRING || e->len != COUNTER_WIRE_DOUBLE_LEN)
             return -EPROTO;
-        memcpy(num, e->str, (size_t)e->len);
-        num[e->len] = '\0';
-        out[i] = strtod(num, &end);
-        if (*end != '\0')
-            return -EPROTO;
+        out[i] = counter_wire_double(e->str);
     }
     return 0;
 }

@@ -17,7 +17,8 @@
 --                 floor adds it to the sorted set PREFIX.."@top:"..COUNTER
 --                 (COUNTER: the key's name part; '@' is never in a counter
 --                 name, so no counter key collides), trimmed to the size
---                 highest and expiring with its longest-lived member.
+--                 highest once it holds more than size + TOP_SLACK, and
+--                 expiring with its longest-lived member.
 -- A kind written in capitals ("H", "L") is a peek: the score is read and
 -- nothing at all is written or deleted (explain, the admin API).
 --
@@ -26,11 +27,21 @@
 -- members are decayed to now; members whose key is gone or has decayed
 -- (or been reset) below the floor leave the set: an update above the
 -- floor brings them back.
--- Returns {now, key1, score1, key2, score2, ...}, highest score first.
--- A key holds the string "SCORE TIME" (%.17g each, so both survive the
--- round trip bit for bit): the score as it was at TIME.
--- Returns {now, score1, score2, ...} as strings: a Lua number handed back
--- to Redis would be truncated to an integer.
+-- Returns {now, key1, score1, key2, score2, ...}, highest score first,
+-- the numbers as %.17g strings.
+-- An update returns {now, score1, score2, ...}, each number as 8 bytes:
+-- an IEEE-754 double, little-endian (a Lua number handed back to Redis
+-- would be truncated to an integer, and %.17g text costs a formatting
+-- here and a strtod in smtpguard per number).
+--
+-- A key holds 17 bytes: the byte 1 (the format), then the score and the
+-- time it was at, as two such doubles: both survive bit for bit. Written
+-- as text ("%.17g %.17g"), the pair cost Redis's one thread a fifth of
+-- the script's time in formatting and parsing (docs/performance.md). A
+-- key holding the text pair "SCORE TIME" that versions before 2026-12
+-- wrote is still read, and is rewritten in the new form at its next
+-- update. Those versions read the new form as damaged and start such a
+-- counter over (README, "Upgrading").
 --
 -- The arithmetic mirrors policyd/decay.c line for line (2^x is pow(2, x)
 -- in Redis's Lua 5.1, as in C), because the memory store and this script
@@ -43,12 +54,22 @@
 -- the floor deletes the key; a read of a missing key creates nothing.
 
 local FLOOR = 0.001 -- DECAY_FLOOR in decay.h
+-- A top set is trimmed to its size only once it holds TOP_SLACK members
+-- more. Redis keeps a sorted set of up to 128 members (its default
+-- zset-max-listpack-entries) as one packed list, whose every ZADD scans
+-- and moves the whole list; past 128 it becomes a skip list, and stays
+-- one when trimmed. A set held at exactly 100 (the default size) stayed
+-- packed forever: each ZADD took 5 us of Redis's one thread, 2.5 us on
+-- the skip list (docs/performance.md). The slack also spares a trim per
+-- call once the set is full. The top query ranks every member anyway.
+local TOP_SLACK = 128
 local LN2 = math.log(2)
 -- Locals, not globals: every global is a table lookup, per use.
 local tonumber, fmtstr, smatch, ssub, sfind = tonumber, string.format, string.match, string.sub,
     string.find
 local floor, ceil, abs, frexp, log = math.floor, math.ceil, math.abs, math.frexp, math.log
 local rcall = redis.call
+local spack, sunpack, sbyte = struct.pack, struct.unpack, string.byte
 
 local function fmt(x)
     return fmtstr('%.17g', x)
@@ -99,8 +120,12 @@ else
     now = tonumber(ARGV[1])
 end
 
--- parse_pair - a stored "SCORE TIME", or nil.
+-- parse_pair - a stored pair (binary, or the older "SCORE TIME"), or nil.
 local function parse_pair(v)
+    if #v == 17 and sbyte(v, 1) == 1 then
+        local _, s, t = sunpack('<Bdd', v)
+        return s, t
+    end
     local s, t = smatch(v, '^(%S+) (%S+)$')
     s, t = tonumber(s), tonumber(t)
     if s and t then
@@ -154,12 +179,7 @@ elseif not now or #ARGV ~= 1 + 3 * #KEYS then
     return redis.error_reply('ERR smtpguard script: bad arguments')
 end
 
--- Each number is formatted once: after the redis.call()s, %.17g is the
--- largest cost of this script (formatting now once per call and each
--- score once, with the MGET below, took Redis from 27.3 to 23.9 us of
--- CPU per 5-key call; docs/performance.md).
-local snow = fmt(now)
-local out = {snow}
+local out = {spack('<d', now)}
 -- One MGET for every key rather than a GET each: a redis.call() costs
 -- about as much as the arithmetic of a whole key.
 local olds = {}
@@ -215,7 +235,6 @@ for i = 1, #KEYS do
     elseif points ~= 0 then
         score = decay(kind, param, 0, 0, points)
     end
-    local sscore = fmt(score)
     if points ~= 0 then
         -- At least a second, also for a score at or below the floor
         -- (negative points), so the key does not vanish before it is read.
@@ -229,7 +248,7 @@ for i = 1, #KEYS do
             order[#order + 1] = key
         end
         cur[key] = score
-        last[key] = {sscore, ms}
+        last[key] = {score, ms}
         if top_prefix and top_size > 0 and score >= top_floor then
             -- The sorted set of the key's counter: "PREFIX@top:COUNTER"
             -- for "PREFIX" "COUNTER" ":" "...".
@@ -260,12 +279,12 @@ for i = 1, #KEYS do
         cur[key] = false
         last[key] = false
     end
-    out[i + 1] = sscore
+    out[i + 1] = spack('<d', score)
 end
 for _, key in ipairs(order) do
     local w = last[key]
     if w then
-        rcall('SET', key, w[1] .. ' ' .. snow, 'PX', fmtstr('%d', w[2]))
+        rcall('SET', key, spack('<Bdd', 1, w[1], now), 'PX', fmtstr('%d', w[2]))
     else
         rcall('DEL', key)
     end
@@ -283,8 +302,8 @@ for _, z in ipairs(top_order) do
         args[#args + 1] = key
     end
     -- ZADD answers how many members are new: only then can the set have
-    -- grown past its size.
-    if rcall('ZADD', z, unpack(args)) > 0 and rcall('ZCARD', z) > top_size then
+    -- grown past its bound.
+    if rcall('ZADD', z, unpack(args)) > 0 and rcall('ZCARD', z) > top_size + TOP_SLACK then
         rcall('ZREMRANGEBYRANK', z, 0, -(top_size + 1))
     end
     if rcall('PTTL', z) < tz.ms then

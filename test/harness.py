@@ -255,7 +255,7 @@ class RedisClient:
         data, self.buf = self.buf[:n], self.buf[n + 2:]
         return data
 
-    def _reply(self):
+    def _reply(self, raw=False):
         line = self._line()
         t, rest = line[:1], line[1:]
         if t == b"+":
@@ -266,19 +266,35 @@ class RedisClient:
             return int(rest)
         if t == b"$":
             n = int(rest)
-            return None if n < 0 else self._exact(n).decode()
+            if n < 0:
+                return None
+            data = self._exact(n)
+            # A counter value is binary: as str, its bytes that are not
+            # UTF-8 stay (surrogates) and compare exactly.
+            return data if raw else data.decode(errors="surrogateescape")
         if t == b"*":
             n = int(rest)
-            return None if n < 0 else [self._reply() for _ in range(n)]
+            return None if n < 0 else [self._reply(raw) for _ in range(n)]
         raise RuntimeError("bad redis reply %r" % line)
 
-    def cmd(self, *args):
+    def cmd(self, *args, raw=False):
+        """One command; bulk strings as str, or as bytes with raw=True."""
         out = b"*%d\r\n" % len(args)
         for a in args:
             a = a if isinstance(a, bytes) else str(a).encode()
             out += b"$%d\r\n%s\r\n" % (len(a), a)
         self.sock.sendall(out)
-        return self._reply()
+        return self._reply(raw)
+
+    def counter(self, key):
+        """(score, time) a counter key holds (policyd/counter_wire.h: the
+        byte 1, then two little-endian doubles), or None if it is gone."""
+        v = self.cmd("GET", key, raw=True)
+        if v is None:
+            return None
+        if len(v) != 17 or v[0] != 1:
+            raise AssertionError("%s holds %r, not a counter value" % (key, v))
+        return struct.unpack("<dd", v[1:])
 
 
 class Redis:
@@ -327,9 +343,13 @@ class Redis:
     def client(self):
         return RedisClient(self.port)
 
-    def cmd(self, *args):
+    def cmd(self, *args, raw=False):
         with RedisClient(self.port) as c:
-            return c.cmd(*args)
+            return c.cmd(*args, raw=raw)
+
+    def counter(self, key):
+        with RedisClient(self.port) as c:
+            return c.counter(key)
 
     def pause(self):
         os.kill(self.proc.pid, signal.SIGSTOP)

@@ -25,11 +25,9 @@ class RedisStoreTest(h.SGTestCase):
         c = self.client(d)
         acts = [c.request(h.policy_request(client_address="198.51.100.7")) for _ in range(5)]
         self.assertEqual(acts, ["DUNNO"] * 4 + [FLOOD % "198.51.100.7"])
-        v = self.redis.cmd("GET", "sg:ip:198.51.100.7")
+        v = self.redis.counter("sg:ip:198.51.100.7")
         self.assertIsNotNone(v, "no key sg:ip:198.51.100.7; keys: %r" % self.redis.cmd("KEYS", "*"))
-        m = re.match(r"^(\S+) (\S+)$", v)
-        self.assertTrue(m, "value %r is not 'SCORE TIME'" % v)
-        score, t = float(m.group(1)), float(m.group(2))
+        score, t = v
         self.assertAlmostEqual(score, 5.0, delta=0.05)
         self.assertAlmostEqual(t, time.time(), delta=30)
         ttl = self.redis.cmd("PTTL", "sg:ip:198.51.100.7")
@@ -91,7 +89,7 @@ class RedisStoreTest(h.SGTestCase):
         time.sleep(3)
         self.assertEqual(c.request(h.policy_request(client_address="198.51.100.30")), "DUNNO",
                          "half_life 1s did not decay the Redis score")
-        v = float(self.redis.cmd("GET", "sg:ip:198.51.100.30").split()[0])
+        v = self.redis.counter("sg:ip:198.51.100.30")[0]
         self.assertLess(v, 2.5)
         acts = [c.request(h.policy_request(client_address="203.0.113.%d" % (i + 1),
                                            sasl_username="erin")) for i in range(2)]

@@ -34,6 +34,7 @@
 #include <hiredis/hiredis.h>
 #include <uv.h>
 
+#include "counter_wire.h"
 #include "decay.h"
 #include "log.h"
 #include "respconn.h"
@@ -220,6 +221,28 @@ static double parse_double(const char *s, const char *what, unsigned long lineno
     return v;
 }
 
+/* stored_pair - the score and time key holds (counter_wire.h), or a
+ * failure naming what it holds instead. */
+static void stored_pair(redisContext *c, const char *key, double *score, double *at)
+{
+    redisReply *v = sync_cmd(c, "GET %s", key);
+    if (v->type != REDIS_REPLY_STRING)
+        fail_msg("%s: no value (reply type %d)", key, v->type);
+    if (!counter_wire_pair(v->str, v->len, score, at))
+        fail_msg("%s: %zu bytes starting 0x%02x are not a counter value", key, v->len,
+                 v->len ? (unsigned char)v->str[0] : 0);
+    freeReplyObject(v);
+}
+
+/* reply_num - element i of a script reply, an 8-byte number. */
+static double reply_num(const redisReply *r, size_t i)
+{
+    if (r->type != REDIS_REPLY_ARRAY || i >= r->elements ||
+        r->element[i]->type != REDIS_REPLY_STRING || r->element[i]->len != COUNTER_WIRE_DOUBLE_LEN)
+        fail_msg("script reply element %zu is not an 8-byte number", i);
+    return counter_wire_double(r->element[i]->str);
+}
+
 /* script_call - EVALSHA (EVAL on NOSCRIPT) of one key with injected now. */
 static redisReply *script_call(redisContext *c, const char *sha, const char *key, double now,
                                const char *kind, double param, double points)
@@ -301,8 +324,8 @@ static void test_store_redis_script_vectors(void **state)
         if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
             r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING)
             fail_msg("%s: want an array of 2 strings", field[0]);
-        double got_now = strtod(r->element[0]->str, NULL);
-        double got = strtod(r->element[1]->str, NULL);
+        double got_now = reply_num(r, 0);
+        double got = reply_num(r, 1);
         freeReplyObject(r);
         if (got_now != now)
             fail_msg("%s (line %lu): now got %.17g, want %.17g", field[0], lineno, got_now, now);
@@ -317,14 +340,13 @@ static void test_store_redis_script_vectors(void **state)
             if (pttl > want_ms || pttl < want_ms - 1000)
                 fail_msg("%s (line %lu): PTTL got %lld ms, want %lld ms (just under)", field[0],
                          lineno, pttl, want_ms);
-            /* The stored pair is the new score at now, digit for digit. */
-            char want_val[80];
-            snprintf(want_val, sizeof want_val, "%.17g %.17g", got, now);
-            redisReply *v = sync_cmd(c, "GET %s", key);
-            if (v->type != REDIS_REPLY_STRING || strcmp(v->str, want_val) != 0)
-                fail_msg("%s: stored \"%s\", want \"%s\"", field[0],
-                         v->type == REDIS_REPLY_STRING ? v->str : "(nil)", want_val);
-            freeReplyObject(v);
+            /* The stored pair is the new score at now, bit for bit (the
+             * seed above was the older text form: read, then rewritten). */
+            double s_score, s_at;
+            stored_pair(c, key, &s_score, &s_at);
+            if (s_score != got || s_at != now)
+                fail_msg("%s: stored %.17g at %.17g, want %.17g at %.17g", field[0], s_score,
+                         s_at, got, now);
         } else if (want_ttl == 0) {
             if (exists)
                 fail_msg("%s (line %lu): a read down to the floor left the key", field[0], lineno);
@@ -352,7 +374,7 @@ static void test_store_redis_script_time_and_bad_args(void **state)
     gettimeofday(&tv, NULL);
     r = sync_cmd(c, "EVAL %s 1 sgtest:time:k %s h 600 1", store_redis_lua, "");
     assert_int_equal(r->type, REDIS_REPLY_ARRAY);
-    double now = strtod(r->element[0]->str, NULL);
+    double now = reply_num(r, 0);
     freeReplyObject(r);
     if (fabs(now - ((double)tv.tv_sec + tv.tv_usec / 1e6)) > 5)
         fail_msg("Redis TIME %.6f is far from ours", now);
@@ -983,11 +1005,10 @@ static void test_store_redis_batch(void **state)
                      i == 4 ? 8 : 2 * (i + 1));
     }
     /* Stored once, with the last score and that call's time. */
-    redisReply *v = sync_cmd(c, "GET %s", "sgtest:batch:shared");
-    char want[80];
-    snprintf(want, sizeof want, "5 %.17g", r[0].now);
-    assert_string_equal(v->str, want);
-    freeReplyObject(v);
+    double s_score, s_at;
+    stored_pair(c, "sgtest:batch:shared", &s_score, &s_at);
+    if (s_score != 5 || s_at != r[0].now)
+        fail_msg("shared key stored %.17g at %.17g, want 5 at %.17g", s_score, s_at, r[0].now);
 
     /* More requests than one call carries: two calls, every answer right,
      * and the top set holds each key once, ranked by whole points. */
@@ -1032,6 +1053,8 @@ static void test_store_redis_peek_and_top(void **state)
     redisContext *c = sync_connect();
     freeReplyObject(sync_cmd(c, "DEL sgtest:top:@top:ip sgtest:top:ip:a sgtest:top:ip:b "
                                 "sgtest:top:ip:c sgtest:top:ip:d sgtest:top:user:x"));
+    for (int i = 0; i < 128; i++)
+        freeReplyObject(sync_cmd(c, "DEL sgtest:top:ip:f%d", i));
     struct store_config cfg = {
         .backend = STORE_BACKEND_REDIS,
         .redis_address = getenv("SMTPGUARD_TEST_REDIS"),
@@ -1052,9 +1075,31 @@ static void test_store_redis_peek_and_top(void **state)
                                 upd("user:x", hl.kind, hl.param, 9)};
     apply_wait(&f, st, u, 5, &r);
     assert_int_equal(r.status, STORE_OK);
-    /* The set is per counter, trimmed to the 2 highest, floor respected. */
-    assert_int_equal(sync_int(c, "ZCARD %s", "sgtest:top:@top:ip"), 2);
+    /* The set is per counter, floor respected (c stays out), and holds up
+     * to its size plus the script's TOP_SLACK (128) before a trim. */
+    assert_int_equal(sync_int(c, "ZCARD %s", "sgtest:top:@top:ip"), 3);
     assert_int_equal(sync_int(c, "ZCARD %s", "sgtest:top:@top:user"), 1);
+    /* 128 more keys above the floor (3.5, below a and b) take it to 131,
+     * past 2 + 128: the call that crosses trims it to the 2 highest. */
+    enum { FILL = 128, FILL_CHUNK = 16 };
+    char fill[FILL][16];
+    for (int i = 0; i < FILL; i += FILL_CHUNK) {
+        struct store_update fu[FILL_CHUNK];
+        for (int j = 0; j < FILL_CHUNK; j++) {
+            snprintf(fill[i + j], sizeof fill[i + j], "ip:f%d", i + j);
+            fu[j] = upd(fill[i + j], hl.kind, hl.param, 3.5);
+        }
+        memset(&r, 0, sizeof r);
+        apply_wait(&f, st, fu, FILL_CHUNK, &r);
+        assert_int_equal(r.status, STORE_OK);
+        long long want = i + FILL_CHUNK < FILL ? 3 + i + FILL_CHUNK : 2;
+        assert_int_equal(sync_int(c, "ZCARD %s", "sgtest:top:@top:ip"), want);
+    }
+    redisReply *kept = sync_cmd(c, "ZRANGE %s 0 -1", "sgtest:top:@top:ip");
+    assert_int_equal(kept->elements, 2);
+    assert_string_equal(kept->element[0]->str, "sgtest:top:ip:a");
+    assert_string_equal(kept->element[1]->str, "sgtest:top:ip:d");
+    freeReplyObject(kept);
     long long pttl = sync_int(c, "PTTL %s", "sgtest:top:@top:ip");
     if (pttl <= 0)
         fail_msg("top set PTTL got %lld, want > 0", pttl);
@@ -1073,7 +1118,10 @@ static void test_store_redis_peek_and_top(void **state)
     /* Peek reads without writing: the stored pair and its TTL stay. */
     redisReply *before = sync_cmd(c, "GET %s", "sgtest:top:ip:a");
     char saved[128];
-    snprintf(saved, sizeof saved, "%s", before->str);
+    size_t saved_len = before->len;
+    assert_int_equal(before->type, REDIS_REPLY_STRING);
+    assert_true(saved_len <= sizeof saved);
+    memcpy(saved, before->str, saved_len);
     freeReplyObject(before);
     struct store_update pk[2] = {upd("ip:a", hl.kind, hl.param, 7), upd("ip:none", hl.kind, hl.param, 1)};
     memset(&r, 0, sizeof r);
@@ -1084,7 +1132,9 @@ static void test_store_redis_peek_and_top(void **state)
     if (!(r.scores[0] > 4.99 && r.scores[0] <= 5) || r.scores[1] != 0)
         fail_msg("peek got %g %g, want about 5 and 0", r.scores[0], r.scores[1]);
     redisReply *after = sync_cmd(c, "GET %s", "sgtest:top:ip:a");
-    assert_string_equal(after->str, saved);
+    assert_int_equal(after->type, REDIS_REPLY_STRING);
+    assert_int_equal(after->len, saved_len);
+    assert_memory_equal(after->str, saved, saved_len);
     freeReplyObject(after);
     assert_int_equal(sync_int(c, "EXISTS %s", "sgtest:top:ip:none"), 0);
 
