@@ -37,6 +37,7 @@
 #include "counter_wire.h"
 #include "decay.h"
 #include "log.h"
+#include "metrics.h"
 #include "respconn.h"
 #include "sha1.h"
 #include "store.h"
@@ -1152,6 +1153,81 @@ static void test_store_redis_peek_and_top(void **state)
     fixture_fini(&f);
 }
 
+/* While a batch is out, the applies of later loop turns wait and go out
+ * together when its reply comes (REDIS_BATCH_MAX_OUT): four requests in
+ * four turns make two calls, not four. Redis is held busy by a script on
+ * another connection so that the first call is surely still out. */
+static void test_store_redis_hold_while_out(void **state)
+{
+    struct fixture f;
+    struct result r[4];
+    struct decay hl = {DECAY_HALF_LIFE, 600};
+    static const char busy[] = "local function ms() local t = redis.call('TIME') "
+                               "return t[1] * 1000 + t[2] / 1000 end "
+                               "local t0 = ms() while ms() - t0 < 300 do end return 1";
+
+    (void)state;
+    fixture_init(&f);
+    redisContext *c = sync_connect(), *sleeper = sync_connect();
+    freeReplyObject(sync_cmd(c, "DEL sgtest:hold:k"));
+    struct store_config cfg = {
+        .backend = STORE_BACKEND_REDIS,
+        .redis_address = getenv("SMTPGUARD_TEST_REDIS"),
+        .prefix = (char *)"sgtest:hold:",
+        .timeout_ms = 3000,
+    };
+    struct store *st;
+    char err[256];
+    if (store_open(&st, &cfg, &f.loop, err, sizeof err) != 0)
+        fail_msg("store_open: %s", err);
+    wait_up(&f, st);
+    /* Loaded, so that no NOSCRIPT retry blurs the count. */
+    memset(&r[0], 0, sizeof r[0]);
+    struct store_update warm = upd("k", hl.kind, hl.param, 0);
+    apply_wait(&f, st, &warm, 1, &r[0]);
+
+    int done = 0;
+    if (redisAppendCommand(sleeper, "EVAL %s 0", busy) != REDIS_OK)
+        fail_msg("cannot queue the busy script");
+    while (!done)
+        if (redisBufferWrite(sleeper, &done) != REDIS_OK)
+            fail_msg("cannot send the busy script: %s", sleeper->errstr);
+    usleep(50 * 1000);  /* Redis is inside it now */
+
+    uint64_t calls0 = metrics_main.script_calls, reqs0 = metrics_main.script_requests;
+    for (int i = 0; i < 4; i++) {
+        struct store_update u = upd("k", hl.kind, hl.param, 1);
+        memset(&r[i], 0, sizeof r[i]);
+        store_apply(st, &u, 1, on_done, &r[i]);
+        /* Its own loop turns: the prepare that sends a batch runs. */
+        for (int turn = 0; turn < 3; turn++)
+            uv_run(&f.loop, UV_RUN_NOWAIT);
+        assert_int_equal(r[i].calls, 0);
+    }
+    /* The first went out alone, the other three wait. */
+    assert_int_equal(metrics_main.script_calls - calls0, 1);
+    if (!run_until(&f, &r[3].calls, NULL, NULL, 3000))
+        fail_msg("no answer to the held requests within 3 s");
+    assert_int_equal(metrics_main.script_calls - calls0, 2);
+    assert_int_equal(metrics_main.script_requests - reqs0, 4);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(r[i].calls, 1);
+        assert_int_equal(r[i].status, STORE_OK);
+        /* In order: 1, 2, 3, 4 points (decay over well under a second). */
+        if (!(r[i].scores[0] > i + 1 - 1e-3 && r[i].scores[0] <= i + 1))
+            fail_msg("request %d got %.17g, want about %d", i, r[i].scores[0], i + 1);
+    }
+    redisReply *br = NULL;
+    if (redisGetReply(sleeper, (void **)&br) != REDIS_OK || !br || br->type != REDIS_REPLY_INTEGER)
+        fail_msg("the busy script did not finish");
+    freeReplyObject(br);
+    freeReplyObject(sync_cmd(c, "DEL sgtest:hold:k"));
+    redisFree(sleeper);
+    redisFree(c);
+    close_store(&f, st);
+    fixture_fini(&f);
+}
+
 /* --- respconn: the connection under the store ------------------------- */
 
 struct rc_log {
@@ -1350,6 +1426,7 @@ int main(void)
         cmocka_unit_test(test_store_redis_latency),
         cmocka_unit_test(test_store_redis_peek_and_top),
         cmocka_unit_test(test_store_redis_batch),
+        cmocka_unit_test(test_store_redis_hold_while_out),
         cmocka_unit_test(test_respconn_pipeline),
         cmocka_unit_test(test_respconn_close_in_callback),
         cmocka_unit_test(test_respconn_refused),
