@@ -256,7 +256,8 @@ char *metrics_format(const struct metrics *const *parts, size_t n, const struct 
                offsetof(struct metrics, store_errors));
     mb_counter(&b, "smtpguard_store_script_calls_total",
                "Redis script calls sent with counter updates (each carries the requests of one "
-               "loop turn).", parts, n, offsetof(struct metrics, script_calls));
+               "loop turn, or all that arrived while the call before it was out).",
+               parts, n, offsetof(struct metrics, script_calls));
     mb_counter(&b, "smtpguard_store_script_requests_total",
                "Requests those calls carried; divided by the calls, the requests per call.", parts,
                n, offsetof(struct metrics, script_requests));
