@@ -5,7 +5,7 @@
  * counter key holds (format byte 1, then the score and the time it was
  * at, as two such doubles).
  *
- * Binary, not %.17g text: formatting and parsing 17 digits was a fifth
+ * Binary, not %.17g text: formatting and parsing 17 digits was a sixth
  * of the script's time in Redis's one thread, and strtod a share of ours
  * (docs/performance.md). Both survive bit for bit, as the text did.
  * Pure: no I/O, no allocation.

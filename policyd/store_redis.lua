@@ -36,7 +36,7 @@
 --
 -- A key holds 17 bytes: the byte 1 (the format), then the score and the
 -- time it was at, as two such doubles: both survive bit for bit. Written
--- as text ("%.17g %.17g"), the pair cost Redis's one thread a fifth of
+-- as text ("%.17g %.17g"), the pair cost Redis's one thread a sixth of
 -- the script's time in formatting and parsing (docs/performance.md). A
 -- key holding the text pair "SCORE TIME" that versions before 2026-12
 -- wrote is still read, and is rewritten in the new form at its next

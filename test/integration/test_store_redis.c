@@ -1170,16 +1170,7 @@ static void test_store_redis_hold_while_out(void **state)
     fixture_init(&f);
     redisContext *c = sync_connect(), *sleeper = sync_connect();
     freeReplyObject(sync_cmd(c, "DEL sgtest:hold:k"));
-    struct store_config cfg = {
-        .backend = STORE_BACKEND_REDIS,
-        .redis_address = getenv("SMTPGUARD_TEST_REDIS"),
-        .prefix = (char *)"sgtest:hold:",
-        .timeout_ms = 3000,
-    };
-    struct store *st;
-    char err[256];
-    if (store_open(&st, &cfg, &f.loop, err, sizeof err) != 0)
-        fail_msg("store_open: %s", err);
+    struct store *st = open_store(&f, getenv("SMTPGUARD_TEST_REDIS"), NULL, "sgtest:hold:", 3000);
     wait_up(&f, st);
     /* Loaded, so that no NOSCRIPT retry blurs the count. */
     memset(&r[0], 0, sizeof r[0]);
