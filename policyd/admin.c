@@ -299,8 +299,6 @@ static void admin_health(struct admin_conn *c)
 static void admin_gauges(struct server *srv, struct metrics_gauges *g)
 {
     g->start_time = srv->start_time;
-    g->connections = srv->n_conns;
-    g->connections_total = srv->next_conn_id;
     g->config_generation = srv->cfg->generation;
     g->store_up = srv->store && store_is_up(srv->store);
     g->store_backend = srv->store ? store_name(srv->store) : NULL;
@@ -327,9 +325,11 @@ static void admin_metrics(struct admin_conn *c)
     }
     if (followup_alert_stats(&alerts))
         g.alerts = &alerts;
-    const struct metrics *parts[] = {&metrics_main};
+    /* Every worker's counters (one part without workers). */
+    const struct metrics *parts[CONFIG_MAX_WORKERS];
+    size_t n = metrics_parts(parts, CONFIG_MAX_WORKERS);
     admin_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8",
-                  metrics_format(parts, 1, &g), NULL);
+                  metrics_format(parts, n, &g), NULL);
 }
 
 static double admin_wallclock(void)
@@ -355,7 +355,7 @@ static void admin_status(struct admin_conn *c)
         textbuf_printf(&b, ",\"keys\":%lld", g.store_keys);
     textbuf_printf(&b, "},\"connections\":%u,\"connections_total\":%llu,\"requests\":%lu,"
                   "\"recording\":%s,\"counters\":[",
-              srv->n_conns, (unsigned long long)g.connections_total, srv->requests,
+              srv->n_conns, (unsigned long long)srv->next_conn_id, srv->requests,
               record_active() ? "true" : "false");
     const struct rules *r = srv->cfg->rules;
     for (size_t i = 0; i < r->n_counters; i++) {
@@ -625,7 +625,7 @@ static bool admin_authorized(struct admin_conn *c, const char *headers, const ch
  * are the request line and headers. */
 static void admin_dispatch(struct admin_conn *c, size_t hlen)
 {
-    metrics_main.admin_requests++;
+    metrics_own->admin_requests++;
     char *line_end = memchr(c->buf, '\n', hlen);
     char *sp1 = memchr(c->buf, ' ', (size_t)(line_end - c->buf));
     char *sp2 = sp1 ? memchr(sp1 + 1, ' ', (size_t)(line_end - sp1 - 1)) : NULL;

@@ -2936,8 +2936,6 @@ static void config_defaults(struct config *cfg)
     dns_config_defaults(&cfg->dns);
 }
 
-/* CONFIG_MAX_WORKERS - bound on workers: (one per core is the idea). */
-#define CONFIG_MAX_WORKERS 64
 
 /*
  * config_check_workers - what workers: N > 1 rules out. Each worker is a

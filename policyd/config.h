@@ -33,6 +33,7 @@
 #include "store.h"
 
 #define CONFIG_MAX_LISTEN 16
+#define CONFIG_MAX_WORKERS 64    /* workers: at most (one per core is the idea) */
 #define CONFIG_DEFAULT_PORT_HINT "127.0.0.1:10040"
 
 struct config_limits {

@@ -16,6 +16,7 @@
 
 #include "config.h"
 #include "log.h"
+#include "metrics.h"
 #include "server.h"
 #include "xalloc.h"
 
@@ -37,6 +38,7 @@ static void conn_unref(struct conn *c)
     if (c->next)
         c->next->prev = c->prev;
     srv->n_conns--;
+    metrics_own->connections_closed++;
     if (c->er) {
         engine_req_fini(c->er);
         free(c->er);
@@ -108,6 +110,7 @@ struct conn *conn_new(struct server *srv, bool is_pipe)
         srv->conns->prev = c;
     srv->conns = c;
     srv->n_conns++;
+    metrics_own->connections_accepted++;
     snprintf(c->peer, sizeof c->peer, "%s", is_pipe ? "unix" : "?");
     return c;
 }

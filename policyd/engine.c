@@ -96,9 +96,9 @@ static void engine_on_scores(void *arg, int status, const double *scores, size_t
 {
     (void)now;
     struct engine_req *er = arg;
-    metrics_observe(&metrics_main.store, (double)(engine_now_ns() - er->store_ns) / 1e9);
+    metrics_observe(&metrics_own->store, (double)(engine_now_ns() - er->store_ns) / 1e9);
     if (status != STORE_OK) {
-        metrics_main.store_errors++;
+        metrics_own->store_errors++;
         engine_on_error(er);
         return;
     }
@@ -321,23 +321,23 @@ static void engine_delete(struct engine_req *er, struct store *st)
         store_reset(st, keys, lens, n, engine_ignore_reset, NULL);
 }
 
-/* engine_count - the decision in metrics_main: by state, rule, verdict. */
+/* engine_count - the decision in metrics_own: by state, rule, verdict. */
 static void engine_count(struct engine_req *er, double elapsed_ms)
 {
     size_t len;
     const char *state = request_get(&er->req, ATTR_PROTOCOL_STATE, &len);
-    metrics_main.requests[metrics_state_of(state, state ? len : 0)]++;
-    metrics_observe(&metrics_main.answer, elapsed_ms / 1000);
+    metrics_own->requests[metrics_state_of(state, state ? len : 0)]++;
+    metrics_observe(&metrics_own->answer, elapsed_ms / 1000);
     const struct eval *ev = &er->ev;
     if (er->store_failed)
-        metrics_verdict(&metrics_main, NULL, "on_error");
+        metrics_verdict(metrics_own, NULL, "on_error");
     else if (ev->stopped_by)
-        metrics_verdict(&metrics_main, ev->stopped_by->name,
+        metrics_verdict(metrics_own, ev->stopped_by->name,
                         ev->stopped_by->then == VERDICT_PERMIT ? "permit" : "dunno");
     else if (ev->decided)
-        metrics_verdict(&metrics_main, ev->decided->name, verdict_name(ev->decided->verdict));
+        metrics_verdict(metrics_own, ev->decided->name, verdict_name(ev->decided->verdict));
     else
-        metrics_verdict(&metrics_main, NULL, "dunno");
+        metrics_verdict(metrics_own, NULL, "dunno");
 }
 
 void engine_finish(struct engine_req *er, struct store *st, unsigned long conn_id,

@@ -23,7 +23,7 @@
  * caller must keep er alive until then. After the
  * answer has been delivered the caller calls engine_finish(), which logs,
  * starts the side effects and drops the config reference; then er may be
- * reused. engine_finish also counts the decision in metrics_main and
+ * reused. engine_finish also counts the decision in metrics_own and
  * appends the request to the recording, if one is open (record.h).
  */
 #ifndef SMTPGUARD_ENGINE_H

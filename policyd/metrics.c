@@ -10,17 +10,64 @@
  */
 #include "metrics.h"
 
+#include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/mman.h>
 
 #include "alert.h"
 #include "dns.h"
 #include "textbuf.h"
 
-struct metrics metrics_main;
+static struct metrics metrics_single;
+struct metrics *metrics_own = &metrics_single;
+
+/* The slots shared by the workers (NULL with one process). */
+static struct metrics *metrics_slots;
+static size_t metrics_n_slots;
+
+int metrics_share(size_t n)
+{
+    if (metrics_slots || n == 0)
+        return 0;
+    void *p = mmap(NULL, n * sizeof *metrics_slots, PROT_READ | PROT_WRITE,
+                   MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED)
+        return -errno;
+    metrics_slots = p; /* anonymous maps come zeroed */
+    metrics_n_slots = n;
+    return 0;
+}
+
+void metrics_use_slot(size_t i)
+{
+    if (!metrics_slots || i >= metrics_n_slots)
+        return;
+    metrics_own = &metrics_slots[i];
+    metrics_own->connections_closed = metrics_own->connections_accepted;
+}
+
+size_t metrics_parts(const struct metrics **parts, size_t max)
+{
+    if (!metrics_slots) {
+        if (max > 0)
+            parts[0] = metrics_own;
+        return max > 0;
+    }
+    size_t n = metrics_n_slots < max ? metrics_n_slots : max;
+    for (size_t i = 0; i < n; i++)
+        parts[i] = &metrics_slots[i];
+    return n;
+}
+
+/* metrics_rows - rows of m published so far (see the top: release/acquire). */
+static size_t metrics_rows(const struct metrics *m)
+{
+    return __atomic_load_n(&m->n_rows, __ATOMIC_ACQUIRE);
+}
 
 const double metrics_bounds[METRICS_BUCKETS] = {0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
                                                 0.05,   0.1,   0.25,   0.5,   1,    2.5};
@@ -84,7 +131,9 @@ void metrics_verdict(struct metrics *m, const char *rule, const char *verdict)
         snprintf(r->rule, sizeof r->rule, "%s", rule);
         snprintf(r->verdict, sizeof r->verdict, "%s", verdict);
         r->count = 1;
-        *slot = (uint16_t)(++m->n_rows);
+        /* The row is whole before a reader in another worker counts it. */
+        __atomic_store_n(&m->n_rows, m->n_rows + 1, __ATOMIC_RELEASE);
+        *slot = (uint16_t)m->n_rows;
         return;
     }
     m->verdicts_other++;
@@ -144,6 +193,19 @@ static unsigned long long metrics_sum(const struct metrics *const *parts, size_t
     for (size_t i = 0; i < n; i++)
         s += *(const uint64_t *)(const void *)((const char *)parts[i] + offset);
     return s;
+}
+
+/* metrics_max - the largest of a field over the parts: for what every
+ * worker counts alike (each reloads the same configuration). */
+static unsigned long long metrics_max(const struct metrics *const *parts, size_t n, size_t offset)
+{
+    unsigned long long m = 0;
+    for (size_t i = 0; i < n; i++) {
+        uint64_t v = *(const uint64_t *)(const void *)((const char *)parts[i] + offset);
+        if (v > m)
+            m = v;
+    }
+    return m;
 }
 
 static void mb_counter(struct textbuf *b, const char *name, const char *help,
@@ -220,18 +282,18 @@ char *metrics_format(const struct metrics *const *parts, size_t n, const struct 
     unsigned long long other = 0;
     for (size_t i = 0; i < n; i++) {
         other += parts[i]->verdicts_other;
-        for (size_t r = 0; r < parts[i]->n_rows; r++) {
+        for (size_t r = 0; r < metrics_rows(parts[i]); r++) {
             const struct metrics_verdict_row *row = &parts[i]->rows[r];
             bool seen = false;
             for (size_t j = 0; j < i && !seen; j++)
-                for (size_t q = 0; q < parts[j]->n_rows && !seen; q++)
+                for (size_t q = 0; q < metrics_rows(parts[j]) && !seen; q++)
                     seen = !strcmp(parts[j]->rows[q].rule, row->rule) &&
                            !strcmp(parts[j]->rows[q].verdict, row->verdict);
             if (seen)
                 continue;
             unsigned long long v = row->count;
             for (size_t j = i + 1; j < n; j++)
-                for (size_t q = 0; q < parts[j]->n_rows; q++)
+                for (size_t q = 0; q < metrics_rows(parts[j]); q++)
                     if (!strcmp(parts[j]->rows[q].rule, row->rule) &&
                         !strcmp(parts[j]->rows[q].verdict, row->verdict))
                         v += parts[j]->rows[q].count;
@@ -261,18 +323,21 @@ char *metrics_format(const struct metrics *const *parts, size_t n, const struct 
     mb_counter(&b, "smtpguard_store_script_requests_total",
                "Requests those calls carried; divided by the calls, the requests per call.", parts,
                n, offsetof(struct metrics, script_requests));
-    mb_counter(&b, "smtpguard_config_reloads_total", "Configuration reloads that took effect.",
-               parts, n, offsetof(struct metrics, reloads));
-    mb_counter(&b, "smtpguard_config_reload_failures_total",
-               "Configuration reloads refused (the old configuration kept serving).", parts, n,
-               offsetof(struct metrics, reload_failures));
+    /* Every worker reloads each configuration: one reload, not N. */
+    mb_plain(&b, "smtpguard_config_reloads_total", "counter",
+             "Configuration reloads that took effect.",
+             metrics_max(parts, n, offsetof(struct metrics, reloads)));
+    mb_plain(&b, "smtpguard_config_reload_failures_total", "counter",
+             "Configuration reloads refused (the old configuration kept serving).",
+             metrics_max(parts, n, offsetof(struct metrics, reload_failures)));
     mb_counter(&b, "smtpguard_admin_requests_total", "HTTP requests to the admin listener.",
                parts, n, offsetof(struct metrics, admin_requests));
 
-    mb_head(&b, "smtpguard_connections", "gauge", "Policy connections open now.");
-    textbuf_printf(&b, "smtpguard_connections %u\n", g->connections);
-    mb_head(&b, "smtpguard_connections_total", "counter", "Policy connections accepted.");
-    textbuf_printf(&b, "smtpguard_connections_total %llu\n", (unsigned long long)g->connections_total);
+    unsigned long long accepted = metrics_sum(parts, n, offsetof(struct metrics, connections_accepted));
+    unsigned long long closed = metrics_sum(parts, n, offsetof(struct metrics, connections_closed));
+    mb_plain(&b, "smtpguard_connections", "gauge", "Policy connections open now.",
+             accepted > closed ? accepted - closed : 0);
+    mb_plain(&b, "smtpguard_connections_total", "counter", "Policy connections accepted.", accepted);
     mb_head(&b, "smtpguard_config_generation", "gauge",
             "Configuration generation serving now (1 + reloads that took effect).");
     textbuf_printf(&b, "smtpguard_config_generation %u\n", g->config_generation);

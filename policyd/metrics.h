@@ -3,9 +3,14 @@
  * Prometheus text exposition (format 0.0.4) for the admin /metrics.
  *
  * The hot path only increments fields of a struct metrics in place: no
- * allocation, no lock (the daemon runs one loop). A daemon with several
- * worker loops would give each its own struct metrics and pass them all
- * to metrics_format(), which sums them at scrape time.
+ * allocation, no lock (a process runs one loop). With workers: N the
+ * supervisor maps N of them in memory shared with the workers before it
+ * forks (metrics_share); each worker counts into its own slot (one
+ * writer per slot, so still no lock), and a scrape in worker 0 passes
+ * all N to metrics_format(), which sums them. A reader may see a slot a
+ * few increments behind its worker, never a half-written verdict row:
+ * a row is published by a release store of n_rows. A restarted worker
+ * goes on counting in its slot, so the sums never go down.
  *
  * Label sets are bounded: protocol_state is one of the states Postfix
  * sends (anything else counts as "other"); verdicts are counted per
@@ -66,6 +71,8 @@ struct metrics {
     uint64_t reloads;                        /* successful config reloads */
     uint64_t reload_failures;                /* refused config reloads */
     uint64_t admin_requests;                 /* HTTP requests to the admin listener */
+    uint64_t connections_accepted;           /* policy connections accepted */
+    uint64_t connections_closed;             /* ... and closed (or lost with their worker) */
     struct metrics_verdict_row rows[METRICS_MAX_RULES]; /* verdicts by rule */
     size_t n_rows;                           /* rows in use */
     uint16_t index[METRICS_INDEX];           /* open-addressed: row + 1, 0 = empty */
@@ -75,8 +82,6 @@ struct metrics {
 /* Scrape-time values. */
 struct metrics_gauges {
     double start_time;          /* seconds since the epoch the daemon started */
-    unsigned connections;       /* policy connections open now */
-    uint64_t connections_total; /* policy connections accepted since start */
     unsigned config_generation; /* 1 + reloads that took effect */
     bool store_up;              /* the store can answer */
     const char *store_backend;  /* "memory" or "redis" */
@@ -89,8 +94,22 @@ struct metrics_gauges {
 struct dns_stats;
 struct alert_stats;
 
-/* The daemon's own (one loop). */
-extern struct metrics metrics_main;
+/* What this process counts into: a static struct of its own, or its
+ * slot of the shared ones in a worker. */
+extern struct metrics *metrics_own;
+
+/* metrics_share - in the supervisor of workers: N, before the first fork:
+ * map n zeroed slots shared with the children. 0, or -errno. */
+int metrics_share(size_t n);
+
+/* metrics_use_slot - in worker i, right after the fork: count into slot
+ * i from now on. The connections its predecessor in the slot left open
+ * died with it and are counted closed. */
+void metrics_use_slot(size_t i);
+
+/* metrics_parts - what a scrape sums: every worker's slot when shared,
+ * else metrics_own. Returns how many pointers it set (at most max). */
+size_t metrics_parts(const struct metrics **parts, size_t max);
 
 /* metrics_state_of - the label index for a protocol_state value. */
 enum metrics_state metrics_state_of(const char *s, size_t len);

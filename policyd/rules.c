@@ -129,71 +129,98 @@ static const char *rules_key_part(const struct key_part *p, struct request *req,
     return v && *len ? v : NULL;
 }
 
+/* rules_copy_fold - copy n bytes, ASCII upper case to lower when fold. */
+static void rules_copy_fold(char *dst, const char *src, size_t n, bool fold)
+{
+    if (!fold) {
+        memcpy(dst, src, n);
+        return;
+    }
+    for (size_t k = 0; k < n; k++) {
+        unsigned char ch = (unsigned char)src[k];
+        dst[k] = (char)(ch >= 'A' && ch <= 'Z' ? ch + ('a' - 'A') : ch);
+    }
+}
+
+static bool rules_part_folds(const struct key_part *p)
+{
+    return p->v4_bits < 0 && attr_is_case_insensitive(p->attr);
+}
+
+/* rules_counter_key_hashed - "NAME:#" + the SHA-1 of the values joined
+ * by '|' (folded as the plain key would be), for a key too long. */
+static const char *rules_counter_key_hashed(const struct counter *c, const char *const *vals,
+                                            const size_t *lens, struct request *req, size_t *len)
+{
+    static const char hex[] = "0123456789abcdef";
+    size_t nlen = strlen(c->name);
+    unsigned char digest[SHA1_DIGEST_LEN];
+    struct sha1 h;
+    char chunk[64];
+
+    sha1_init(&h);
+    for (unsigned i = 0; i < c->n_parts; i++) {
+        if (i > 0)
+            sha1_update(&h, "|", 1);
+        for (size_t k = 0; k < lens[i]; k += sizeof chunk) {
+            size_t n = lens[i] - k < sizeof chunk ? lens[i] - k : sizeof chunk;
+            rules_copy_fold(chunk, vals[i] + k, n, rules_part_folds(&c->parts[i]));
+            sha1_update(&h, chunk, n);
+        }
+    }
+    sha1_final(&h, digest);
+    *len = nlen + 2 + 2 * SHA1_DIGEST_LEN;
+    char *key = arena_alloc(&req->arena, *len + 1);
+    char *o = key;
+    memcpy(o, c->name, nlen);
+    o += nlen;
+    *o++ = ':';
+    *o++ = '#';
+    for (int i = 0; i < SHA1_DIGEST_LEN; i++) {
+        *o++ = hex[digest[i] >> 4];
+        *o++ = hex[digest[i] & 15];
+    }
+    *o = '\0';
+    return key;
+}
+
 /*
  * rules_counter_key - "NAME:value[|value...]", lower-cased where the
- * attribute is case-insensitive. A key that would be longer than
- * RULES_MAX_KEY becomes "NAME:#" + the SHA-1 of the value: a sender
- * cannot escape counting with a 1 kB address, and the store's keys stay
- * short.
+ * attribute is case-insensitive. A key that would be RULES_MAX_KEY bytes
+ * or longer becomes "NAME:#" + the SHA-1 of the value: a sender cannot
+ * escape counting with a 1 kB address, and the store's keys stay short.
+ * The values are looked up first and the key is written once, straight
+ * into the arena: this runs for every counter of every request.
  */
 const char *rules_counter_key(const struct counter *c, struct request *req, size_t *len)
 {
-    char buf[RULES_MAX_KEY];
+    const char *vals[RULES_MAX_KEY_PARTS];
+    size_t lens[RULES_MAX_KEY_PARTS];
     size_t nlen = strlen(c->name);
-    size_t o = nlen + 1;
-    bool hashed = false;
-    struct sha1 h;
-    if (o >= sizeof buf)
-        return NULL;
-    memcpy(buf, c->name, nlen);
-    buf[nlen] = ':';
+    size_t total = nlen + 1;
+
     for (unsigned i = 0; i < c->n_parts; i++) {
-        const struct key_part *p = &c->parts[i];
-        size_t vlen;
-        const char *v = rules_key_part(p, req, &vlen);
-        if (!v)
+        vals[i] = rules_key_part(&c->parts[i], req, &lens[i]);
+        if (!vals[i])
             return NULL;
-        bool fold = p->v4_bits < 0 && attr_is_case_insensitive(p->attr);
-        if (!hashed && o + (i > 0) + vlen >= sizeof buf) {
-            /* Too long: hash what we have so far and the rest. */
-            hashed = true;
-            sha1_init(&h);
-            sha1_update(&h, buf + nlen + 1, o - nlen - 1);
-        }
-        char sep = '|';
-        if (hashed) {
-            if (i > 0)
-                sha1_update(&h, &sep, 1);
-            for (size_t k = 0; k < vlen; k++) {
-                char ch = v[k];
-                if (fold && ch >= 'A' && ch <= 'Z')
-                    ch = (char)(ch - 'A' + 'a');
-                sha1_update(&h, &ch, 1);
-            }
-            continue;
-        }
+        total += lens[i] + (i > 0);
+    }
+    if (total >= RULES_MAX_KEY)
+        return rules_counter_key_hashed(c, vals, lens, req, len);
+    char *key = arena_alloc(&req->arena, total + 1);
+    char *o = key;
+    memcpy(o, c->name, nlen);
+    o += nlen;
+    *o++ = ':';
+    for (unsigned i = 0; i < c->n_parts; i++) {
         if (i > 0)
-            buf[o++] = sep;
-        for (size_t k = 0; k < vlen; k++) {
-            char ch = v[k];
-            if (fold && ch >= 'A' && ch <= 'Z')
-                ch = (char)(ch - 'A' + 'a');
-            buf[o++] = ch;
-        }
+            *o++ = '|';
+        rules_copy_fold(o, vals[i], lens[i], rules_part_folds(&c->parts[i]));
+        o += lens[i];
     }
-    if (hashed) {
-        static const char hex[] = "0123456789abcdef";
-        unsigned char digest[SHA1_DIGEST_LEN];
-        sha1_final(&h, digest);
-        o = nlen + 1;
-        buf[o++] = '#';
-        for (int i = 0; i < SHA1_DIGEST_LEN; i++) {
-            buf[o++] = hex[digest[i] >> 4];
-            buf[o++] = hex[digest[i] & 15];
-        }
-    }
-    *len = o;
-    return arena_strndup(&req->arena, buf, o);
+    *o = '\0';
+    *len = total;
+    return key;
 }
 
 /* rules_add_update - the update slot of counter ci, creating it. */

@@ -171,7 +171,7 @@ int server_reload(struct server *srv)
         for (size_t i = 0; i < errs.n; i++)
             log_error("%s", errs.msgs[i]);
         config_errors_fini(&errs);
-        metrics_main.reload_failures++;
+        metrics_own->reload_failures++;
         return -EINVAL;
     }
     if (cfg->workers != old->workers) {
@@ -180,7 +180,7 @@ int server_reload(struct server *srv)
         log_error("reload refused, keeping generation %u: workers: changed from %u to %u, "
                   "which needs a restart", old->generation, old->workers, cfg->workers);
         config_unref(cfg);
-        metrics_main.reload_failures++;
+        metrics_own->reload_failures++;
         return -EINVAL;
     }
     cfg->generation = old->generation + 1;
@@ -191,7 +191,7 @@ int server_reload(struct server *srv)
             log_error("reload failed, keeping generation %u: cannot open the new store: %s",
                       old->generation, err);
             config_unref(cfg);
-            metrics_main.reload_failures++;
+            metrics_own->reload_failures++;
             return -EINVAL;
         }
         /* Requests waiting on the old store get TEMPFAIL (on_error). */
@@ -227,7 +227,7 @@ int server_reload(struct server *srv)
     server_apply_log(cfg, server_verbose);
     if (record_changed)
         server_apply_record(cfg);
-    metrics_main.reloads++;
+    metrics_own->reloads++;
     config_unref(old);
     log_info("config reloaded generation=%u counters=%zu lists=%zu points=%zu actions=%zu",
              cfg->generation, cfg->rules->n_counters, cfg->rules->n_lists, cfg->rules->n_points,

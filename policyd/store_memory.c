@@ -325,6 +325,16 @@ static double mem_update(struct store *st, const struct store_update *u, double 
         mem_unlink_free(st, link);
         e = NULL;
     }
+    if (e && link != &st->buckets[h & (st->nbuckets - 1)]) {
+        /* Move to front: a key that is asked for again is found first
+         * next time, so a lookup of a busy key does not touch the other
+         * (likely cold) entries of its chain. */
+        struct mem_entry **head = &st->buckets[h & (st->nbuckets - 1)];
+        *link = e->next;
+        e->next = *head;
+        *head = e;
+        link = head;
+    }
     if (u->points == 0) {
         if (!e)
             return 0;

@@ -506,8 +506,8 @@ static void redis_batch_flush(struct store *st)
     st->queued -= b->ncmds;
     redis_batch_argv(st, b);
     if (redis_send(st, redis_on_batch_reply, b, b->argc, b->argv, b->argvlen) == 0) {
-        metrics_main.script_calls++;
-        metrics_main.script_requests += b->ncmds;
+        metrics_own->script_calls++;
+        metrics_own->script_requests += b->ncmds;
         st->batches_out++;
         redis_held(st, b->ncmds);
         for (struct redis_cmd *c = b->head; c; c = c->batch_next)

@@ -23,6 +23,7 @@
 
 #include "actions.h"
 #include "log.h"
+#include "metrics.h"
 #include "xalloc.h"
 
 #define WORKERS_BACKOFF_MIN_MS 250    /* first restart of a worker that died */
@@ -62,6 +63,7 @@ static void workers_spawn(struct worker *w, unsigned n, struct config *cfg, work
         if (getppid() != parent)
             _exit(1);
         log_worker = (int)n;
+        metrics_use_slot(n);
         signal(SIGCHLD, SIG_DFL);
         /* The signals stay blocked until the worker's handlers are in
          * place (workers_ready): a SIGHUP or SIGTERM that comes during
@@ -241,6 +243,17 @@ int workers_run(struct config *cfg, workers_main_cb fn)
     log_info("starting %u workers: pid=%d", n, (int)getpid());
     if (pipe(workers_ready_fd) < 0) {
         log_error("cannot start workers: pipe: %s", strerror(errno));
+        free(ws);
+        config_unref(cfg);
+        return 1;
+    }
+    /* The workers' counters, in memory they all see: /metrics (worker 0)
+     * sums them. */
+    int rc = metrics_share(n);
+    if (rc < 0) {
+        log_error("cannot start workers: shared metrics: %s", strerror(-rc));
+        close(workers_ready_fd[0]);
+        close(workers_ready_fd[1]);
         free(ws);
         config_unref(cfg);
         return 1;

@@ -1185,7 +1185,7 @@ static void test_store_redis_hold_while_out(void **state)
             fail_msg("cannot send the busy script: %s", sleeper->errstr);
     usleep(50 * 1000);  /* Redis is inside it now */
 
-    uint64_t calls0 = metrics_main.script_calls, reqs0 = metrics_main.script_requests;
+    uint64_t calls0 = metrics_own->script_calls, reqs0 = metrics_own->script_requests;
     for (int i = 0; i < 4; i++) {
         struct store_update u = upd("k", hl.kind, hl.param, 1);
         memset(&r[i], 0, sizeof r[i]);
@@ -1196,11 +1196,11 @@ static void test_store_redis_hold_while_out(void **state)
         assert_int_equal(r[i].calls, 0);
     }
     /* The first went out alone, the other three wait. */
-    assert_int_equal(metrics_main.script_calls - calls0, 1);
+    assert_int_equal(metrics_own->script_calls - calls0, 1);
     if (!run_until(&f, &r[3].calls, NULL, NULL, 3000))
         fail_msg("no answer to the held requests within 3 s");
-    assert_int_equal(metrics_main.script_calls - calls0, 2);
-    assert_int_equal(metrics_main.script_requests - reqs0, 4);
+    assert_int_equal(metrics_own->script_calls - calls0, 2);
+    assert_int_equal(metrics_own->script_requests - reqs0, 4);
     for (int i = 0; i < 4; i++) {
         assert_int_equal(r[i].calls, 1);
         assert_int_equal(r[i].status, STORE_OK);

@@ -1,7 +1,8 @@
 """workers: N against a real redis-server: connections spread over the
 worker processes, counting shared through Redis, SIGHUP reaching every
-worker, SIGTERM stopping all of them, a killed worker started again, and
-the configs that workers: N refuses."""
+worker, SIGTERM stopping all of them, a killed worker started again,
+/metrics summed over the workers, and the configs that workers: N
+refuses."""
 
 import os
 import re
@@ -87,6 +88,50 @@ class WorkersTest(h.SGTestCase):
         # Both workers answered scoring requests (not only the HELO).
         scored = set(re.findall(r"w=(\d+) c=\S+ r=2 ", d.log()))
         self.assertEqual(scored, {"0", "1"}, "requests not answered by both workers")
+
+    def test_metrics_sum_every_worker(self):
+        # /metrics is served by worker 0 and counts what both answered.
+        from test_admin import http, parse_metrics, sample
+        admin = "127.0.0.1:%d" % h.free_port()
+        cfg = self.config(admin={"listen": admin})
+        d = self.start_workers(cfg)
+
+        def scrape():
+            st, _, body = http(admin, "GET", "/metrics")
+            self.assertEqual(st, 200)
+            return parse_metrics(body)
+
+        conns = self.connect_all(d)
+        self.assertEqual(self.served_by(d), {"0", "1"})
+        acts = [c.request(h.policy_request(client_address="198.51.100.9")) for c in conns]
+        self.assertEqual(acts.count("DUNNO"), 4)
+        m = scrape()
+        self.assertEqual(sample(m, "smtpguard_requests_total", protocol_state="HELO"), N_CONNS)
+        self.assertEqual(sample(m, "smtpguard_requests_total", protocol_state="RCPT"), N_CONNS)
+        self.assertEqual(sample(m, "smtpguard_verdicts_total", rule="flood", verdict="reject"),
+                         N_CONNS - 4)
+        self.assertEqual(sample(m, "smtpguard_answer_duration_seconds", "_count"), 2 * N_CONNS)
+        self.assertEqual(sample(m, "smtpguard_connections"), N_CONNS)
+        self.assertEqual(sample(m, "smtpguard_connections_total"), N_CONNS)
+        # One SIGHUP: every worker reloads, and that is one reload.
+        mark = d.mark()
+        d.signal(signal.SIGHUP)
+        h.wait_until(lambda: len(re.findall(r"w=\d config reloaded generation=2",
+                                            d.log()[mark:])) == 2,
+                     10, what="both workers reloaded")
+        self.assertEqual(sample(scrape(), "smtpguard_config_reloads_total"), 1)
+        # A killed worker's connections are gone; what it counted stays.
+        victim = self.worker_pids(d)[1]
+        mark = d.mark()
+        os.kill(victim, signal.SIGKILL)
+        self.wait_workers_ready(d, mark, n=1)
+        m = scrape()
+        self.assertLess(sample(m, "smtpguard_connections"), N_CONNS)
+        self.assertEqual(sample(m, "smtpguard_requests_total", protocol_state="RCPT"), N_CONNS)
+        for c in conns:
+            c.close()
+        h.wait_until(lambda: sample(scrape(), "smtpguard_connections") == 0, 5,
+                     what="connections closed")
 
     def test_sighup_reaches_every_worker(self):
         cfg = self.config()

@@ -1,7 +1,8 @@
 /*
  * test_metrics - histogram buckets, the bounded (rule, verdict) table,
  * protocol_state labels, and the exposition text: cumulative buckets,
- * sums of several parts, escaped label values.
+ * sums of several parts, escaped label values; slots shared with forked
+ * workers.
  */
 #include <setjmp.h>
 #include <stdarg.h>
@@ -10,6 +11,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include <cmocka.h>
 
@@ -98,15 +101,20 @@ static void test_metrics_format(void **state)
     metrics_verdict(a, "flood", "reject");
     metrics_verdict(b, "flood", "reject");
     metrics_verdict(b, "we\"ird\\", "defer");
-    a->reloads = 1;
+    /* Each worker reloads the same configuration: the most, not the sum. */
+    a->reloads = 2;
+    b->reloads = 1;
+    a->connections_accepted = 7;
+    a->connections_closed = 5;
+    b->connections_accepted = 2;
+    b->connections_closed = 1;
     b->store_errors = 4;
     a->script_calls = 3;
     b->script_calls = 2;
     a->script_requests = 10;
     b->script_requests = 7;
-    struct metrics_gauges g = {.start_time = 1700000000.5, .connections = 3,
-                               .connections_total = 9, .config_generation = 2, .store_up = true,
-                               .store_backend = "redis", .store_keys = -1};
+    struct metrics_gauges g = {.start_time = 1700000000.5, .config_generation = 2,
+                               .store_up = true, .store_backend = "redis", .store_keys = -1};
     const struct metrics *parts[] = {a, b};
     char *text = metrics_format(parts, 2, &g);
     assert_contains(text, "# TYPE smtpguard_requests_total counter\n");
@@ -124,8 +132,9 @@ static void test_metrics_format(void **state)
     assert_contains(text, "# TYPE smtpguard_store_script_calls_total counter\n");
     assert_contains(text, "smtpguard_store_script_calls_total 5\n");
     assert_contains(text, "smtpguard_store_script_requests_total 17\n");
-    assert_contains(text, "smtpguard_config_reloads_total 1\n");
+    assert_contains(text, "smtpguard_config_reloads_total 2\n");
     assert_contains(text, "smtpguard_connections 3\n");
+    assert_contains(text, "smtpguard_connections_total 9\n");
     assert_contains(text, "smtpguard_store_up{backend=\"redis\"} 1\n");
     if (strstr(text, "smtpguard_store_keys"))
         fail_msg("store_keys shown for a store that does not know them");
@@ -138,6 +147,53 @@ static void test_metrics_format(void **state)
     free(b);
 }
 
+/* Slots shared with forked children: what a child counts, the parent's
+ * metrics_parts sees (as worker 0's scrape sees the other workers'). */
+static void test_metrics_shared_slots(void **state)
+{
+    (void)state;
+    const struct metrics *parts[4];
+    assert_int_equal(metrics_parts(parts, 4), 1);
+    assert_ptr_equal(parts[0], metrics_own);
+    assert_int_equal(metrics_share(3), 0);
+    for (size_t i = 0; i < 3; i++) {
+        pid_t pid = fork();
+        assert_true(pid >= 0);
+        if (pid == 0) {
+            metrics_use_slot(i);
+            metrics_own->requests[METRICS_STATE_RCPT] += 10 * (i + 1);
+            metrics_own->connections_accepted += 2;
+            metrics_verdict(metrics_own, "flood", "defer");
+            _exit(0);
+        }
+        int status;
+        assert_int_equal(waitpid(pid, &status, 0), pid);
+        assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
+    }
+    assert_int_equal(metrics_parts(parts, 4), 3);
+    struct metrics_gauges g = {.config_generation = 1, .store_backend = "redis", .store_keys = -1};
+    char *text = metrics_format(parts, 3, &g);
+    assert_contains(text, "smtpguard_requests_total{protocol_state=\"RCPT\"} 60\n");
+    assert_contains(text, "smtpguard_verdicts_total{rule=\"flood\",verdict=\"defer\"} 3\n");
+    assert_contains(text, "smtpguard_connections 6\n");
+    free(text);
+    /* A worker restarted in slot 1: the connections the dead one had
+     * open are gone; what it counted stays, so the sums never fall. */
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) {
+        metrics_use_slot(1);
+        metrics_own->connections_accepted++;
+        _exit(0);
+    }
+    assert_int_equal(waitpid(pid, NULL, 0), pid);
+    text = metrics_format(parts, 3, &g);
+    assert_contains(text, "smtpguard_requests_total{protocol_state=\"RCPT\"} 60\n");
+    assert_contains(text, "smtpguard_connections 5\n");
+    assert_contains(text, "smtpguard_connections_total 7\n");
+    free(text);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -145,6 +201,7 @@ int main(void)
         cmocka_unit_test(test_metrics_histogram_buckets),
         cmocka_unit_test(test_metrics_verdict_rows_bounded),
         cmocka_unit_test(test_metrics_format),
+        cmocka_unit_test(test_metrics_shared_slots),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
