@@ -252,15 +252,18 @@ static void mem_unlink_free(struct store *st, struct mem_entry **link)
     st->count--;
 }
 
-/* mem_sweep - free expired entries from a bounded stretch of buckets. */
+/* mem_sweep - free expired entries from a bounded stretch of buckets.
+ * Most buckets looked at are empty or hold live entries: the loop keeps
+ * its cursor in a local so such a bucket costs a load and a test. */
 static void mem_sweep(struct store *st, double now, size_t max_buckets)
 {
-    size_t looked = 0;
+    struct mem_entry **buckets = st->buckets;
+    size_t mask = st->nbuckets - 1, cur = st->sweep_cursor, looked = 0;
 
     if (st->count == 0)
         return;
-    for (size_t b = 0; b < max_buckets && looked < MEM_SWEEP_ENTRIES; b++) {
-        struct mem_entry **link = &st->buckets[st->sweep_cursor];
+    for (size_t b = 0; b < max_buckets; b++) {
+        struct mem_entry **link = &buckets[cur];
         while (*link && looked < MEM_SWEEP_ENTRIES) {
             looked++;
             if ((*link)->expires_at <= now)
@@ -269,9 +272,11 @@ static void mem_sweep(struct store *st, double now, size_t max_buckets)
                 link = &(*link)->next;
         }
         /* A chain longer than the entry budget is finished next time. */
-        if (!*link)
-            st->sweep_cursor = (st->sweep_cursor + 1) & (st->nbuckets - 1);
+        if (*link)
+            break;
+        cur = (cur + 1) & mask;
     }
+    st->sweep_cursor = cur;
 }
 
 /* mem_evict - make room for one key: drop the entry expiring first among
