@@ -746,6 +746,80 @@ static void test_store_memory_top_pool_bounded(void **state)
     fixture_close(&f);
 }
 
+/* The pool against a plain model of its rule (a member stays; a newcomer
+ * at or above the floor gets in, in place of the lowest member when the
+ * pool is full and it beats it): random updates, negative points that
+ * lower members, resets that take them out. The pool is a heap; the model
+ * scans, so both must name the same members whatever the order of events. */
+static void test_store_memory_top_pool_matches_model(void **state)
+{
+    enum { NKEYS = 200, CAP = STORE_TOP_POOL_FACTOR, STEPS = 4000 };
+    struct fixture f;
+    struct decay hl = {DECAY_HALF_LIFE, 600};
+    double score[NKEYS] = {0};
+    bool member[NKEYS] = {false};
+    size_t n_members = 0;
+    uint64_t rng = 0x9e3779b97f4a7c15ULL;
+    char key[32];
+
+    (void)state;
+    fixture_open_top(&f, 0, 10, 1); /* floor 10, a pool of CAP */
+    for (int step = 1; step <= STEPS; step++) {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        int k = (int)(rng % NKEYS);
+        snprintf(key, sizeof key, "ip:%d", k);
+        if (rng % 97 == 0) {
+            const char *keys[] = {key};
+            const size_t lens[] = {strlen(key)};
+            store_reset(f.st, keys, lens, 1, NULL, NULL);
+            score[k] = 0;
+            if (member[k])
+                n_members--;
+            member[k] = false;
+            continue;
+        }
+        /* Distinct fractions, so no two scores tie; some are negative. */
+        double points = (double)(rng % 3500) / 100.0 - 5.0 + (double)k / 1024.0;
+        apply_one(&f, upd(key, hl.kind, hl.param, points));
+        score[k] += points;
+        if (!member[k] && score[k] >= 10) {
+            int low = -1;
+            if (n_members == CAP)
+                for (int i = 0; i < NKEYS; i++)
+                    if (member[i] && (low < 0 || score[i] < score[low]))
+                        low = i;
+            if (low < 0 || score[low] < score[k]) {
+                if (low >= 0) {
+                    member[low] = false;
+                    n_members--;
+                }
+                member[k] = true;
+                n_members++;
+            }
+        }
+        if (step % 250)
+            continue;
+        /* Listed: the members at or above the floor, highest first. */
+        struct top_result t = top_of(&f, "ip", &hl, CAP);
+        size_t want = 0;
+        for (int i = 0; i < NKEYS; i++)
+            if (member[i] && score[i] >= 10)
+                want++;
+        if (t.n != want)
+            fail_msg("step %d: %zu listed, the model has %zu", step, t.n, want);
+        for (size_t i = 0; i < t.n; i++) {
+            int got = atoi(t.keys[i] + 3);
+            if (!member[got])
+                fail_msg("step %d: %s listed, not a member in the model", step, t.keys[i]);
+            if (i > 0 && t.scores[i] > t.scores[i - 1])
+                fail_msg("step %d: not sorted at %zu", step, i);
+        }
+    }
+    fixture_close(&f);
+}
+
 static void test_store_memory_top_off(void **state)
 {
     struct fixture f;
@@ -781,6 +855,7 @@ int main(void)
         cmocka_unit_test(test_store_memory_peek_writes_nothing),
         cmocka_unit_test(test_store_memory_top_set),
         cmocka_unit_test(test_store_memory_top_pool_bounded),
+        cmocka_unit_test(test_store_memory_top_pool_matches_model),
         cmocka_unit_test(test_store_memory_top_off),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
