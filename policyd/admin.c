@@ -303,13 +303,16 @@ static void admin_gauges(struct server *srv, struct metrics_gauges *g)
     g->store_up = srv->store && store_is_up(srv->store);
     g->store_backend = srv->store ? store_name(srv->store) : NULL;
     g->store_keys = -1;
+    g->store_evictions = -1;
     g->dns = NULL;
     g->alerts = NULL;
     g->tracked_open = srv->cfg->tracking.enabled ? (long long)followup_track_open() : -1;
     if (srv->store && srv->cfg->store.backend == STORE_BACKEND_MEMORY) {
         size_t keys;
-        store_memory_stats(srv->store, &keys, NULL);
+        unsigned long long evictions;
+        store_memory_stats(srv->store, &keys, &evictions);
         g->store_keys = (long long)keys;
+        g->store_evictions = (long long)evictions;
     }
 }
 

@@ -348,6 +348,11 @@ char *metrics_format(const struct metrics *const *parts, size_t n, const struct 
         mb_head(&b, "smtpguard_store_keys", "gauge", "Keys held by the memory store.");
         textbuf_printf(&b, "smtpguard_store_keys %lld\n", g->store_keys);
     }
+    if (g->store_evictions >= 0)
+        mb_plain(&b, "smtpguard_store_evictions_total", "counter",
+                 "Keys the memory store dropped before they expired, to stay within "
+                 "store.memory.max_keys (raise it if this grows).",
+                 (unsigned long long)g->store_evictions);
     if (g->dns)
         metrics_format_dns(&b, g->dns);
     if (g->alerts)

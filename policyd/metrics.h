@@ -86,6 +86,7 @@ struct metrics_gauges {
     bool store_up;              /* the store can answer */
     const char *store_backend;  /* "memory" or "redis" */
     long long store_keys;       /* keys in the memory store, -1 if unknown */
+    long long store_evictions;  /* live keys the memory store dropped at its cap, -1 if unknown */
     const struct dns_stats *dns;        /* resolver counters, NULL without DNS checks */
     const struct alert_stats *alerts;   /* alert mail counters, NULL without alerts */
     long long tracked_open;     /* messages being tracked now, -1 without tracking */

@@ -413,6 +413,29 @@ class MetricsTest(h.SGTestCase):
             fam = re.sub(r"_(bucket|sum|count)$", "", n)
             self.assertIn(fam, m3, "dashboard uses %s, which /metrics does not have" % n)
 
+    def test_memory_store_keys_and_evictions(self):
+        # A cap of 100 keys and 80 clients (an ip and a user key each):
+        # the store stays at its cap and says how many live keys it dropped.
+        port, aport = h.free_port(), h.free_port()
+        admin = "127.0.0.1:%d" % aport
+        cfg = h.base_config(port, admin={"listen": admin})
+        cfg["store"] = {"backend": "memory", "memory": {"max_keys": 100}}
+        d = self.start_daemon(cfg)
+        c = self.client(d)
+
+        def scrape():
+            st, _, body = http(admin, "GET", "/metrics")
+            self.assertEqual(st, 200)
+            return parse_metrics(body)
+
+        self.assertEqual(sample(scrape(), "smtpguard_store_evictions_total"), 0)
+        for i in range(80):
+            c.request(h.policy_request(client_address="198.51.100.%d" % (i + 1),
+                                       sasl_username="u%d" % i))
+        m = scrape()
+        self.assertEqual(sample(m, "smtpguard_store_keys"), 100)
+        self.assertEqual(sample(m, "smtpguard_store_evictions_total"), 2 * 80 - 100)
+
     def test_strict_parser_rejects(self):
         # The parser used above must fail on what Prometheus refuses.
         bad = [

@@ -114,7 +114,8 @@ static void test_metrics_format(void **state)
     a->script_requests = 10;
     b->script_requests = 7;
     struct metrics_gauges g = {.start_time = 1700000000.5, .config_generation = 2,
-                               .store_up = true, .store_backend = "redis", .store_keys = -1};
+                               .store_up = true, .store_backend = "redis", .store_keys = -1,
+                               .store_evictions = -1};
     const struct metrics *parts[] = {a, b};
     char *text = metrics_format(parts, 2, &g);
     assert_contains(text, "# TYPE smtpguard_requests_total counter\n");
@@ -136,8 +137,8 @@ static void test_metrics_format(void **state)
     assert_contains(text, "smtpguard_connections 3\n");
     assert_contains(text, "smtpguard_connections_total 9\n");
     assert_contains(text, "smtpguard_store_up{backend=\"redis\"} 1\n");
-    if (strstr(text, "smtpguard_store_keys"))
-        fail_msg("store_keys shown for a store that does not know them");
+    if (strstr(text, "smtpguard_store_keys") || strstr(text, "smtpguard_store_evictions"))
+        fail_msg("store_keys or evictions shown for a store that does not know them");
     /* The flood row appears once, summed. */
     const char *first = strstr(text, "rule=\"flood\"");
     if (strstr(first + 1, "rule=\"flood\""))
@@ -171,11 +172,14 @@ static void test_metrics_shared_slots(void **state)
         assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     }
     assert_int_equal(metrics_parts(parts, 4), 3);
-    struct metrics_gauges g = {.config_generation = 1, .store_backend = "redis", .store_keys = -1};
+    struct metrics_gauges g = {.config_generation = 1, .store_backend = "memory", .store_keys = 4,
+                               .store_evictions = 2};
     char *text = metrics_format(parts, 3, &g);
     assert_contains(text, "smtpguard_requests_total{protocol_state=\"RCPT\"} 60\n");
     assert_contains(text, "smtpguard_verdicts_total{rule=\"flood\",verdict=\"defer\"} 3\n");
     assert_contains(text, "smtpguard_connections 6\n");
+    assert_contains(text, "smtpguard_store_keys 4\n");
+    assert_contains(text, "# TYPE smtpguard_store_evictions_total counter\nsmtpguard_store_evictions_total 2\n");
     free(text);
     /* A worker restarted in slot 1: the connections the dead one had
      * open are gone; what it counted stays, so the sums never fall. */
