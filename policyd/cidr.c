@@ -40,10 +40,47 @@ static const uint8_t cidr_v4mapped_prefix[12] = {0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0
  * that cidr_parse() can still tell a mapped prefix shorter than /96
  * (which is an IPv6 network) from a mapped address.
  */
+/* cidr_parse_dotted_quad - "a.b.c.d" as inet_pton(AF_INET) reads it:
+ * four decimal octets of at most 255, no leading zeros, nothing else.
+ * Every request's client_address goes through here, and the copy to a
+ * NUL-terminated buffer plus inet_pton cost five times as much; anything
+ * this refuses still goes to inet_pton, so it only has to be right for
+ * what it accepts. */
+static bool cidr_parse_dotted_quad(const char *s, size_t len, uint8_t out[4])
+{
+    size_t i = 0;
+
+    for (int part = 0; part < 4; part++) {
+        unsigned v = 0, digits = 0;
+        if (part > 0) {
+            if (i >= len || s[i] != '.')
+                return false;
+            i++;
+        }
+        while (i < len && s[i] >= '0' && s[i] <= '9' && digits < 4) {
+            v = v * 10 + (unsigned)(s[i] - '0');
+            digits++;
+            i++;
+        }
+        if (digits == 0 || digits > 3 || v > 255 || (digits > 1 && s[i - digits] == '0'))
+            return false;
+        out[part] = (uint8_t)v;
+    }
+    return i == len;
+}
+
 static int cidr_parse_raw(const char *s, size_t len, struct ipaddr *out)
 {
     char buf[CIDR_ADDR_MAX];
     bool want_v6 = false;
+    uint8_t quad[4];
+
+    if (len >= 7 && len <= 15 && cidr_parse_dotted_quad(s, len, quad)) {
+        memset(out, 0, sizeof(*out));
+        memcpy(out->bytes, quad, 4);
+        out->family = AF_INET;
+        return 0;
+    }
 
     if (len >= 2 && s[0] == '[' && s[len - 1] == ']') {
         s++;
@@ -235,14 +272,67 @@ size_t ipaddr_format_prefix(const struct ipaddr *ip, unsigned v4_bits, unsigned 
         out[tlen] = '\0';
         return tlen;
     }
-    if (inet_ntop(ip->family, net.bytes, text, sizeof(text)) == NULL)
+    if (bits <= 64) {
+        /* By hand too (a /64 per IPv6 client): inet_ntop's text, which
+         * is RFC 5952's, so keys stay the same. The longest run of two or
+         * more zero groups (the first of equals) becomes "::"; groups are
+         * lower-case hex without leading zeros. With the low 64 bits
+         * clear, inet_ntop's dotted IPv4 tail (::a.b.c.d, ::ffff:a.b.c.d)
+         * cannot occur. */
+        static const char hex[] = "0123456789abcdef";
+        unsigned w[8];
+        int best = -1, best_len = 0;
+        for (int i = 0; i < 8; i++)
+            w[i] = (unsigned)net.bytes[2 * i] << 8 | net.bytes[2 * i + 1];
+        for (int i = 0; i < 8;) {
+            int j = i;
+            while (j < 8 && w[j] == 0)
+                j++;
+            if (j - i > best_len && j - i >= 2) {
+                best = i;
+                best_len = j - i;
+            }
+            i = j > i ? j : i + 1;
+        }
+        char *o = text;
+        for (int i = 0; i < 8; i++) {
+            if (i == best) {
+                *o++ = ':';
+                *o++ = ':';
+                i += best_len - 1;
+                continue;
+            }
+            if (i > 0 && i != best + best_len)
+                *o++ = ':';
+            bool lead = true;
+            for (int shift = 12; shift >= 0; shift -= 4) {
+                unsigned nib = w[i] >> shift & 15;
+                if (lead && nib == 0 && shift > 0)
+                    continue;
+                lead = false;
+                *o++ = hex[nib];
+            }
+        }
+        *o = '\0';
+    } else if (inet_ntop(ip->family, net.bytes, text, sizeof(text)) == NULL) {
         return 0;
-    n = snprintf(out, cap, "%s/%u", text, bits);
-    if (n < 0 || (size_t)n >= cap) {
+    }
+    size_t tlen = strlen(text);
+    n = (int)tlen + 2 + (bits >= 10) + (bits >= 100);
+    if ((size_t)n >= cap) {
         if (cap > 0)
             out[0] = '\0';
         return 0;
     }
+    memcpy(out, text, tlen);
+    char *o = out + tlen;
+    *o++ = '/';
+    if (bits >= 100)
+        *o++ = (char)('0' + bits / 100);
+    if (bits >= 10)
+        *o++ = (char)('0' + bits / 10 % 10);
+    *o++ = (char)('0' + bits % 10);
+    *o = '\0';
     return (size_t)n;
 }
 

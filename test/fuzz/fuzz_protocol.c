@@ -14,7 +14,9 @@
  *     requests and the same final status as the stream read in one piece
  *     (the incremental scanner must not depend on how reads fall);
  *   - a request never exceeds max_request, a value never exceeds max_line,
- *     values hold no NUL, and no more than max_attrs lines are accepted.
+ *     values hold no NUL, and no more than max_attrs lines are accepted;
+ *   - client_address parses as inet_pton parses it, and its IPv6 /64
+ *     prints as inet_ntop prints it (cidr.c does both by hand).
  * Each input runs twice: with the default limits and with tiny ones, so
  * that the limit paths are reached by short inputs.
  *
@@ -22,11 +24,13 @@
  * main() replays the files or directories named on the command line, so
  * the corpus doubles as a regression test.
  */
+#include <arpa/inet.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "cidr.h"
 #include "protocol.h"
 #include "request.h"
 
@@ -66,6 +70,37 @@ static size_t fuzz_piece(const uint8_t *data, size_t size, size_t at, unsigned s
     }
 }
 
+/* fuzz_check_address - the hand-written dotted-quad parser and IPv6
+ * prefix formatter (cidr.c) against inet_pton and inet_ntop. */
+static void fuzz_check_address(struct request *req)
+{
+    size_t len;
+    const char *v = request_get(req, ATTR_CLIENT_ADDRESS, &len);
+    char z[64], text[INET6_ADDRSTRLEN], want[64], got[64];
+    unsigned char b4[4];
+    struct ipaddr ip;
+
+    if (!v || len >= sizeof z)
+        return;
+    memcpy(z, v, len);
+    z[len] = '\0';
+    bool ok = ipaddr_parse(v, len, &ip) == 0;
+    if (inet_pton(AF_INET, z, b4) == 1)
+        fuzz_check(ok && ip.family == AF_INET && memcmp(ip.bytes, b4, 4) == 0,
+                   "an IPv4 address reads as inet_pton reads it");
+    else if (ok && ip.family == AF_INET)
+        fuzz_check(strchr(z, ':') || z[0] == '[',
+                   "what inet_pton refuses is IPv4 only as [a.b.c.d] or a mapped IPv6");
+    if (ok && ip.family == AF_INET6) {
+        struct ipaddr net = ip;
+        memset(net.bytes + 8, 0, 8);
+        fuzz_check(inet_ntop(AF_INET6, net.bytes, text, sizeof text) != NULL, "inet_ntop");
+        snprintf(want, sizeof want, "%s/64", text);
+        size_t n = ipaddr_format_prefix(&ip, 24, 64, got, sizeof got);
+        fuzz_check(n == strlen(want) && strcmp(got, want) == 0, "a /64 reads as inet_ntop writes it");
+    }
+}
+
 /* fuzz_use_request - everything a rule evaluation could ask of a request. */
 static void fuzz_use_request(struct request *req, const struct protocol_limits *lim)
 {
@@ -101,6 +136,7 @@ static void fuzz_use_request(struct request *req, const struct protocol_limits *
         fuzz_check(strlen(prefix) == plen, "prefix length");
     (void)request_client_prefix(req, 32, 128, &plen);
     (void)request_client_prefix(req, 0, 0, NULL);
+    fuzz_check_address(req);
 
     /* Echo a peer value as the action: CR/LF/NUL must be refused, not sent. */
     size_t len;
