@@ -34,9 +34,9 @@
  * - cfg->prefix is not used: these keys never leave the process.
  * - A score at or below the floor has a TTL of 0, so a key pushed below
  *   zero by negative points lives one second, here as in Redis.
- * - The top set is a pool of pointers to entries, a min-heap on the
- *   stored score (each entry knows its slot, so freeing it leaves the
- *   pool in O(log n)); an update that leaves a key at or above top_floor
+ * - The top set is a pool of pointers to entries, a min-heap on (a lower
+ *   bound of) the stored score (each entry knows its slot, so freeing it
+ *   leaves the pool in O(log n)); an update that leaves a key at or above top_floor
  *   puts it in, replacing the member with the lowest stored score when
  *   the pool is full and the key beats it. A top query decays the
  *   members of one counter to now, leaves out those now below the floor
@@ -75,6 +75,13 @@ struct mem_entry {
     uint16_t key_len;           /* bytes in key[] (MEM_KEY_MAX at most) */
     uint16_t top_slot;          /* index in the top pool + 1; 0 = not in it */
     char key[];                 /* the key, not NUL-terminated */
+};
+
+/* A member of the top pool: the score it is ordered by is a lower bound
+ * of e->score (see mem_top_offer). */
+struct mem_top_slot {
+    struct mem_entry *e;
+    double score;
 };
 
 enum mem_done_kind {
@@ -116,7 +123,7 @@ struct store {
     struct mem_done *queue_head, *queue_tail; /* completions to run */
     struct mem_done *free_slots; /* reusable completion slots */
     struct log_limiter lim;     /* for refused applies */
-    struct mem_entry **top;     /* the top pool */
+    struct mem_top_slot *top;   /* the top pool, a min-heap (see mem_top_fix) */
     size_t top_n;               /* members */
     size_t top_cap;             /* members at most; 0 = no top set */
     double top_floor;           /* points to enter the pool */
@@ -212,76 +219,93 @@ static struct mem_entry *mem_find(struct store *st, const char *key, size_t len,
 }
 
 /*
- * The top pool is a binary min-heap on the stored score: the member with
- * the lowest score, the one a newcomer must beat, is top[0]. A full pool
- * that scanned all its members to find it paid a cold cache miss per
- * member on every update of a key above the floor but below them all
+ * The top pool is a binary min-heap of (entry, score) slots: the member
+ * with the lowest score, the one a newcomer must beat, is top[0]. A full
+ * pool that scanned all its members to find it paid a cold cache miss
+ * per member on every update of a key above the floor but below them all
  * (1,600 misses a request once a million-key fill had filled the pool
- * with its /24 counters); the heap answers "does it get in?" from one
- * entry and reorders in O(log n).
+ * with its /24 counters). The heap orders by the score a slot holds,
+ * which lags the entry's: a member's update that raises its score (the
+ * usual one) leaves the heap alone, so the slot's score stays a lower
+ * bound of the entry's; one that lowers it is put in at once. The root is
+ * brought up to date only when a newcomer beats its slot's score, so
+ * "does it get in?" reads one slot, and sifting reads only the array.
  */
-static void mem_top_put(struct store *st, size_t i, struct mem_entry *e)
+static void mem_top_put(struct store *st, size_t i, struct mem_entry *e, double score)
 {
-    st->top[i] = e;
+    st->top[i].e = e;
+    st->top[i].score = score;
     e->top_slot = (uint16_t)(i + 1);
 }
 
 /* mem_top_fix - restore the heap order around slot i after its score changed. */
 static void mem_top_fix(struct store *st, size_t i)
 {
-    struct mem_entry *e = st->top[i];
+    struct mem_top_slot t = st->top[i];
 
-    while (i > 0 && st->top[(i - 1) / 2]->score > e->score) {
-        mem_top_put(st, i, st->top[(i - 1) / 2]);
+    while (i > 0 && st->top[(i - 1) / 2].score > t.score) {
+        mem_top_put(st, i, st->top[(i - 1) / 2].e, st->top[(i - 1) / 2].score);
         i = (i - 1) / 2;
     }
     for (;;) {
         size_t c = 2 * i + 1;
         if (c >= st->top_n)
             break;
-        if (c + 1 < st->top_n && st->top[c + 1]->score < st->top[c]->score)
+        if (c + 1 < st->top_n && st->top[c + 1].score < st->top[c].score)
             c++;
-        if (st->top[c]->score >= e->score)
+        if (st->top[c].score >= t.score)
             break;
-        mem_top_put(st, i, st->top[c]);
+        mem_top_put(st, i, st->top[c].e, st->top[c].score);
         i = c;
     }
-    mem_top_put(st, i, e);
+    mem_top_put(st, i, t.e, t.score);
 }
 
 /* mem_top_remove - take e out of the top pool (the last member takes its slot). */
 static void mem_top_remove(struct store *st, struct mem_entry *e)
 {
     size_t i = (size_t)e->top_slot - 1;
-    struct mem_entry *last = st->top[--st->top_n];
+    struct mem_top_slot last = st->top[--st->top_n];
 
     e->top_slot = 0;
     if (i < st->top_n) {
-        mem_top_put(st, i, last);
+        mem_top_put(st, i, last.e, last.score);
         mem_top_fix(st, i);
     }
 }
 
-/* mem_top_offer - e was just updated: reorder it if it is a member, else
- * put it in if it made the floor, in place of the lowest member if the
- * pool is full and e beats it. Stored scores are compared, as Redis's
- * sorted set does. */
+/* mem_top_offer - e was just updated: for a member, keep its slot a lower
+ * bound of its score; else put e in if it made the floor, in place of the
+ * lowest member if the pool is full and e beats it. Stored scores are
+ * compared, as Redis's sorted set does. */
 static void mem_top_offer(struct store *st, struct mem_entry *e)
 {
     if (!st->top_cap)
         return;
     if (e->top_slot) {
-        mem_top_fix(st, (size_t)e->top_slot - 1);
+        size_t i = (size_t)e->top_slot - 1;
+        if (e->score < st->top[i].score) {
+            st->top[i].score = e->score;
+            mem_top_fix(st, i);
+        }
         return;
     }
     if (e->score < st->top_floor)
         return;
     if (st->top_n == st->top_cap) {
-        if (st->top[0]->score >= e->score)
+        if (st->top[0].score >= e->score)
             return;
-        mem_top_remove(st, st->top[0]);
+        /* The root's slot may lag its entry: bring it up to date until
+         * the root is the true lowest, then compare again. */
+        while (st->top[0].score < st->top[0].e->score) {
+            st->top[0].score = st->top[0].e->score;
+            mem_top_fix(st, 0);
+        }
+        if (st->top[0].score >= e->score)
+            return;
+        mem_top_remove(st, st->top[0].e);
     }
-    mem_top_put(st, st->top_n++, e);
+    mem_top_put(st, st->top_n++, e, e->score);
     mem_top_fix(st, st->top_n - 1);
 }
 
@@ -637,7 +661,7 @@ static void mem_top(struct store *st, const char *counter, const struct decay *d
         n = STORE_MAX_TOP;
     /* Members of this counter: "NAME:" starts their keys. */
     for (size_t i = 0; i < st->top_n; i++) {
-        const struct mem_entry *e = st->top[i];
+        const struct mem_entry *e = st->top[i].e;
         if (e->key_len > clen && e->key[clen] == ':' && memcmp(e->key, counter, clen) == 0 &&
             e->expires_at > now) {
             found++;
@@ -648,7 +672,7 @@ static void mem_top(struct store *st, const char *counter, const struct decay *d
     char *kp = (char *)(t + found);
     size_t k = 0;
     for (size_t i = 0; i < st->top_n && k < found; i++) {
-        const struct mem_entry *e = st->top[i];
+        const struct mem_entry *e = st->top[i].e;
         if (!(e->key_len > clen && e->key[clen] == ':' && memcmp(e->key, counter, clen) == 0 &&
               e->expires_at > now))
             continue;
