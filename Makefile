@@ -7,6 +7,7 @@
 #                     integration, the suite again under ASan+UBSan, fuzzers
 #   make asan         build the ASan+UBSan variant into build/asan
 #   make fuzz         build the libFuzzer targets (clang) into build/fuzz
+#   make bench        the benchmark matrix (scripts/bench; BENCH_ARGS="--quick" or sections)
 #   make install PREFIX=/usr/local DESTDIR=
 #
 # Objects go to build/<variant>/; the daemon of the default variant is
@@ -150,7 +151,7 @@ fuzz:
 	$(MAKE) -f test/fuzz/Makefile.fuzz
 
 bench: all
-	sh scripts/bench
+	bash scripts/bench $(BENCH_ARGS)
 
 PREFIX     ?= /usr/local
 SYSCONFDIR ?= $(PREFIX)/etc

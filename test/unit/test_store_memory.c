@@ -235,6 +235,34 @@ static void test_store_memory_expiry_frees_keys(void **state)
     fixture_close(&f);
 }
 
+/* The sweep skips a chain whose first expiry is still ahead; a key that
+ * joins such a chain with an earlier expiry must bring it forward, or it
+ * would outlive its TTL in memory until the chain's old second came. */
+static void test_store_memory_sweep_sees_later_keys(void **state)
+{
+    struct fixture f;
+    struct decay hl = {DECAY_HALF_LIFE, 60};
+    char key[32];
+
+    (void)state;
+    fixture_open(&f, 32); /* 32 buckets: one sweep step covers the table */
+    for (int i = 0; i < 10; i++) {
+        snprintf(key, sizeof key, "long%d", i);
+        apply_one(&f, upd(key, hl.kind, hl.param, 1000));
+    }
+    fake_now += 1;
+    apply_one(&f, upd("other", hl.kind, hl.param, 0)); /* every chain swept: due seconds set */
+    for (int i = 0; i < 10; i++) {
+        snprintf(key, sizeof key, "short%d", i);
+        apply_one(&f, upd(key, hl.kind, hl.param, 1));
+    }
+    assert_int_equal(keys_held(&f), 20);
+    fake_now += decay_ttl(&hl, 1) + 1;
+    apply_one(&f, upd("other", hl.kind, hl.param, 0));
+    assert_int_equal(keys_held(&f), 10);
+    fixture_close(&f);
+}
+
 static void test_store_memory_cap_evicts(void **state)
 {
     struct fixture f;
@@ -843,6 +871,7 @@ int main(void)
         cmocka_unit_test(test_store_memory_read_does_not_create),
         cmocka_unit_test(test_store_memory_read_drops_decayed_key),
         cmocka_unit_test(test_store_memory_expiry_frees_keys),
+        cmocka_unit_test(test_store_memory_sweep_sees_later_keys),
         cmocka_unit_test(test_store_memory_cap_evicts),
         cmocka_unit_test(test_store_memory_callbacks_deferred),
         cmocka_unit_test(test_store_memory_callback_applies_again),
