@@ -465,6 +465,7 @@ static double mem_update(struct store *st, const struct store_update *u, double 
         e->hash = (uint32_t)h;
         e->key_len = (uint16_t)u->key_len;
         e->top_slot = 0;
+        e->expires_at = INFINITY; /* set below, with its chain's due second */
         memcpy(e->key, u->key, u->key_len);
         e->next = *link;
         *link = e;
@@ -472,8 +473,13 @@ static double mem_update(struct store *st, const struct store_update *u, double 
     }
     e->score = score;
     e->updated_at = now;
-    e->expires_at = mem_expiry(&u->decay, score, now);
-    mem_due_lower(st, h & (st->nbuckets - 1), e->expires_at);
+    double expires_at = mem_expiry(&u->decay, score, now);
+    /* The chain's due second moves only when this entry's expiry comes
+     * earlier than before (a new entry, negative points): a score raised
+     * lives longer, and skipping the due array spares a cache line. */
+    if (expires_at < e->expires_at)
+        mem_due_lower(st, h & (st->nbuckets - 1), expires_at);
+    e->expires_at = expires_at;
     mem_top_offer(st, e);
     return score;
 }

@@ -248,7 +248,7 @@ static void test_store_memory_sweep_sees_later_keys(void **state)
     fixture_open(&f, 32); /* 32 buckets: one sweep step covers the table */
     for (int i = 0; i < 10; i++) {
         snprintf(key, sizeof key, "long%d", i);
-        apply_one(&f, upd(key, hl.kind, hl.param, 1000));
+        apply_one(&f, upd(key, hl.kind, hl.param, 1e6));
     }
     fake_now += 1;
     apply_one(&f, upd("other", hl.kind, hl.param, 0)); /* every chain swept: due seconds set */
@@ -260,6 +260,12 @@ static void test_store_memory_sweep_sees_later_keys(void **state)
     fake_now += decay_ttl(&hl, 1) + 1;
     apply_one(&f, upd("other", hl.kind, hl.param, 0));
     assert_int_equal(keys_held(&f), 10);
+    /* Negative points bring an expiry forward in a swept chain too. */
+    double left = apply_one(&f, upd("long0", hl.kind, hl.param, 0));
+    assert_true(apply_one(&f, upd("long0", hl.kind, hl.param, 1 - left)) == 1);
+    fake_now += decay_ttl(&hl, 1) + 1;
+    apply_one(&f, upd("other", hl.kind, hl.param, 0));
+    assert_int_equal(keys_held(&f), 9);
     fixture_close(&f);
 }
 
