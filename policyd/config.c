@@ -2936,7 +2936,6 @@ static void config_defaults(struct config *cfg)
     dns_config_defaults(&cfg->dns);
 }
 
-
 /*
  * config_check_workers - what workers: N > 1 rules out. Each worker is a
  * process of its own: the memory store would split every counter between

@@ -4,9 +4,10 @@
  * How it works:
  * - A chained hash of key -> {score, updated_at, expires_at}. Each entry
  *   is ONE allocation with the key bytes inline after the doubles (about
- *   40 bytes plus the key), and the bucket array is sized for the key cap
- *   at open, so a million keys cost well under 100 bytes each and a
- *   lookup never waits for a rehash.
+ *   40 bytes plus the key), and the bucket array (8 bytes a bucket, plus
+ *   4 for the sweep's due second) is sized for the key cap at open, so a
+ *   million keys cost under 100 bytes each, all included, and a lookup
+ *   never waits for a rehash.
  * - The hash is SipHash-1-3 with a random key: counter keys come from
  *   peers (addresses, senders), and a fixed hash would let them pile
  *   every key into one chain.
@@ -38,9 +39,9 @@
  *   zero by negative points lives one second, here as in Redis.
  * - The top set is a pool of pointers to entries, a min-heap on (a lower
  *   bound of) the stored score (each entry knows its slot, so freeing it
- *   leaves the pool in O(log n)); an update that leaves a key at or above top_floor
- *   puts it in, replacing the member with the lowest stored score when
- *   the pool is full and the key beats it. A top query decays the
+ *   leaves the pool in O(log n)); an update that leaves a key at or above
+ *   top_floor puts it in, replacing the member with the lowest stored
+ *   score when the pool is full and the key beats it. A top query decays the
  *   members of one counter to now, leaves out those now below the floor
  *   and sorts the rest: O(pool), not O(keys).
  * - peek computes what a read would return and touches nothing.
