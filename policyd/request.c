@@ -327,14 +327,18 @@ char *arena_strndup(struct arena *ar, const char *s, size_t len)
     return p;
 }
 
+void ascii_lower(char *dst, const char *src, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)src[i];
+        dst[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + ('a' - 'A') : ch);
+    }
+}
+
 char *arena_lower(struct arena *ar, const char *s, size_t len)
 {
     char *p = arena_take(ar, len + 1, 1);
-    /* ASCII only, not tolower(): the locale must not change the answer. */
-    for (size_t i = 0; i < len; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        p[i] = (char)(ch >= 'A' && ch <= 'Z' ? ch + ('a' - 'A') : ch);
-    }
+    ascii_lower(p, s, len);
     p[len] = '\0';
     return p;
 }

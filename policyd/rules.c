@@ -129,17 +129,13 @@ static const char *rules_key_part(const struct key_part *p, struct request *req,
     return v && *len ? v : NULL;
 }
 
-/* rules_copy_fold - copy n bytes, ASCII upper case to lower when fold. */
+/* rules_copy_fold - copy n bytes, lower-cased when fold. */
 static void rules_copy_fold(char *dst, const char *src, size_t n, bool fold)
 {
-    if (!fold) {
+    if (fold)
+        ascii_lower(dst, src, n);
+    else
         memcpy(dst, src, n);
-        return;
-    }
-    for (size_t k = 0; k < n; k++) {
-        unsigned char ch = (unsigned char)src[k];
-        dst[k] = (char)(ch >= 'A' && ch <= 'Z' ? ch + ('a' - 'A') : ch);
-    }
 }
 
 static bool rules_part_folds(const struct key_part *p)

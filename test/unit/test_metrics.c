@@ -190,7 +190,9 @@ static void test_metrics_shared_slots(void **state)
         metrics_own->connections_accepted++;
         _exit(0);
     }
-    assert_int_equal(waitpid(pid, NULL, 0), pid);
+    int status;
+    assert_int_equal(waitpid(pid, &status, 0), pid);
+    assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     text = metrics_format(parts, 3, &g);
     assert_contains(text, "smtpguard_requests_total{protocol_state=\"RCPT\"} 60\n");
     assert_contains(text, "smtpguard_connections 5\n");
