@@ -82,8 +82,8 @@
 #define REDIS_BACKOFF_MAX_MS 5000
 #define REDIS_DEFAULT_PORT 6379
 #define REDIS_DEFAULT_TIMEOUT_MS 1000
-/* EVALSHA sha numkeys key... now (kind param points)... */
-#define REDIS_ARGV_MAX (7 + 4 * STORE_MAX_UPDATES) /* + prefix, floor, size of the top set */
+/* EVALSHA sha numkeys key... now "kind param points"... */
+#define REDIS_ARGV_MAX (7 + 2 * STORE_MAX_UPDATES) /* + prefix, floor, size of the top set */
 #define REDIS_NUM_LEN 32        /* bytes for one "%.17g" and its NUL */
 #define REDIS_LOG_EVERY 60      /* seconds between repeated warnings */
 /* One EVALSHA carries at most this many requests, and this many keys:
@@ -132,7 +132,7 @@ struct redis_cmd {
     bool retried;               /* EVAL sent after NOSCRIPT */
     bool pooled;                /* on the free list */
     struct redis_cmd *batch_next; /* next request of the same batch */
-    size_t batch_off;           /* index of its first score in the batch's reply */
+    size_t batch_off;           /* index of its first score among the reply's numbers */
     size_t n;                   /* updates (apply) */
     int argc;                   /* arguments in argv */
     const char *argv[REDIS_ARGV_MAX]; /* point into buf, or constants */
@@ -453,10 +453,10 @@ static void redis_batch_put(struct redis_batch *b)
 }
 
 /* redis_batch_argv - b's EVALSHA: the keys of every request, then every
- * request's (kind, parameter, points), then the top set's arguments. */
+ * request's updates ("kind param points"), then the top set's arguments. */
 static void redis_batch_argv(struct store *st, struct redis_batch *b)
 {
-    size_t need = 4 + 4 * b->nkeys + 3, k = 3, a;
+    size_t need = 4 + 2 * b->nkeys + 3, k = 3, a;
 
     if (b->argv_cap < need) {
         b->argv_cap = need < 64 ? 64 : need;
@@ -475,13 +475,13 @@ static void redis_batch_argv(struct store *st, struct redis_batch *b)
     b->argv[3 + b->nkeys] = "";   /* now: Redis's TIME */
     b->argvlen[3 + b->nkeys] = 0;
     for (struct redis_cmd *c = b->head; c; c = c->batch_next) {
-        /* c->argv is EVALSHA sha numkeys KEY... "" (kind param points)... */
+        /* c->argv is EVALSHA sha numkeys KEY... "" UPDATE... */
         memcpy(b->argv + k, c->argv + 3, c->n * sizeof *b->argv);
         memcpy(b->argvlen + k, c->argvlen + 3, c->n * sizeof *b->argvlen);
         k += c->n;
-        memcpy(b->argv + a, c->argv + 4 + c->n, 3 * c->n * sizeof *b->argv);
-        memcpy(b->argvlen + a, c->argvlen + 4 + c->n, 3 * c->n * sizeof *b->argvlen);
-        a += 3 * c->n;
+        memcpy(b->argv + a, c->argv + 4 + c->n, c->n * sizeof *b->argv);
+        memcpy(b->argvlen + a, c->argvlen + 4 + c->n, c->n * sizeof *b->argvlen);
+        a += c->n;
     }
     if (st->top_floor[0]) {
         b->argv[a] = st->prefix;
@@ -548,7 +548,7 @@ static void redis_batch_add(struct store *st, struct redis_cmd *c)
         uv_prepare_start(&st->flush, redis_flush_cb);
     }
     c->batch_next = NULL;
-    c->batch_off = 1 + b->nkeys;    /* element 0 of the reply is now */
+    c->batch_off = 1 + b->nkeys;    /* number 0 of the reply is now */
     if (b->tail)
         b->tail->batch_next = c;
     else
@@ -696,26 +696,23 @@ static void redis_connect_start(struct store *st)
 
 /* --- replies and deadlines -------------------------------------------- */
 
-/* redis_parse_nums - elements off .. off+n-1 of the script's reply
- * {now, score...} (each number 8 bytes, counter_wire.h) into out.
- * Returns 0 or -EPROTO. */
+/* redis_parse_nums - numbers off .. off+n-1 of the script's reply, one
+ * string of now, score... (each number 8 bytes, counter_wire.h), into
+ * out. Returns 0 or -EPROTO. */
 static int redis_parse_nums(const redisReply *reply, size_t off, size_t n, double *out)
 {
-    if (reply->type != REDIS_REPLY_ARRAY || off + n > reply->elements)
+    if (reply->type != REDIS_REPLY_STRING || reply->len % COUNTER_WIRE_DOUBLE_LEN != 0 ||
+        off + n > reply->len / COUNTER_WIRE_DOUBLE_LEN)
         return -EPROTO;
-    for (size_t i = 0; i < n; i++) {
-        const redisReply *e = reply->element[off + i];
-        if (e->type != REDIS_REPLY_STRING || e->len != COUNTER_WIRE_DOUBLE_LEN)
-            return -EPROTO;
-        out[i] = counter_wire_double(e->str);
-    }
+    for (size_t i = 0; i < n; i++)
+        out[i] = counter_wire_double(reply->str + (off + i) * COUNTER_WIRE_DOUBLE_LEN);
     return 0;
 }
 
-/* redis_parse_scores - {now, score...} of n updates. Returns 0 or -EPROTO. */
+/* redis_parse_scores - now, score... of n updates. Returns 0 or -EPROTO. */
 static int redis_parse_scores(const redisReply *reply, size_t n, double *scores, double *now)
 {
-    if (reply->type != REDIS_REPLY_ARRAY || reply->elements != n + 1)
+    if (reply->type != REDIS_REPLY_STRING || reply->len != (n + 1) * COUNTER_WIRE_DOUBLE_LEN)
         return -EPROTO;
     if (redis_parse_nums(reply, 0, 1, now) < 0)
         return -EPROTO;
@@ -865,7 +862,8 @@ static void redis_on_batch_reply(struct respconn *rc, const redisReply *reply, v
         char q[LOG_QUOTE_BUF];
         log_warn_every(&st->lim_error, REDIS_LOG_EVERY, "redis %s: error reply: %s", st->address,
                        log_quote(reply->str, reply->len, q, sizeof q));
-    } else if (reply->type != REDIS_REPLY_ARRAY || reply->elements != b->nkeys + 1 ||
+    } else if (reply->type != REDIS_REPLY_STRING ||
+               reply->len != (b->nkeys + 1) * COUNTER_WIRE_DOUBLE_LEN ||
                redis_parse_nums(reply, 0, 1, &now) < 0) {
         log_warn_every(&st->lim_error, REDIS_LOG_EVERY,
                        "redis %s: unexpected reply to the counter script (type %d)", st->address,
@@ -886,7 +884,7 @@ static void redis_on_batch_reply(struct respconn *rc, const redisReply *reply, v
         int cst = status;
         if (cst == STORE_OK && redis_parse_nums(reply, c->batch_off, c->n, scores) < 0) {
             log_warn_every(&st->lim_error, REDIS_LOG_EVERY,
-                           "redis %s: unexpected reply to the counter script (not a number)",
+                           "redis %s: unexpected reply to the counter script (too short)",
                            st->address);
             cst = STORE_TEMPFAIL;
         }
@@ -1176,20 +1174,21 @@ static void redis_counters(struct store *st, const struct store_update *u, size_
     c->argv[3 + n] = "";        /* now: Redis's TIME */
     c->argvlen[3 + n] = 0;
     for (size_t i = 0; i < n; i++) {
-        size_t a = 4 + n + 3 * i;
-        if (peek)
-            c->argv[a] = u[i].decay.kind == DECAY_HALF_LIFE ? "H" : "L";
+        /* "h 600 1": kind (capital for a peek), parameter, points. */
+        char *q = p;
+        if (u[i].decay.kind == DECAY_HALF_LIFE)
+            *q++ = peek ? 'H' : 'h';
         else
-            c->argv[a] = u[i].decay.kind == DECAY_HALF_LIFE ? "h" : "l";
-        c->argvlen[a] = 1;
-        c->argv[a + 1] = p;
-        c->argvlen[a + 1] = redis_fmt_num(u[i].decay.param, p);
-        p += c->argvlen[a + 1] + 1;
-        c->argv[a + 2] = p;
-        c->argvlen[a + 2] = redis_fmt_num(u[i].points, p);
-        p += c->argvlen[a + 2] + 1;
+            *q++ = peek ? 'L' : 'l';
+        *q++ = ' ';
+        q += redis_fmt_num(u[i].decay.param, q);
+        *q++ = ' ';
+        q += redis_fmt_num(u[i].points, q);
+        c->argv[4 + n + i] = p;
+        c->argvlen[4 + n + i] = (size_t)(q - p);
+        p = q + 1;
     }
-    c->argc = (int)(4 + 4 * n);
+    c->argc = (int)(4 + 2 * n);
     if (!peek && st->top_floor[0]) {
         c->argv[c->argc] = st->prefix;
         c->argvlen[c->argc++] = st->prefix_len;

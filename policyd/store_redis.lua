@@ -5,14 +5,18 @@
 --   ARGV[1]       now in seconds since the epoch as a decimal string, or ""
 --                 to take Redis's own clock (TIME), so that every smtpguard
 --                 host sharing this Redis decays on one time base
---   ARGV[3i-1]    KEYS[i]'s decay kind: "h" half-life, "l" leaky bucket
---   ARGV[3i]      its parameter: half-life in seconds, or points/second
---   ARGV[3i+1]    points to add; 0 only reads
+--   ARGV[i+1]     KEYS[i]'s update, "KIND PARAM POINTS": the decay kind
+--                 ("h" half-life, "l" leaky bucket), its parameter
+--                 (half-life in seconds, or points/second) and the points
+--                 to add (0 only reads), e.g. "h 600 1". One argument, not
+--                 three: Redis pays for every argument it reads and hands
+--                 to Lua, and a call's updates are a few distinct strings,
+--                 each parsed once.
 --                 The same key may come more than once (the updates of
 --                 several requests in one call): the updates are applied
 --                 in order, each seeing the ones before it, and the
 --                 score after each is returned at its position.
---   ARGV[3n+2..4] optional, the top set: the store prefix, the floor and
+--   ARGV[n+2..4]  optional, the top set: the store prefix, the floor and
 --                 the size. An update that leaves a key at or above the
 --                 floor adds it to the sorted set PREFIX.."@top:"..COUNTER
 --                 (COUNTER: the key's name part; '@' is never in a counter
@@ -29,10 +33,12 @@
 -- floor brings them back.
 -- Returns {now, key1, score1, key2, score2, ...}, highest score first,
 -- the numbers as %.17g strings.
--- An update returns {now, score1, score2, ...}, each number as 8 bytes:
--- an IEEE-754 double, little-endian (a Lua number handed back to Redis
--- would be truncated to an integer, and %.17g text costs a formatting
--- here and a strtod in smtpguard per number).
+-- An update returns ONE string: now, score1, score2, ..., each number as
+-- 8 bytes, an IEEE-754 double, little-endian (a Lua number handed back to
+-- Redis would be truncated to an integer, and %.17g text costs a
+-- formatting here and a strtod in smtpguard per number). One string, not
+-- an array of them: a string per key cost a pack here, a reply element in
+-- Redis and a parsed element in smtpguard (docs/performance.md).
 --
 -- A key holds 17 bytes: the byte 1 (the format), then the score and the
 -- time it was at, as two such doubles: both survive bit for bit. Written
@@ -63,13 +69,23 @@ local FLOOR = 0.001 -- DECAY_FLOOR in decay.h
 -- the skip list (docs/performance.md). The slack also spares a trim per
 -- call once the set is full. The top query ranks every member anyway.
 local TOP_SLACK = 128
+-- A key already in the top set (its score before this update was at or
+-- above the floor) is written there again only when its score has
+-- climbed past a power of two since, or when the update is the key's
+-- first in a new TOP_REFRESH-second window. The set's own scores only
+-- decide who is trimmed (a query reads each member's key), so they may
+-- lag a little; a ZADD for every update of every hot key was a third of
+-- the script's time (docs/performance.md). The window keeps the set's
+-- expiry moving while its members stay hot, and brings back a member
+-- trimmed while above the floor.
+local TOP_REFRESH = 10
 local LN2 = math.log(2)
 -- Locals, not globals: every global is a table lookup, per use.
 local tonumber, fmtstr, smatch, ssub, sfind = tonumber, string.format, string.match, string.sub,
     string.find
 local floor, ceil, abs, frexp, log = math.floor, math.ceil, math.abs, math.frexp, math.log
 local rcall = redis.call
-local spack, sunpack, sbyte = struct.pack, struct.unpack, string.byte
+local spack, sunpack, sbyte, srep = struct.pack, struct.unpack, string.byte, string.rep
 
 local function fmt(x)
     return fmtstr('%.17g', x)
@@ -168,18 +184,21 @@ if ARGV[1] == 'top' then
 end
 
 local top_prefix, top_floor, top_size
-if now and #ARGV == 4 + 3 * #KEYS then
-    top_prefix = ARGV[2 + 3 * #KEYS]
-    top_floor = tonumber(ARGV[3 + 3 * #KEYS])
-    top_size = tonumber(ARGV[4 + 3 * #KEYS])
+if now and #ARGV == 4 + #KEYS then
+    top_prefix = ARGV[2 + #KEYS]
+    top_floor = tonumber(ARGV[3 + #KEYS])
+    top_size = tonumber(ARGV[4 + #KEYS])
     if not top_floor or not top_size then
         return redis.error_reply('ERR smtpguard script: bad top set arguments')
     end
-elseif not now or #ARGV ~= 1 + 3 * #KEYS then
+    if top_size <= 0 then
+        top_prefix = nil
+    end
+elseif not now or #ARGV ~= 1 + #KEYS then
     return redis.error_reply('ERR smtpguard script: bad arguments')
 end
 
-local out = {spack('<d', now)}
+local out = {now}
 -- One MGET for every key rather than a GET each: a redis.call() costs
 -- about as much as the arithmetic of a whole key.
 local olds = {}
@@ -190,10 +209,17 @@ end
 -- of one loop turn), so a key may come more than once: each update sees
 -- the one before it, exactly as if every request had been its own call
 -- at the same instant (one TIME for the whole call).
--- cur[key] is a key's value as this call left it ({score} at now, or
--- false once deleted); its write (SET or DEL) goes out once, at the end,
--- in the order the keys were first changed.
-local cur, last, order = {}, {}, {}
+-- cur[key] is a key's score as this call left it (at now), or false once
+-- deleted; its write (SET with the expiry in ms[key], or DEL when ms[key]
+-- is false) goes out once, at the end, in the order the keys were first
+-- changed.
+local cur, wms, order = {}, {}, {}
+-- specs[ARGV] = {kind, param, points, peek}: each distinct update string
+-- of the call parsed once (tonumber of "0.83333333333333337" is a strtod).
+local specs = {}
+-- Members already in a top set are written there again from the first
+-- update of each TOP_REFRESH window on (see TOP_REFRESH).
+local window_start = floor(now / TOP_REFRESH) * TOP_REFRESH
 -- The top set, per sorted set: the latest score of each member this call
 -- put there, and the longest expiry among them. One ZADD, at most one
 -- ZCARD and one trim, and one PTTL per sorted set and call.
@@ -201,15 +227,22 @@ local tops, top_order, znames = {}, {}, {}
 local plen = top_prefix and #top_prefix
 for i = 1, #KEYS do
     local key = KEYS[i]
-    local kind, param, points = ARGV[3 * i - 1], tonumber(ARGV[3 * i]), tonumber(ARGV[3 * i + 1])
-    local peek = kind == 'H' or kind == 'L'
-    if peek then
-        kind = string.lower(kind)
-        points = 0
+    local arg = ARGV[i + 1]
+    local sp = specs[arg]
+    if not sp then
+        local k, ps, pts = smatch(arg, '^([hlHL]) (%S+) (%S+)$')
+        local param, points = k and tonumber(ps), k and tonumber(pts)
+        if not param or not points then
+            return redis.error_reply('ERR smtpguard script: bad arguments for ' .. key)
+        end
+        local peek = k == 'H' or k == 'L'
+        if peek then
+            points = 0
+        end
+        sp = {string.lower(k), param, points, peek}
+        specs[arg] = sp
     end
-    if not param or not points or (kind ~= 'h' and kind ~= 'l') then
-        return redis.error_reply('ERR smtpguard script: bad arguments for ' .. key)
-    end
+    local kind, param, points, peek = sp[1], sp[2], sp[3], sp[4]
     local c = cur[key]
     local s, t, exists
     if c ~= nil then
@@ -221,19 +254,35 @@ for i = 1, #KEYS do
         local old = olds[i]
         exists = old ~= false and old ~= nil
         if exists then
-            s, t = parse_pair(old)
+            -- parse_pair, its usual case inline (a Lua call per key shows).
+            if #old == 17 and sbyte(old, 1) == 1 then
+                s, t = sunpack('<dd', old, 2)
+            else
+                s, t = parse_pair(old)
+            end
         end
     end
-    local score = 0
-    if exists then
-        if s then
-            score = decay(kind, param, s, now - t, points)
-        else
-            -- Not ours or damaged: start over rather than fail forever.
-            score = decay(kind, param, 0, 0, points)
+    -- before: the score decayed to now, before these points (0 for a
+    -- key that is missing, or not ours or damaged: it starts over rather
+    -- than fail forever); decay() with no points, inline. X + 0 + points
+    -- is X + points bit for bit, so score is decay_apply's exactly.
+    local before, score = 0, 0
+    if exists and s then
+        local dt = now - t
+        if not (dt > 0) then
+            dt = 0
         end
-    elseif points ~= 0 then
-        score = decay(kind, param, 0, 0, points)
+        if kind == 'h' then
+            before = s * 2 ^ (-dt / param)
+        else
+            before = s - param * dt
+            if not (before > 0) then
+                before = 0
+            end
+        end
+    end
+    if exists or points ~= 0 then
+        score = before + points
     end
     if points ~= 0 then
         -- At least a second, also for a score at or below the floor
@@ -244,12 +293,19 @@ for i = 1, #KEYS do
         elseif ms > 1e15 then
             ms = 1e15
         end
-        if last[key] == nil then
+        if wms[key] == nil then
             order[#order + 1] = key
         end
         cur[key] = score
-        last[key] = {score, ms}
-        if top_prefix and top_size > 0 and score >= top_floor then
+        wms[key] = ms
+        local enter = top_prefix and score >= top_floor
+        if enter and before >= top_floor and t >= window_start then
+            -- Already in the set this window: only a new power of two.
+            local _, eb = frexp(before)
+            local _, es = frexp(score)
+            enter = es > eb
+        end
+        if enter then
             -- The sorted set of the key's counter: "PREFIX@top:COUNTER"
             -- for "PREFIX" "COUNTER" ":" "...".
             local colon = sfind(key, ':', plen + 1, true)
@@ -273,18 +329,19 @@ for i = 1, #KEYS do
             end
         end
     elseif exists and not peek and ttl(kind, param, score) == 0 then
-        if last[key] == nil then
+        if wms[key] == nil then
             order[#order + 1] = key
         end
         cur[key] = false
-        last[key] = false
+        wms[key] = false
     end
-    out[i + 1] = spack('<d', score)
+    out[i + 1] = score
 end
 for _, key in ipairs(order) do
-    local w = last[key]
-    if w then
-        rcall('SET', key, spack('<Bdd', 1, w[1], now), 'PX', fmtstr('%d', w[2]))
+    local ms = wms[key]
+    if ms then
+        -- ms as a number: Redis writes it as %.17g, whole up to 1e15.
+        rcall('SET', key, spack('<Bdd', 1, cur[key], now), 'PX', ms)
     else
         rcall('DEL', key)
     end
@@ -307,7 +364,7 @@ for _, z in ipairs(top_order) do
         rcall('ZREMRANGEBYRANK', z, 0, -(top_size + 1))
     end
     if rcall('PTTL', z) < tz.ms then
-        rcall('PEXPIRE', z, fmtstr('%d', tz.ms))
+        rcall('PEXPIRE', z, tz.ms)
     end
 end
-return out
+return spack('<' .. srep('d', #out), unpack(out))

@@ -235,36 +235,35 @@ static void stored_pair(redisContext *c, const char *key, double *score, double 
     freeReplyObject(v);
 }
 
-/* reply_num - element i of a script reply, an 8-byte number. */
+/* reply_num - number i of a script reply: one string of 8-byte numbers. */
 static double reply_num(const redisReply *r, size_t i)
 {
-    if (r->type != REDIS_REPLY_ARRAY || i >= r->elements ||
-        r->element[i]->type != REDIS_REPLY_STRING || r->element[i]->len != COUNTER_WIRE_DOUBLE_LEN)
-        fail_msg("script reply element %zu is not an 8-byte number", i);
-    return counter_wire_double(r->element[i]->str);
+    if (r->type != REDIS_REPLY_STRING || r->len % COUNTER_WIRE_DOUBLE_LEN != 0 ||
+        i >= r->len / COUNTER_WIRE_DOUBLE_LEN)
+        fail_msg("script reply has no 8-byte number %zu", i);
+    return counter_wire_double(r->str + i * COUNTER_WIRE_DOUBLE_LEN);
 }
 
 /* script_call - EVALSHA (EVAL on NOSCRIPT) of one key with injected now. */
 static redisReply *script_call(redisContext *c, const char *sha, const char *key, double now,
                                const char *kind, double param, double points)
 {
-    char nows[40], params[40], pointss[40];
-    const char *argv[8] = {"EVALSHA", sha, "1", key, nows, kind, params, pointss};
-    size_t len[8];
+    char nows[40], update[90];
+    const char *argv[6] = {"EVALSHA", sha, "1", key, nows, update};
+    size_t len[6];
 
     snprintf(nows, sizeof nows, "%.17g", now);
-    snprintf(params, sizeof params, "%.17g", param);
-    snprintf(pointss, sizeof pointss, "%.17g", points);
-    for (int i = 0; i < 8; i++)
+    snprintf(update, sizeof update, "%s %.17g %.17g", kind, param, points);
+    for (int i = 0; i < 6; i++)
         len[i] = strlen(argv[i]);
-    redisReply *r = redisCommandArgv(c, 8, argv, len);
+    redisReply *r = redisCommandArgv(c, 6, argv, len);
     if (r && r->type == REDIS_REPLY_ERROR && strncmp(r->str, "NOSCRIPT", 8) == 0) {
         freeReplyObject(r);
         argv[0] = "EVAL";
         argv[1] = store_redis_lua;
         len[0] = 4;
         len[1] = strlen(store_redis_lua);
-        r = redisCommandArgv(c, 8, argv, len);
+        r = redisCommandArgv(c, 6, argv, len);
     }
     if (!r)
         fail_msg("redis: %s", c->errstr);
@@ -322,9 +321,8 @@ static void test_store_redis_script_vectors(void **state)
             freeReplyObject(sync_cmd(c, "SET %s %s", key, seed));
         }
         redisReply *r = script_call(c, sha, key, now, kind, param, points);
-        if (r->type != REDIS_REPLY_ARRAY || r->elements != 2 ||
-            r->element[0]->type != REDIS_REPLY_STRING || r->element[1]->type != REDIS_REPLY_STRING)
-            fail_msg("%s: want an array of 2 strings", field[0]);
+        if (r->type != REDIS_REPLY_STRING || r->len != 2 * COUNTER_WIRE_DOUBLE_LEN)
+            fail_msg("%s: want one string of 2 numbers", field[0]);
         double got_now = reply_num(r, 0);
         double got = reply_num(r, 1);
         freeReplyObject(r);
@@ -373,22 +371,30 @@ static void test_store_redis_script_time_and_bad_args(void **state)
 
     (void)state;
     gettimeofday(&tv, NULL);
-    r = sync_cmd(c, "EVAL %s 1 sgtest:time:k %s h 600 1", store_redis_lua, "");
-    assert_int_equal(r->type, REDIS_REPLY_ARRAY);
+    r = sync_cmd(c, "EVAL %s 1 sgtest:time:k %s %s", store_redis_lua, "", "h 600 1");
+    assert_int_equal(r->type, REDIS_REPLY_STRING);
     double now = reply_num(r, 0);
     freeReplyObject(r);
     if (fabs(now - ((double)tv.tv_sec + tv.tv_usec / 1e6)) > 5)
         fail_msg("Redis TIME %.6f is far from ours", now);
     freeReplyObject(sync_cmd(c, "DEL sgtest:time:k"));
 
-    r = redisCommand(c, "EVAL %s 1 sgtest:bad:k 1000 x 600 1", store_redis_lua);
-    assert_non_null(r);
-    assert_int_equal(r->type, REDIS_REPLY_ERROR);
-    freeReplyObject(r);
-    r = redisCommand(c, "EVAL %s 1 sgtest:bad:k 1000 h 600", store_redis_lua);
-    assert_non_null(r);
-    assert_int_equal(r->type, REDIS_REPLY_ERROR);
-    freeReplyObject(r);
+    /* A bad kind, a missing number, the three-argument form of earlier
+     * versions, a number that is not one: refused, nothing written. */
+    static const char *const bad[][2] = {
+        {"x 600 1", NULL}, {"h 600", NULL}, {"h", "600 1"}, {"h 600 one", NULL}, {"h 600 1 2", NULL},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        if (bad[i][1])
+            r = redisCommand(c, "EVAL %s 1 sgtest:bad:k 1000 %s %s", store_redis_lua, bad[i][0],
+                             bad[i][1]);
+        else
+            r = redisCommand(c, "EVAL %s 1 sgtest:bad:k 1000 %s", store_redis_lua, bad[i][0]);
+        assert_non_null(r);
+        if (r->type != REDIS_REPLY_ERROR)
+            fail_msg("update \"%s\" was not refused (reply type %d)", bad[i][0], r->type);
+        freeReplyObject(r);
+    }
     assert_int_equal(sync_int(c, "EXISTS %s", "sgtest:bad:k"), 0);
     redisFree(c);
 }
@@ -1153,6 +1159,101 @@ static void test_store_redis_peek_and_top(void **state)
     fixture_fini(&f);
 }
 
+/* zscore - the whole points the top set z gives member m, or -1 if absent. */
+static long long zscore(redisContext *c, const char *z, const char *m)
+{
+    redisReply *r = sync_cmd(c, "ZSCORE %s %s", z, m);
+    long long v = r->type == REDIS_REPLY_STRING ? atoll(r->str) : -1;
+    freeReplyObject(r);
+    return v;
+}
+
+#define TOP_REFRESH_S 10    /* TOP_REFRESH in store_redis.lua */
+
+/* A member already in its top set is written there again only past a
+ * power of two or in a new TOP_REFRESH window: a ZADD for every update of
+ * every hot key was a third of the script's time. */
+static void test_store_redis_top_refresh(void **state)
+{
+    struct fixture f;
+    struct result r;
+    struct decay hl = {DECAY_HALF_LIFE, 600};
+    const char *z = "sgtest:tref:@top:ip", *m = "sgtest:tref:ip:a";
+
+    (void)state;
+    fixture_init(&f);
+    redisContext *c = sync_connect();
+    struct store_config cfg = {
+        .backend = STORE_BACKEND_REDIS,
+        .redis_address = getenv("SMTPGUARD_TEST_REDIS"),
+        .prefix = (char *)"sgtest:tref:",
+        .timeout_ms = TEST_TIMEOUT_MS,
+        .top_floor = 3,
+        .top_size = 100,
+    };
+    struct store *st;
+    char err[256];
+    if (store_open(&st, &cfg, &f.loop, err, sizeof err) != 0)
+        fail_msg("store_open: %s", err);
+    wait_up(&f, st);
+
+    /* The steps below must fall in one window: start over (at most
+     * twice) if a window began between the first and the last. */
+    double w0 = 0;
+    int attempt;
+    for (attempt = 0; attempt < 3; attempt++) {
+        freeReplyObject(sync_cmd(c, "DEL %s %s", z, m));
+        struct store_update u = upd("ip:a", hl.kind, hl.param, 5);
+        apply_wait(&f, st, &u, 1, &r);
+        assert_int_equal(r.status, STORE_OK);
+        w0 = floor(r.now / TOP_REFRESH_S);
+        /* Crossing the floor: in, at 5. */
+        assert_int_equal(zscore(c, z, m), 5);
+        /* 6: the same octave (4..8), the same window: left at 5. */
+        u.points = 1;
+        apply_wait(&f, st, &u, 1, &r);
+        double w1 = floor(r.now / TOP_REFRESH_S);
+        long long at6 = zscore(c, z, m);
+        /* 9: past 8, written again (ranked by whole points: 8.99... is 8). */
+        u.points = 3;
+        apply_wait(&f, st, &u, 1, &r);
+        long long at9 = zscore(c, z, m);
+        /* Trimmed (here: removed) while above the floor, it stays out
+         * for the rest of the window at 10 ... */
+        freeReplyObject(sync_cmd(c, "ZREM %s %s", z, m));
+        u.points = 1;
+        apply_wait(&f, st, &u, 1, &r);
+        long long removed = zscore(c, z, m);
+        if (floor(r.now / TOP_REFRESH_S) != w0 || w1 != w0)
+            continue;
+        assert_int_equal(at6, 5);
+        assert_int_equal(at9, 8);
+        assert_int_equal(removed, -1);
+        break;
+    }
+    if (attempt == 3)
+        fail_msg("no three calls within one %d s window", TOP_REFRESH_S);
+    /* ... and comes back with the first update of the next one (a
+     * thousandth of a point each: the score stays between 8 and 16). */
+    struct store_update u = upd("ip:a", hl.kind, hl.param, 0.001);
+    for (int i = 0; i < 2 * TOP_REFRESH_S * 10; i++) {
+        apply_wait(&f, st, &u, 1, &r);
+        if (floor(r.now / TOP_REFRESH_S) != w0)
+            break;
+        assert_int_equal(zscore(c, z, m), -1);
+        usleep(100 * 1000);
+    }
+    if (floor(r.now / TOP_REFRESH_S) == w0)
+        fail_msg("Redis TIME stayed in one window for %d s", 2 * TOP_REFRESH_S);
+    long long back = zscore(c, z, m);
+    if (back < 9)
+        fail_msg("member not back in the next window: ZSCORE %lld, want >= 9", back);
+    freeReplyObject(sync_cmd(c, "DEL %s %s", z, m));
+    redisFree(c);
+    close_store(&f, st);
+    fixture_fini(&f);
+}
+
 /* While a batch is out, the applies of later loop turns wait and go out
  * together when its reply comes (REDIS_BATCH_MAX_OUT): four requests in
  * four turns make two calls, not four. Redis is held busy by a script on
@@ -1417,6 +1518,7 @@ int main(void)
         cmocka_unit_test(test_store_redis_latency),
         cmocka_unit_test(test_store_redis_peek_and_top),
         cmocka_unit_test(test_store_redis_batch),
+        cmocka_unit_test(test_store_redis_top_refresh),
         cmocka_unit_test(test_store_redis_hold_while_out),
         cmocka_unit_test(test_respconn_pipeline),
         cmocka_unit_test(test_respconn_close_in_callback),
