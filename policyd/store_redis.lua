@@ -74,10 +74,10 @@ local TOP_SLACK = 128
 -- climbed past a power of two since, or when the update is the key's
 -- first in a new TOP_REFRESH-second window. The set's own scores only
 -- decide who is trimmed (a query reads each member's key), so they may
--- lag a little; a ZADD for every update of every hot key was a third of
--- the script's time (docs/performance.md). The window keeps the set's
--- expiry moving while its members stay hot, and brings back a member
--- trimmed while above the floor.
+-- lag a little; a ZADD for every update of every hot key cost a tenth of
+-- Redis's instructions, and more of its time (docs/performance.md). The
+-- window keeps the set's expiry moving while its members stay hot, and
+-- brings back a member trimmed while above the floor.
 local TOP_REFRESH = 10
 local LN2 = math.log(2)
 -- Locals, not globals: every global is a table lookup, per use.
@@ -210,9 +210,9 @@ end
 -- the one before it, exactly as if every request had been its own call
 -- at the same instant (one TIME for the whole call).
 -- cur[key] is a key's score as this call left it (at now), or false once
--- deleted; its write (SET with the expiry in ms[key], or DEL when ms[key]
--- is false) goes out once, at the end, in the order the keys were first
--- changed.
+-- deleted; its write (SET with the expiry in wms[key], or DEL when
+-- wms[key] is false) goes out once, at the end, in the order the keys
+-- were first changed.
 local cur, wms, order = {}, {}, {}
 -- specs[ARGV] = {kind, param, points, peek}: each distinct update string
 -- of the call parsed once (tonumber of "0.83333333333333337" is a strtod).
