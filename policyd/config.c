@@ -1606,6 +1606,13 @@ static struct cond *config_parse_matcher_map(struct loader *ld, struct subject s
         config_cond_free(all);
         return NULL;
     }
+    if (all->n_children == 1) {
+        /* { in: list } is its one test: no group to walk per request. */
+        struct cond *only = all->children[0];
+        all->n_children = 0;
+        config_cond_free(all);
+        return only;
+    }
     return all;
 }
 
@@ -2173,6 +2180,8 @@ static struct cond *config_parse_when(struct loader *ld, yaml_node_t *n, const c
         config_cond_free(all);
         return NULL;
     }
+    if (depth == 0)
+        rules_cond_plan(all);
     return all;
 }
 

@@ -152,8 +152,9 @@ struct subject {
 struct cond {
     enum cond_kind kind;
     struct subject subject;     /* leaves */
-    struct cond **children;     /* ALL / ANY / NOT */
+    struct cond **children;     /* ALL / ANY / NOT, as written (explain shows them so) */
     size_t n_children;
+    struct cond **by_cost;      /* ALL / ANY: the same, in the order tested (rules_cond_plan) */
     char *text;                 /* EQUALS: the value as written (compared case-insensitively where the attribute says so); REGEX: the pattern */
     size_t text_len;
     struct cidr net;            /* CIDR */
@@ -311,6 +312,13 @@ struct rules_template_ctx {
 const char *rules_template_value(void *ctx, int id, size_t *len);
 
 /* rules_cond_free - a condition tree (NULL is fine). */
+/* rules_cond_plan - under c, order the children of every all/any for
+ * testing, cheapest first (a byte compare before a list lookup before a
+ * regex): the answer is the same in any order, since testing changes
+ * nothing, but the first child that decides spares the rest. Once,
+ * when c is compiled; a tree never planned is tested as written.
+ * Returns c's relative cost. */
+unsigned rules_cond_plan(struct cond *c);
 void rules_cond_free(struct cond *c);
 void rules_free(struct rules *r);
 

@@ -376,6 +376,84 @@ static void test_rules_long_keys_are_hashed(void **state)
     request_fini(&req);
 }
 
+/* all: and any: are tested cheapest first: a comparison before a CIDR
+ * test before a list before a regex; the written order (children, what
+ * explain shows) is kept, and the answer is the one of the written order
+ * for every request tried. */
+static void test_rules_cond_plan(void **state)
+{
+    (void)state;
+    static const char yaml[] =
+        "lists:\n"
+        "  doms: { entries: [customer.example], subdomains: true }\n"
+        "points:\n"
+        "  - name: p\n"
+        "    then: ok\n"
+        "    when:\n"
+        "      helo_name: { re: \"^pc[0-9]+\\\\.\" }\n"
+        "      sender_domain: { in: doms }\n"
+        "      client_address: \"192.0.2.0/24\"\n"
+        "      any: [ { helo_name: { re: \"x\" } }, { sasl_username: \"\" } ]\n"
+        "      sasl_username: \"\"\n";
+    struct config_errors errs = {0};
+    struct config *c2 = config_load_string("plan.yaml", yaml, strlen(yaml), &errs);
+    for (size_t i = 0; i < errs.n; i++)
+        print_error("unexpected: %s\n", errs.msgs[i]);
+    config_errors_fini(&errs);
+    assert_non_null(c2);
+    struct cond *w = c2->rules->points[0].when;
+    assert_int_equal(w->kind, COND_ALL);
+    assert_int_equal(w->n_children, 5);
+    /* As written. */
+    assert_int_equal(w->children[0]->kind, COND_REGEX);
+    assert_int_equal(w->children[1]->kind, COND_IN_LIST);
+    assert_int_equal(w->children[2]->kind, COND_CIDR);
+    assert_int_equal(w->children[3]->kind, COND_ANY);
+    /* As tested: the comparison, the CIDR, the list, the regex (cost 8),
+     * then the any: of a comparison and a regex (1 + 8). */
+    assert_non_null(w->by_cost);
+    assert_ptr_equal(w->by_cost[0], w->children[4]);
+    assert_int_equal(w->by_cost[1]->kind, COND_CIDR);
+    assert_int_equal(w->by_cost[2]->kind, COND_IN_LIST);
+    assert_int_equal(w->by_cost[3]->kind, COND_REGEX);
+    assert_int_equal(w->by_cost[4]->kind, COND_ANY);
+    /* The nested any: its comparison first, its regex after. */
+    struct cond *any = w->children[3];
+    assert_non_null(any->by_cost);
+    assert_ptr_equal(any->by_cost[0], any->children[1]);
+    assert_ptr_equal(any->by_cost[1], any->children[0]);
+
+    /* Same answers as the written order, for each combination. */
+    static const char *const helos[] = {"pc12.customer.example", "mail.example", "x"};
+    static const char *const clients[] = {"192.0.2.7", "198.51.100.1"};
+    static const char *const users[] = {"", "alice"};
+    static const char *const senders[] = {"a@mx.customer.example", "a@example.com"};
+    struct request req;
+    request_init(&req);
+    int matched = 0;
+    for (size_t h = 0; h < 3; h++)
+        for (size_t cl = 0; cl < 2; cl++)
+            for (size_t u = 0; u < 2; u++)
+                for (size_t sd = 0; sd < 2; sd++) {
+                    rcpt_request(&req, clients[cl], users[u]);
+                    set(&req, ATTR_HELO_NAME, helos[h]);
+                    set(&req, ATTR_SENDER, senders[sd]);
+                    set(&req, ATTR_SENDER_DOMAIN, strchr(senders[sd], '@') + 1);
+                    bool planned = rules_cond_match(c2->rules, w, &req, NULL);
+                    struct cond **w_plan = w->by_cost, **any_plan = any->by_cost;
+                    w->by_cost = any->by_cost = NULL; /* tested as written */
+                    bool written = rules_cond_match(c2->rules, w, &req, NULL);
+                    w->by_cost = w_plan;
+                    any->by_cost = any_plan;
+                    assert_int_equal(planned, written);
+                    matched += planned;
+                }
+    /* Both answers occur: the comparison above is not of two constants. */
+    assert_true(matched > 0 && matched < 24);
+    request_fini(&req);
+    config_unref(c2);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -387,6 +465,7 @@ int main(void)
         cmocka_unit_test(test_rules_message_code_only_from_the_config),
         cmocka_unit_test(test_rules_not_on_missing_counter),
         cmocka_unit_test(test_rules_long_keys_are_hashed),
+        cmocka_unit_test(test_rules_cond_plan),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
