@@ -802,11 +802,13 @@ unsigned rules_cond_plan(struct cond *c)
         return c->n_children ? rules_cond_plan(c->children[0]) : 0;
     if (c->kind != COND_ALL && c->kind != COND_ANY)
         return rules_leaf_cost(c);
+    if (c->n_children == 0)
+        return 0;
 
-    unsigned *cost = xreallocarray(NULL, c->n_children ? c->n_children : 1, sizeof *cost);
+    unsigned *cost = xreallocarray(NULL, c->n_children, sizeof *cost);
     unsigned total = 0;
     free(c->by_cost);
-    c->by_cost = xreallocarray(NULL, c->n_children ? c->n_children : 1, sizeof *c->by_cost);
+    c->by_cost = xreallocarray(NULL, c->n_children, sizeof *c->by_cost);
     /* Insertion sort, stable: equal costs keep the written order. */
     for (size_t i = 0; i < c->n_children; i++) {
         unsigned ci = rules_cond_plan(c->children[i]);

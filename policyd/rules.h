@@ -311,7 +311,6 @@ struct rules_template_ctx {
 };
 const char *rules_template_value(void *ctx, int id, size_t *len);
 
-/* rules_cond_free - a condition tree (NULL is fine). */
 /* rules_cond_plan - under c, order the children of every all/any for
  * testing, cheapest first (a byte compare before a list lookup before a
  * regex): the answer is the same in any order, since testing changes
@@ -319,6 +318,7 @@ const char *rules_template_value(void *ctx, int id, size_t *len);
  * when c is compiled; a tree never planned is tested as written.
  * Returns c's relative cost. */
 unsigned rules_cond_plan(struct cond *c);
+/* rules_cond_free - a condition tree (NULL is fine). */
 void rules_cond_free(struct cond *c);
 void rules_free(struct rules *r);
 
