@@ -29,13 +29,16 @@ void counter_wire_put_double(void *p, double x)
         b[i] = (unsigned char)(bits & 0xff);
 }
 
-bool counter_wire_pair(const void *v, size_t len, double *score, double *at)
+bool counter_wire_value(const void *v, size_t len, double *score, double *at, double *expires)
 {
     const unsigned char *b = v;
 
-    if (len != COUNTER_WIRE_PAIR_LEN || b[0] != COUNTER_WIRE_PAIR_FORMAT)
+    if (!((len == COUNTER_WIRE_VALUE_LEN && b[0] == COUNTER_WIRE_VALUE_FORMAT) ||
+          (len == COUNTER_WIRE_PAIR_LEN && b[0] == COUNTER_WIRE_PAIR_FORMAT)))
         return false;
     *score = counter_wire_double(b + 1);
     *at = counter_wire_double(b + 1 + COUNTER_WIRE_DOUBLE_LEN);
+    *expires = len == COUNTER_WIRE_VALUE_LEN ? counter_wire_double(b + 1 + 2 * COUNTER_WIRE_DOUBLE_LEN)
+                                             : 0;
     return true;
 }

@@ -40,14 +40,16 @@
 -- an array of them: a string per key cost a pack here, a reply element in
 -- Redis and a parsed element in smtpguard (docs/performance.md).
 --
--- A key holds 17 bytes: the byte 1 (the format), then the score and the
--- time it was at, as two such doubles: both survive bit for bit. Written
--- as text ("%.17g %.17g"), the pair cost Redis's one thread a sixth of
--- the script's time in formatting and parsing (docs/performance.md). A
--- key holding the text pair "SCORE TIME" that versions before 2026-12
--- wrote is still read, and is rewritten in the new form at its next
--- update. Those versions read the new form as damaged and start such a
--- counter over (README, "Upgrading").
+-- A key holds 25 bytes: the byte 2 (the format), then the score, the
+-- time it was at and a time before which Redis will not expire the key
+-- (see EXPIRY_SLACK), as three such doubles: all survive bit for bit.
+-- Written as text ("%.17g %.17g"), the pair cost Redis's one thread a
+-- sixth of the script's time in formatting and parsing
+-- (docs/performance.md). Keys in the older forms are still read: the
+-- 17-byte form (the byte 1, score and time) and the text pair "SCORE
+-- TIME"; either is rewritten in the new form at its next update.
+-- Versions that knew only those forms read the new one as damaged and
+-- start such a counter over (README, "Upgrading").
 --
 -- The arithmetic mirrors policyd/decay.c line for line (2^x is pow(2, x)
 -- in Redis's Lua 5.1, as in C), because the memory store and this script
@@ -79,6 +81,15 @@ local TOP_SLACK = 128
 -- window keeps the set's expiry moving while its members stay hot, and
 -- brings back a member trimmed while above the floor.
 local TOP_REFRESH = 10
+-- A key updated again gets an expiry EXPIRY_SLACK times what its score
+-- needs, and keeps it (SET ... KEEPTTL) for as long as that is enough:
+-- the PX of a SET (its number formatted here and parsed by Redis, the
+-- expires table updated) was half of a SET's cost, and a busy key
+-- outgrows an eighth more of its lifetime only every few updates. A key
+-- written once gets exactly what it needs, so the many keys of one-off
+-- clients do not linger. The expiry a key was given is stored in it
+-- (the third double), so no PTTL is needed to know it.
+local EXPIRY_SLACK = 1.125
 local LN2 = math.log(2)
 -- Locals, not globals: every global is a table lookup, per use.
 local tonumber, fmtstr, smatch, ssub, sfind = tonumber, string.format, string.match, string.sub,
@@ -136,8 +147,13 @@ else
     now = tonumber(ARGV[1])
 end
 
--- parse_pair - a stored pair (binary, or the older "SCORE TIME"), or nil.
+-- parse_pair - a stored value's score, time and known expiry (nil for
+-- the forms that hold none), or nil.
 local function parse_pair(v)
+    if #v == 25 and sbyte(v, 1) == 2 then
+        local _, s, t, e = sunpack('<Bddd', v)
+        return s, t, e
+    end
     if #v == 17 and sbyte(v, 1) == 1 then
         local _, s, t = sunpack('<Bdd', v)
         return s, t
@@ -198,13 +214,16 @@ elseif not now or #ARGV ~= 1 + #KEYS then
     return redis.error_reply('ERR smtpguard script: bad arguments')
 end
 
-local out = {now}
 -- One MGET for every key rather than a GET each: a redis.call() costs
 -- about as much as the arithmetic of a whole key.
 local olds = {}
 if #KEYS > 0 then
     olds = rcall('MGET', unpack(KEYS))
 end
+-- The answer, made at its full length (its values are overwritten): a
+-- table grown one element at a time is reallocated and copied at every
+-- power of two.
+local out = {now, unpack(olds)}
 -- A call may carry several requests (store_redis.c batches the requests
 -- of one loop turn), so a key may come more than once: each update sees
 -- the one before it, exactly as if every request had been its own call
@@ -214,6 +233,9 @@ end
 -- wms[key] is false) goes out once, at the end, in the order the keys
 -- were first changed.
 local cur, wms, order = {}, {}, {}
+-- kexp[key]: a time before which Redis will not expire key, as the key
+-- stands (read from it, or set by this call), or nil when unknown.
+local kexp = {}
 -- specs[ARGV] = {kind, param, points, peek}: each distinct update string
 -- of the call parsed once (tonumber of "0.83333333333333337" is a strtod).
 local specs = {}
@@ -255,8 +277,10 @@ for i = 1, #KEYS do
         exists = old ~= false and old ~= nil
         if exists then
             -- parse_pair, its usual case inline (a Lua call per key shows).
-            if #old == 17 and sbyte(old, 1) == 1 then
-                s, t = sunpack('<dd', old, 2)
+            if #old == 25 and sbyte(old, 1) == 2 then
+                local e
+                s, t, e = sunpack('<ddd', old, 2)
+                kexp[key] = e
             else
                 s, t = parse_pair(old)
             end
@@ -285,19 +309,50 @@ for i = 1, #KEYS do
         score = before + points
     end
     if points ~= 0 then
-        -- At least a second, also for a score at or below the floor
-        -- (negative points), so the key does not vanish before it is read.
-        local ms = ttl(kind, param, score) * 1000
-        if ms < 1000 then
-            ms = 1000
-        elseif ms > 1e15 then
-            ms = 1e15
-        end
         if wms[key] == nil then
             order[#order + 1] = key
         end
+        -- The key's expiry: kept (KEEPTTL, wms 0) while the score
+        -- reaches the floor by then (ttl()'s test without its log, and
+        -- at least a second left), else set anew (PX, wms the ms), with
+        -- EXPIRY_SLACK over what the score needs when the key is being
+        -- updated again.
+        local e = kexp[key]
+        local keep = false
+        if e then
+            local left = e - now
+            if left >= 1 then
+                if kind == 'h' then
+                    keep = abs(score) <= FLOOR * 2 ^ (left / param)
+                else
+                    keep = score - FLOOR <= param * left
+                end
+            end
+        end
+        if not keep then
+            -- At least a second, also for a score at or below the floor
+            -- (negative points), so the key does not vanish before it
+            -- is read.
+            local secs = ttl(kind, param, score)
+            if secs < 1 then
+                secs = 1
+            end
+            if exists then
+                secs = ceil(secs * EXPIRY_SLACK)
+            end
+            local ms = secs * 1000
+            if ms > 1e15 then
+                ms = 1e15
+            end
+            -- Redis counts the PX from its own clock a little after now:
+            -- e, a second early, is a time it will not expire before.
+            e = now + ms / 1000 - 1
+            kexp[key] = e
+            wms[key] = ms
+        elseif not wms[key] then
+            wms[key] = 0
+        end
         cur[key] = score
-        wms[key] = ms
         local enter = top_prefix and score >= top_floor
         if enter and before >= top_floor and t >= window_start then
             -- Already in the set this window: only a new power of two.
@@ -323,6 +378,7 @@ for i = 1, #KEYS do
                     top_order[#top_order + 1] = z
                 end
                 tz.members[key] = score
+                local ms = ceil((e + 1 - now) * 1000)
                 if ms > tz.ms then
                     tz.ms = ms
                 end
@@ -334,14 +390,20 @@ for i = 1, #KEYS do
         end
         cur[key] = false
         wms[key] = false
+        kexp[key] = nil
     end
     out[i + 1] = score
 end
 for _, key in ipairs(order) do
     local ms = wms[key]
     if ms then
-        -- ms as a number: Redis writes it as %.17g, whole up to 1e15.
-        rcall('SET', key, spack('<Bdd', 1, cur[key], now), 'PX', ms)
+        local v = spack('<Bddd', 2, cur[key], now, kexp[key])
+        if ms > 0 then
+            -- ms as a number: Redis writes it as %.17g, whole up to 1e15.
+            rcall('SET', key, v, 'PX', ms)
+        else
+            rcall('SET', key, v, 'KEEPTTL')
+        end
     else
         rcall('DEL', key)
     end

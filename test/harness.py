@@ -288,13 +288,14 @@ class RedisClient:
 
     def counter(self, key):
         """(score, time) a counter key holds (policyd/counter_wire.h: the
-        byte 1, then two little-endian doubles), or None if it is gone."""
+        byte 2, then the score, the time and the expiry bound as
+        little-endian doubles), or None if it is gone."""
         v = self.cmd("GET", key, raw=True)
         if v is None:
             return None
-        if len(v) != 17 or v[0] != 1:
+        if len(v) != 25 or v[0] != 2:
             raise AssertionError("%s holds %r, not a counter value" % (key, v))
-        return struct.unpack("<dd", v[1:])
+        return struct.unpack("<dd", v[1:17])
 
 
 class Redis:

@@ -222,17 +222,37 @@ static double parse_double(const char *s, const char *what, unsigned long lineno
     return v;
 }
 
-/* stored_pair - the score and time key holds (counter_wire.h), or a
- * failure naming what it holds instead. */
-static void stored_pair(redisContext *c, const char *key, double *score, double *at)
+/* stored_value - the score, time and expiry bound key holds
+ * (counter_wire.h), or a failure naming what it holds instead. */
+static void stored_value(redisContext *c, const char *key, double *score, double *at,
+                         double *expires)
 {
     redisReply *v = sync_cmd(c, "GET %s", key);
     if (v->type != REDIS_REPLY_STRING)
         fail_msg("%s: no value (reply type %d)", key, v->type);
-    if (!counter_wire_pair(v->str, v->len, score, at))
-        fail_msg("%s: %zu bytes starting 0x%02x are not a counter value", key, v->len,
-                 v->len ? (unsigned char)v->str[0] : 0);
+    if (v->len != COUNTER_WIRE_VALUE_LEN || !counter_wire_value(v->str, v->len, score, at, expires))
+        fail_msg("%s: %zu bytes starting 0x%02x are not a counter value of the current form",
+                 key, v->len, v->len ? (unsigned char)v->str[0] : 0);
     freeReplyObject(v);
+}
+
+/* The expiry the script gives a counter key, store_redis.lua's rule: the
+ * seconds its score needs (decay_ttl, at least 1), times EXPIRY_SLACK
+ * when the key was there already. */
+#define EXPIRY_SLACK 1.125
+static long long want_expiry_ms(double ttl, bool existed)
+{
+    double secs = ttl < 1 ? 1 : ttl;
+    return (long long)(existed ? ceil(secs * EXPIRY_SLACK) : secs) * 1000;
+}
+
+/* check_pttl - key's PTTL is want_ms, less the few ms since it was set. */
+static void check_pttl(redisContext *c, const char *key, long long want_ms, const char *what)
+{
+    long long pttl = sync_int(c, "PTTL %s", key);
+    if (pttl > want_ms || pttl < want_ms - 1000)
+        fail_msg("%s: PTTL of %s got %lld ms, want %lld ms (just under)", what, key, pttl,
+                 want_ms);
 }
 
 /* reply_num - number i of a script reply: one string of 8-byte numbers. */
@@ -333,19 +353,19 @@ static void test_store_redis_script_vectors(void **state)
 
         long long exists = sync_int(c, "EXISTS %s", key);
         if (points != 0) {
-            long long want_ms = (long long)(want_ttl < 1 ? 1 : want_ttl) * 1000;
-            long long pttl = sync_int(c, "PTTL %s", key);
-            /* Set a few ms ago: a little under want_ms, never over. */
-            if (pttl > want_ms || pttl < want_ms - 1000)
-                fail_msg("%s (line %lu): PTTL got %lld ms, want %lld ms (just under)", field[0],
-                         lineno, pttl, want_ms);
-            /* The stored pair is the new score at now, bit for bit (the
-             * seed above was the older text form: read, then rewritten). */
-            double s_score, s_at;
-            stored_pair(c, key, &s_score, &s_at);
+            long long want_ms = want_expiry_ms(want_ttl, before != 0);
+            check_pttl(c, key, want_ms, field[0]);
+            /* The stored value is the new score at now, bit for bit (the
+             * seed above was the older text form: read, then rewritten),
+             * and the expiry bound a second short of the PX. */
+            double s_score, s_at, s_exp;
+            stored_value(c, key, &s_score, &s_at, &s_exp);
             if (s_score != got || s_at != now)
                 fail_msg("%s: stored %.17g at %.17g, want %.17g at %.17g", field[0], s_score,
                          s_at, got, now);
+            if (s_exp != now + (double)want_ms / 1000 - 1)
+                fail_msg("%s: stored expiry %.17g, want %.17g", field[0], s_exp,
+                         now + (double)want_ms / 1000 - 1);
         } else if (want_ttl == 0) {
             if (exists)
                 fail_msg("%s (line %lu): a read down to the floor left the key", field[0], lineno);
@@ -363,6 +383,86 @@ static void test_store_redis_script_vectors(void **state)
 
 /* The script with now = "" takes TIME; it also must refuse bad input
  * without writing. */
+/* script_points - one update of key at now by the script, its new score. */
+static double script_points(redisContext *c, const char *sha, const char *key, double now,
+                            double points)
+{
+    redisReply *r = script_call(c, sha, key, now, "h", 600, points);
+    double score = reply_num(r, 1);
+    freeReplyObject(r);
+    return score;
+}
+
+/* A key's expiry is set exactly when it is made, with slack when it is
+ * updated again, and then kept (SET ... KEEPTTL) while the stored bound
+ * still covers what the score needs: a TTL the test plants in between
+ * survives such an update and is replaced by the next one that needs
+ * more. A key in the older 17-byte form has no bound and gets a PX. */
+static void test_store_redis_script_expiry_kept(void **state)
+{
+    const char *key = "sgtest:expiry:k";
+    char sha[SHA1_HEX_LEN + 1];
+    struct decay hl = {DECAY_HALF_LIFE, 600};
+    double t0 = 1700000000.25, score, s_at, s_exp;
+    const long long planted_ms = 100000000;
+    redisContext *c = sync_connect();
+
+    (void)state;
+    sha1_hex(store_redis_lua, strlen(store_redis_lua), sha);
+    freeReplyObject(sync_cmd(c, "DEL %s", key));
+
+    score = script_points(c, sha, key, t0, 4);
+    long long ms = want_expiry_ms(decay_ttl(&hl, score), false);
+    check_pttl(c, key, ms, "new key");
+    stored_value(c, key, &score, &s_at, &s_exp);
+    if (s_exp != t0 + (double)ms / 1000 - 1)
+        fail_msg("new key: stored expiry %.17g, want %.17g", s_exp, t0 + (double)ms / 1000 - 1);
+
+    /* 4 -> 5 needs more than the exact expiry: a PX, with slack. */
+    score = script_points(c, sha, key, t0, 1);
+    ms = want_expiry_ms(decay_ttl(&hl, score), true);
+    assert_true(ms > want_expiry_ms(decay_ttl(&hl, score), false));
+    check_pttl(c, key, ms, "updated key");
+    double bound = t0 + (double)ms / 1000 - 1;
+
+    /* 5 -> 6 fits under the bound: the TTL is kept, planted or not. */
+    redisReply *pe = sync_cmd(c, "PEXPIRE %s %lld", key, planted_ms);
+    assert_true(pe->type == REDIS_REPLY_INTEGER && pe->integer == 1);
+    freeReplyObject(pe);
+    score = script_points(c, sha, key, t0 + 1, 1);
+    assert_true(t0 + 1 + decay_ttl(&hl, score) <= bound);
+    check_pttl(c, key, planted_ms, "kept");
+    stored_value(c, key, &score, &s_at, &s_exp);
+    if (s_at != t0 + 1 || s_exp != bound)
+        fail_msg("kept: stored time %.17g and expiry %.17g, want %.17g and %.17g", s_at, s_exp,
+                 t0 + 1, bound);
+
+    /* 6 -> 56 outgrows it: a new PX replaces the planted TTL. */
+    score = script_points(c, sha, key, t0 + 2, 50);
+    ms = want_expiry_ms(decay_ttl(&hl, score), true);
+    assert_true(t0 + 2 + decay_ttl(&hl, score) > bound);
+    check_pttl(c, key, ms, "outgrown");
+
+    /* The older form (score 5 at t0, no bound): read, given a PX with
+     * slack and rewritten in the new form. */
+    unsigned char old[COUNTER_WIRE_PAIR_LEN];
+    old[0] = COUNTER_WIRE_PAIR_FORMAT;
+    counter_wire_put_double(old + 1, 5);
+    counter_wire_put_double(old + 1 + COUNTER_WIRE_DOUBLE_LEN, t0);
+    freeReplyObject(sync_cmd(c, "SET %s %b PX %lld", key, old, sizeof old, planted_ms));
+    score = script_points(c, sha, key, t0, 0.01);
+    assert_true(score == 5.01);
+    ms = want_expiry_ms(decay_ttl(&hl, score), true);
+    check_pttl(c, key, ms, "older form");
+    stored_value(c, key, &score, &s_at, &s_exp);
+    if (s_exp != t0 + (double)ms / 1000 - 1)
+        fail_msg("older form: stored expiry %.17g, want %.17g", s_exp,
+                 t0 + (double)ms / 1000 - 1);
+
+    freeReplyObject(sync_cmd(c, "DEL %s", key));
+    redisFree(c);
+}
+
 static void test_store_redis_script_time_and_bad_args(void **state)
 {
     redisContext *c = sync_connect();
@@ -441,12 +541,10 @@ static void test_store_redis_apply_and_decay(void **state)
     if (!close_enough(r2.scores[0], want0, 1e-12) || !close_enough(r2.scores[1], want1, 1e-12))
         fail_msg("got %.17g %.17g, want %.17g %.17g", r2.scores[0], r2.scores[1], want0, want1);
 
-    /* TTL as decay_ttl says. */
+    /* TTL as decay_ttl says, with the slack of a key updated again. */
     redisContext *c = sync_connect();
-    long long pttl = sync_int(c, "PTTL %s", "sgtest:decay:ip");
-    long long want_ms = (long long)decay_ttl(&hl, r2.scores[0]) * 1000;
-    if (pttl > want_ms || pttl < want_ms - 1000)
-        fail_msg("PTTL got %lld, want just under %lld", pttl, want_ms);
+    check_pttl(c, "sgtest:decay:ip", want_expiry_ms(decay_ttl(&hl, r2.scores[0]), true),
+               "second update");
     redisFree(c);
 
     memset(&rr, 0, sizeof rr);
@@ -1012,8 +1110,8 @@ static void test_store_redis_batch(void **state)
                      i == 4 ? 8 : 2 * (i + 1));
     }
     /* Stored once, with the last score and that call's time. */
-    double s_score, s_at;
-    stored_pair(c, "sgtest:batch:shared", &s_score, &s_at);
+    double s_score, s_at, s_exp;
+    stored_value(c, "sgtest:batch:shared", &s_score, &s_at, &s_exp);
     if (s_score != 5 || s_at != r[0].now)
         fail_msg("shared key stored %.17g at %.17g, want 5 at %.17g", s_score, s_at, r[0].now);
 
@@ -1503,6 +1601,7 @@ int main(void)
 
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_store_redis_script_vectors),
+        cmocka_unit_test(test_store_redis_script_expiry_kept),
         cmocka_unit_test(test_store_redis_script_time_and_bad_args),
         cmocka_unit_test(test_store_redis_apply_and_decay),
         cmocka_unit_test(test_store_redis_read_does_not_create),

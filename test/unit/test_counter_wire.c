@@ -50,29 +50,40 @@ static void test_counter_wire_round_trip(void **state)
     }
 }
 
-static void test_counter_wire_pair(void **state)
+static void test_counter_wire_value(void **state)
 {
-    unsigned char v[COUNTER_WIRE_PAIR_LEN + 1];
-    double score = -1, at = -1;
+    unsigned char v[COUNTER_WIRE_VALUE_LEN + 1];
+    double score = -1, at = -1, expires = -1;
 
     (void)state;
-    v[0] = COUNTER_WIRE_PAIR_FORMAT;
+    v[0] = COUNTER_WIRE_VALUE_FORMAT;
     counter_wire_put_double(v + 1, 42.5);
     counter_wire_put_double(v + 9, 1700000000.25);
-    assert_true(counter_wire_pair(v, COUNTER_WIRE_PAIR_LEN, &score, &at));
-    assert_true(score == 42.5 && at == 1700000000.25);
+    counter_wire_put_double(v + 17, 1700007372.25);
+    assert_true(counter_wire_value(v, COUNTER_WIRE_VALUE_LEN, &score, &at, &expires));
+    assert_true(score == 42.5 && at == 1700000000.25 && expires == 1700007372.25);
 
-    /* Not ours: a length off by one either way, another format byte, and
-     * the older text form. Nothing is written to the outputs. */
-    score = at = -1;
-    assert_false(counter_wire_pair(v, COUNTER_WIRE_PAIR_LEN - 1, &score, &at));
-    assert_false(counter_wire_pair(v, COUNTER_WIRE_PAIR_LEN + 1, &score, &at));
-    v[0] = 2;
-    assert_false(counter_wire_pair(v, COUNTER_WIRE_PAIR_LEN, &score, &at));
+    /* The older form: the same first two numbers, no expiry (0). */
+    v[0] = COUNTER_WIRE_PAIR_FORMAT;
+    score = at = expires = -1;
+    assert_true(counter_wire_value(v, COUNTER_WIRE_PAIR_LEN, &score, &at, &expires));
+    assert_true(score == 42.5 && at == 1700000000.25 && expires == 0);
+
+    /* Not ours: each form's length with the other's format byte, lengths
+     * off by one, an unknown format byte, and the text form. Nothing is
+     * written to the outputs. */
+    score = at = expires = -1;
+    assert_false(counter_wire_value(v, COUNTER_WIRE_VALUE_LEN, &score, &at, &expires));
+    v[0] = COUNTER_WIRE_VALUE_FORMAT;
+    assert_false(counter_wire_value(v, COUNTER_WIRE_PAIR_LEN, &score, &at, &expires));
+    assert_false(counter_wire_value(v, COUNTER_WIRE_VALUE_LEN - 1, &score, &at, &expires));
+    assert_false(counter_wire_value(v, COUNTER_WIRE_VALUE_LEN + 1, &score, &at, &expires));
+    v[0] = 3;
+    assert_false(counter_wire_value(v, COUNTER_WIRE_VALUE_LEN, &score, &at, &expires));
     const char *text = "42.5 1700000000.25";
-    assert_false(counter_wire_pair(text, strlen(text), &score, &at));
-    assert_false(counter_wire_pair(text, COUNTER_WIRE_PAIR_LEN, &score, &at));
-    assert_true(score == -1 && at == -1);
+    assert_false(counter_wire_value(text, strlen(text), &score, &at, &expires));
+    assert_false(counter_wire_value(text, COUNTER_WIRE_PAIR_LEN, &score, &at, &expires));
+    assert_true(score == -1 && at == -1 && expires == -1);
 }
 
 int main(void)
@@ -80,7 +91,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_counter_wire_vectors),
         cmocka_unit_test(test_counter_wire_round_trip),
-        cmocka_unit_test(test_counter_wire_pair),
+        cmocka_unit_test(test_counter_wire_value),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
