@@ -420,7 +420,8 @@ static int redis_cmd_send(struct store *st, struct redis_cmd *c)
  * uv_prepare just before the loop polls (and written there), still in
  * the loop turn that read them, so a lone request waits no longer than
  * if it had been written at once. While a batch is out, the next one
- * gathers until its reply (REDIS_BATCH_MAX_OUT). The script applies the
+ * gathers until its reply (REDIS_BATCH_MAX_OUT), and goes out as soon as
+ * that reply is read, before its requests are answered. The script applies the
  * updates in order, so a key shared by two requests of a batch is
  * counted as if they had come one after the other.
  */
@@ -855,6 +856,11 @@ static void redis_on_batch_reply(struct respconn *rc, const redisReply *reply, v
     }
     st->in_flight -= b->ncmds;
     st->batches_out--;
+    /* The batch gathered meanwhile goes out before this one's requests
+     * are answered: Redis runs it while we write the answers, rather
+     * than wait idle through them and the rest of this loop turn. */
+    if (reply && st->pending && !st->closing && st->batches_out < REDIS_BATCH_MAX_OUT)
+        redis_batch_flush(st);
 
     if (!reply) {
         /* Connection gone: logged by redis_conn_down. */
