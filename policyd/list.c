@@ -4,14 +4,20 @@
  *
  * A list_data holds three things:
  *   - nets: a cidr_set of every entry cidr_parse() accepts;
- *   - exact: a hash set of the other entries, lower-cased (addresses,
- *     domains, plain strings);
+ *   - addrs: a hash set of the mail addresses (entries with an '@'),
+ *     lower-cased;
+ *   - names: a hash set of the other entries (domains, plain strings),
+ *     lower-cased;
  *   - below: a hash set of the domains written ".example.com", stored
  *     without the dot; they match strict subdomains only.
- * Matching a domain value looks it up in exact, then walks its parent
+ * Matching a domain value looks it up in names, then walks its parent
  * domains ("a.b.example.com" -> "b.example.com" -> "example.com" ->
- * "com") and looks each up in below (and in exact if the list has
- * subdomains=true): one probe per label, no allocation.
+ * "com") and looks each up in below (and in names if the list has
+ * subdomains=true): one probe per label, no allocation. A mail address
+ * is looked up whole in addrs and its domain as above. Addresses and
+ * names are kept apart because neither can match the other's lookups,
+ * and a list of one kind (honeypot addresses, freemail domains) then
+ * skips the other kind's lookups at the cost of a count test.
  *
  * The hash sets are open addressing with linear probing over one string
  * pool (one allocation for all the text, not one per entry), kept at
@@ -57,7 +63,8 @@ struct list_strset {
 
 struct list_data {
     struct cidr_set *nets;      /* network entries */
-    struct list_strset exact;   /* addresses, domains, strings, lower-case */
+    struct list_strset addrs;   /* mail addresses, lower-case */
+    struct list_strset names;   /* domains and other strings, lower-case */
     struct list_strset below;   /* ".example.com" entries, without the dot */
     size_t count;               /* entries added (duplicates included) */
 };
@@ -279,7 +286,7 @@ int list_data_add(struct list_data *d, const char *entry, size_t len, const char
             *why = "address without a domain";
             return -EINVAL;
         }
-        list_strset_add(&d->exact, buf, len);
+        list_strset_add(&d->addrs, buf, len);
     } else if (buf[0] == '.') {
         if (len == 1 || buf[1] == '.') {
             *why = "bad domain";
@@ -287,7 +294,7 @@ int list_data_add(struct list_data *d, const char *entry, size_t len, const char
         }
         list_strset_add(&d->below, buf + 1, len - 1);
     } else {
-        list_strset_add(&d->exact, buf, len);
+        list_strset_add(&d->names, buf, len);
     }
     d->count++;
     return 0;
@@ -303,7 +310,8 @@ void list_data_free(struct list_data *d)
     if (!d)
         return;
     cidr_set_free(d->nets);
-    list_strset_fini(&d->exact);
+    list_strset_fini(&d->addrs);
+    list_strset_fini(&d->names);
     list_strset_fini(&d->below);
     free(d);
 }
@@ -467,9 +475,9 @@ static bool list_match_domain(const struct list *l, const char *dom, size_t len)
 {
     const struct list_data *d = l->data;
 
-    if (len == 0)
+    if (len == 0 || (d->names.used == 0 && d->below.used == 0))
         return false;
-    if (list_strset_has(&d->exact, dom, len))
+    if (list_strset_has(&d->names, dom, len))
         return true;
     for (size_t i = 0; i < len; i++) {
         if (dom[i] != '.' || i + 1 >= len)
@@ -479,7 +487,7 @@ static bool list_match_domain(const struct list *l, const char *dom, size_t len)
 
         if (list_strset_has(&d->below, parent, plen))
             return true;
-        if (l->subdomains && list_strset_has(&d->exact, parent, plen))
+        if (l->subdomains && list_strset_has(&d->names, parent, plen))
             return true;
     }
     return false;
@@ -502,12 +510,12 @@ bool list_match(const struct list *l, const char *value, size_t len)
         /* An address has no parent domains: "10.1.2.3" must not match
          * a string entry "3" of a subdomains=true list. */
         return cidr_set_contains(l->data->nets, &ip) ||
-               list_strset_has(&l->data->exact, buf, len);
+               list_strset_has(&l->data->names, buf, len);
     }
     if (at) {
         size_t dlen = len - (size_t)(at - buf) - 1;
 
-        return list_strset_has(&l->data->exact, buf, len) ||
+        return list_strset_has(&l->data->addrs, buf, len) ||
                list_match_domain(l, at + 1, dlen);
     }
     return list_match_domain(l, buf, len);
@@ -524,7 +532,7 @@ bool list_match_addr(const struct list *l, const char *value, size_t len,
         return false;
     if (cidr_set_contains(l->data->nets, ip))
         return true;
-    return list_lower(value, len, buf) && list_strset_has(&l->data->exact, buf, len);
+    return list_lower(value, len, buf) && list_strset_has(&l->data->names, buf, len);
 }
 
 void list_free(struct list *l)

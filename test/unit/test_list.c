@@ -202,6 +202,44 @@ static void test_list_match_subdomains(void **state)
     list_free(&l);
 }
 
+/* Lists of one kind of entry skip the other kind's lookups (addresses
+ * and names are kept apart): the answers stay those of a mixed list. */
+static void test_list_match_one_kind(void **state)
+{
+    (void)state;
+    static const char *const addrs[] = {"trap@honeypot.example", "Spam@Trap.Example"};
+    static const struct match_case addr_cases[] = {
+        {"trap@honeypot.example", true},
+        {"TRAP@Honeypot.Example", true},
+        {"spam@trap.example", true},
+        {"honeypot.example", false},        /* the domain of an address entry */
+        {"other@honeypot.example", false},
+        {"trap@a.honeypot.example", false},
+        {"trap", false},
+        {"192.0.2.1", false},
+    };
+    static const char *const names[] = {"gmail.example", ".sub.example", "42"};
+    static const struct match_case name_cases[] = {
+        {"gmail.example", true},
+        {"user@gmail.example", true},
+        {"user@a.gmail.example", true},     /* subdomains=true */
+        {"a.sub.example", true},
+        {"user@a.sub.example", true},
+        {"sub.example", false},
+        {"42", true},
+        {"10.0.0.42", false},               /* an address has no parent domains */
+        {"gmail.example@x.example", false},
+    };
+    struct list l;
+
+    list_inline(&l, addrs, sizeof addrs / sizeof addrs[0], true);
+    check_matches(&l, "addresses only", addr_cases, sizeof addr_cases / sizeof addr_cases[0]);
+    list_free(&l);
+    list_inline(&l, names, sizeof names / sizeof names[0], true);
+    check_matches(&l, "names only", name_cases, sizeof name_cases / sizeof name_cases[0]);
+    list_free(&l);
+}
+
 static void test_list_match_long_value(void **state)
 {
     (void)state;
@@ -621,6 +659,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_list_match),
         cmocka_unit_test(test_list_match_subdomains),
+        cmocka_unit_test(test_list_match_one_kind),
         cmocka_unit_test(test_list_match_long_value),
         cmocka_unit_test(test_list_match_ip),
         cmocka_unit_test(test_list_match_ip_text),
