@@ -383,8 +383,6 @@ static void test_store_redis_script_vectors(void **state)
         fail_msg("decay.tsv: got %lu rows, want at least 20", rows);
 }
 
-/* The script with now = "" takes TIME; it also must refuse bad input
- * without writing. */
 /* script_points - one update of key at now by the script, its new score. */
 static double script_points(redisContext *c, const char *sha, const char *key, double now,
                             double points)
@@ -465,6 +463,8 @@ static void test_store_redis_script_expiry_kept(void **state)
     redisFree(c);
 }
 
+/* The script with now = "" takes TIME; it also must refuse bad input
+ * without writing. */
 static void test_store_redis_script_time_and_bad_args(void **state)
 {
     redisContext *c = sync_connect();
