@@ -488,6 +488,42 @@ static void test_request_number(void **state)
     request_fini(&req);
 }
 
+/* ascii_lower against the byte-wise rule on every byte value, at every
+ * length and offset around the 8-byte steps, in place and copied. */
+static void test_request_ascii_lower(void **state)
+{
+    unsigned char src[64], dst[64], want[64];
+    uint64_t x = 0x9e3779b97f4a7c15ULL;
+
+    (void)state;
+    for (int round = 0; round < 2000; round++) {
+        for (size_t i = 0; i < sizeof src; i++) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            /* Half the bytes near the letters' edges ('@' 'A' 'Z' '['
+             * '`' 'a' 'z' '{' and their top-bit twins), half anything. */
+            static const unsigned char edge[] = {0x40, 0x41, 0x5a, 0x5b, 0x60, 0x61, 0x7a, 0x7b,
+                                                 0xc0, 0xc1, 0xda, 0xdb, 0x00, 0x7f, 0x80, 0xff};
+            src[i] = (x & 1) ? edge[(x >> 8) % sizeof edge] : (unsigned char)(x >> 16);
+        }
+        size_t off = (size_t)(round % 8), n = (size_t)(round % 50);
+        for (size_t i = 0; i < n; i++) {
+            unsigned char ch = src[off + i];
+            want[i] = (unsigned char)(ch >= 'A' && ch <= 'Z' ? ch + 32 : ch);
+        }
+        memset(dst, 0xee, sizeof dst);
+        ascii_lower((char *)dst, (const char *)src + off, n);
+        assert_memory_equal(dst, want, n);
+        assert_int_equal(dst[n], 0xee);     /* nothing written past n */
+        ascii_lower((char *)src + off, (const char *)src + off, n);
+        assert_memory_equal(src + off, want, n);
+    }
+    char s[] = "User@Example.COM-ÄÖ-[Z]`A`";
+    ascii_lower(s, s, strlen(s));
+    assert_string_equal(s, "user@example.com-ÄÖ-[z]`a`");
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -506,6 +542,7 @@ int main(void)
         cmocka_unit_test(test_request_client_prefix),
         cmocka_unit_test(test_request_client_ip_follows_set),
         cmocka_unit_test(test_request_number),
+        cmocka_unit_test(test_request_ascii_lower),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -181,6 +181,21 @@ static void test_rules_conditions(void **state)
     set(&req, ATTR_RECIPIENT, "alice@customer.example");
     rules_eval_points(cfg->rules, &req, &ev);
     assert_update(&ev, "ip", "ip:192.0.2.1", 8);
+    /* Only letters fold: '@' and '`' differ by the same bit as 'A' and
+     * 'a', and are not the same character. */
+    rcpt_request(&req, "192.0.2.1", NULL);
+    set(&req, ATTR_RECIPIENT, "alice`customer.example");
+    rules_eval_points(cfg->rules, &req, &ev);
+    assert_update(&ev, "ip", "ip:192.0.2.1", 1);
+    /* protocol_state compares folded too: "Rcpt" is RCPT, "RCPU" is not. */
+    rcpt_request(&req, "192.0.2.1", NULL);
+    set(&req, ATTR_PROTOCOL_STATE, "Rcpt");
+    rules_eval_points(cfg->rules, &req, &ev);
+    assert_update(&ev, "ip", "ip:192.0.2.1", 1);
+    rcpt_request(&req, "192.0.2.1", NULL);
+    set(&req, ATTR_PROTOCOL_STATE, "RCPU");
+    rules_eval_points(cfg->rules, &req, &ev);
+    assert_update(&ev, "ip", "ip:192.0.2.1", 0);   /* read by the actions only */
 
     /* Null sender: present and empty. */
     rcpt_request(&req, "192.0.2.1", "carol");
