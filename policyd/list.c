@@ -2,7 +2,7 @@
  * list - operator lists of networks, domains, addresses and strings.
  * See list.h.
  *
- * A list_data holds three things:
+ * A list_data holds four things:
  *   - nets: a cidr_set of every entry cidr_parse() accepts;
  *   - addrs: a hash set of the mail addresses (entries with an '@'),
  *     lower-cased;

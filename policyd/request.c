@@ -327,10 +327,11 @@ char *arena_strndup(struct arena *ar, const char *s, size_t len)
     return p;
 }
 
-/* Eight bytes at a time: in each byte, the sums below carry into its top
- * bit exactly when its low seven bits are at least 'A' (0x41 + 0x3f) and
- * more than 'Z' (0x5b + 0x25), and never into the next byte; a byte of
- * A-Z (top bit clear) gets 0x20 from its marker bit shifted down. The
+/* Eight bytes at a time. For each byte's low seven bits, adding 0x3f
+ * reaches its top bit when they are 'A' (0x41) or more, and adding 0x25
+ * when they are past 'Z' (0x5b or more); neither sum carries into the
+ * next byte. A byte of A-Z (and top bit clear) keeps the first mark and
+ * not the second, and that mark shifted down two is its 0x20. The
  * counter keys fold a SASL user or a sender's domain per counter, and a
  * byte-wise loop cost ~7 instructions a byte. */
 #define ASCII_LOWER_HI 0x8080808080808080ULL
