@@ -156,4 +156,8 @@ extern double (*store_memory_clock)(void);
  * they expired (since open); for metrics and tests. Memory backend only. */
 void store_memory_stats(const struct store *st, size_t *keys, unsigned long long *evictions);
 
+/* store_memory_buckets - the size of the bucket array the keys are in,
+ * or are being moved to (it follows the keys held); for tests. */
+size_t store_memory_buckets(const struct store *st);
+
 #endif

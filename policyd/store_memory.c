@@ -4,10 +4,18 @@
  * How it works:
  * - A chained hash of key -> {score, updated_at, expires_at}. Each entry
  *   is ONE allocation with the key bytes inline after the doubles (about
- *   40 bytes plus the key), and the bucket array (8 bytes a bucket, plus
- *   4 for the sweep's due second) is sized for the key cap at open, so a
- *   million keys cost under 100 bytes each, all included, and a lookup
- *   never waits for a rehash.
+ *   40 bytes plus the key); a bucket costs 8 bytes, plus 4 for the
+ *   sweep's due second, so a million keys cost under 100 bytes each, all
+ *   included.
+ * - The bucket array follows the keys held: it doubles when there are
+ *   more keys than buckets (up to the cap's size) and halves when fewer
+ *   than an eighth are used. Its size is the point: every lookup reads
+ *   one bucket at random, and an array sized for the million-key cap
+ *   (8 MB) made that read a cache and TLB miss on every key of every
+ *   request, the largest single cost of the memory path. A resize is
+ *   incremental, as Redis's is: the new array is filled a few buckets
+ *   per apply, a key lives in the old array until its bucket has moved,
+ *   and no apply waits for a whole rehash.
  * - The hash is SipHash-1-3 with a random key: counter keys come from
  *   peers (addresses, senders), and a fixed hash would let them pile
  *   every key into one chain.
@@ -61,12 +69,19 @@
 #include "xalloc.h"
 
 #define MEM_DEFAULT_MAX_KEYS 1000000
-#define MEM_SWEEP_BUCKETS 32    /* buckets looked at per apply */
+#define MEM_SWEEP_BUCKETS 32    /* buckets looked at to make room at the cap */
+#define MEM_SWEEP_BASE 8        /* buckets looked at per apply */
+#define MEM_SWEEP_PER_NEW 8     /* more per key created since the last apply */
+#define MEM_SWEEP_MAX 256       /* buckets looked at per apply, at most */
+#define MEM_MOVE_BUCKETS 32     /* buckets moved per apply while resizing */
+#define MEM_MOVE_ENTRIES 64     /* entries moved per apply, at most */
+#define MEM_BUCKETS_MIN 1024    /* the array never shrinks below this (8 kB) */
 #define MEM_SWEEP_ENTRIES 64    /* entries looked at per apply, at most */
 #define MEM_EVICT_SAMPLE 5      /* entries compared to pick a victim */
 #define MEM_EVICT_PROBES 64     /* buckets tried to fill the sample */
 #define MEM_KEY_MAX 0xffffu     /* bytes; longer keys are refused */
 #define MEM_BUCKETS_MAX ((size_t)1 << 26) /* 512 MB of chains; past it chains grow */
+/* (e->hash keeps 32 bits of the hash: enough for any array up to MEM_BUCKETS_MAX.) */
 #define MEM_TOP_MAX 0xfffeu     /* entries in the top pool at most (top_slot is 16 bits) */
 
 struct mem_entry {
@@ -108,6 +123,13 @@ struct mem_done {
     double scores[STORE_MAX_UPDATES]; /* points */
 };
 
+/* A bucket array and its chains' due seconds. */
+struct mem_table {
+    struct mem_entry **buckets; /* chains; NULL = no table */
+    uint32_t *due;              /* per chain: at most the whole second its first entry expires */
+    size_t n;                   /* buckets, a power of two */
+};
+
 struct store {
     struct store_base base;     /* must come first */
     uv_loop_t *loop;            /* not owned */
@@ -115,12 +137,15 @@ struct store {
     uv_idle_t idle;             /* keeps poll from blocking while some are queued */
     int handles_open;           /* handles not yet closed */
     bool closing;               /* close() was called */
-    struct mem_entry **buckets; /* chains */
-    uint32_t *bucket_due;       /* per chain: at most the whole second its first entry expires */
-    size_t nbuckets;            /* a power of two */
+    struct mem_table tab;       /* the table; while resizing, the one being emptied */
+    struct mem_table next;      /* while resizing, the one being filled; else empty */
+    size_t move_cursor;         /* while resizing: tab's buckets below it have moved */
+    size_t min_buckets;         /* the array's size at open, and at least after a shrink */
+    size_t max_buckets;         /* the array's size at the cap, at most */
     size_t count;               /* entries held */
     size_t max_keys;            /* cap on count */
     size_t sweep_cursor;        /* next bucket the sweep looks at */
+    size_t created;             /* keys created since the last sweep step */
     unsigned long long evictions; /* entries dropped by the cap before they expired */
     uint64_t sip_k0, sip_k1;    /* hash key */
     uint64_t rng;               /* xorshift state for eviction samples */
@@ -207,11 +232,27 @@ static uint64_t mem_random(struct store *st)
     return x;
 }
 
+/* mem_chain - the table and bucket that hold (or would hold) a key of
+ * hash h: while resizing, the new table once h's old bucket has moved. */
+static struct mem_table *mem_chain(struct store *st, uint64_t h, size_t *b)
+{
+    size_t old = h & (st->tab.n - 1);
+
+    if (st->next.buckets && old < st->move_cursor) {
+        *b = h & (st->next.n - 1);
+        return &st->next;
+    }
+    *b = old;
+    return &st->tab;
+}
+
 /* mem_find - the entry for key and the link that points to it, or NULL. */
 static struct mem_entry *mem_find(struct store *st, const char *key, size_t len, uint64_t h,
                                   struct mem_entry ***linkp)
 {
-    struct mem_entry **link = &st->buckets[h & (st->nbuckets - 1)];
+    size_t b;
+    struct mem_table *t = mem_chain(st, h, &b);
+    struct mem_entry **link = &t->buckets[b];
 
     for (struct mem_entry *e = *link; e; link = &e->next, e = e->next)
         if (e->hash == (uint32_t)h && e->key_len == len && memcmp(e->key, key, len) == 0) {
@@ -332,13 +373,73 @@ static uint32_t mem_due(double expires_at)
     return expires_at >= (double)UINT32_MAX ? UINT32_MAX - 1 : (uint32_t)expires_at;
 }
 
-/* mem_due_lower - an entry of bucket b now expires at expires_at: keep
- * bucket_due[b] at or below every entry's second. */
-static void mem_due_lower(struct store *st, size_t b, double expires_at)
+/* mem_due_lower - an entry of t's bucket b now expires at expires_at:
+ * keep t->due[b] at or below every entry's second. */
+static void mem_due_lower(struct mem_table *t, size_t b, double expires_at)
 {
     uint32_t due = mem_due(expires_at);
-    if (due < st->bucket_due[b])
-        st->bucket_due[b] = due;
+    if (due < t->due[b])
+        t->due[b] = due;
+}
+
+/* mem_table_alloc - n empty buckets; an empty chain has nothing due. */
+static void mem_table_alloc(struct mem_table *t, size_t n)
+{
+    t->n = n;
+    t->buckets = xcalloc(n, sizeof *t->buckets);
+    t->due = xmalloc(n * sizeof *t->due);
+    memset(t->due, 0xff, n * sizeof *t->due);
+}
+
+static void mem_table_free(struct mem_table *t)
+{
+    free(t->buckets);
+    free(t->due);
+    *t = (struct mem_table){0};
+}
+
+/* mem_resize_start - begin moving every key to an array of n buckets. */
+static void mem_resize_start(struct store *st, size_t n)
+{
+    mem_table_alloc(&st->next, n);
+    st->move_cursor = 0;
+}
+
+/*
+ * mem_resize_step - move a bounded stretch of the old array's chains to
+ * the new one (expired entries are freed on the way: while resizing,
+ * this is the sweep); the last step frees the old array.
+ */
+static void mem_resize_step(struct store *st, double now)
+{
+    struct mem_table *to = &st->next;
+    size_t moved = 0;
+
+    for (size_t k = 0; k < MEM_MOVE_BUCKETS && st->move_cursor < st->tab.n; k++) {
+        struct mem_entry **link = &st->tab.buckets[st->move_cursor];
+        while (*link && moved < MEM_MOVE_ENTRIES) {
+            struct mem_entry *e = *link;
+            moved++;
+            if (e->expires_at <= now) {
+                mem_unlink_free(st, link);
+                continue;
+            }
+            size_t b = e->hash & (to->n - 1);
+            *link = e->next;
+            e->next = to->buckets[b];
+            to->buckets[b] = e;
+            mem_due_lower(to, b, e->expires_at);
+        }
+        if (*link)
+            return; /* the rest of this chain next time */
+        st->move_cursor++;
+    }
+    if (st->move_cursor == st->tab.n) {
+        mem_table_free(&st->tab);
+        st->tab = *to;
+        *to = (struct mem_table){0};
+        st->sweep_cursor = 0;
+    }
 }
 
 /*
@@ -351,14 +452,15 @@ static void mem_due_lower(struct store *st, size_t b, double expires_at)
  */
 static void mem_sweep(struct store *st, double now, size_t max_buckets)
 {
-    struct mem_entry **buckets = st->buckets;
-    size_t mask = st->nbuckets - 1, cur = st->sweep_cursor, looked = 0;
+    struct mem_entry **buckets = st->tab.buckets;
+    uint32_t *bucket_due = st->tab.due;
+    size_t mask = st->tab.n - 1, cur = st->sweep_cursor, looked = 0;
 
     if (st->count == 0)
         return;
     for (size_t b = 0; b < max_buckets; b++) {
         struct mem_entry **link = &buckets[cur];
-        if (*link && (double)st->bucket_due[cur] <= now) {
+        if (*link && (double)bucket_due[cur] <= now) {
             uint32_t due = UINT32_MAX;
             while (*link && looked < MEM_SWEEP_ENTRIES) {
                 looked++;
@@ -375,11 +477,34 @@ static void mem_sweep(struct store *st, double now, size_t max_buckets)
              * time; its due second stays where it was (in the past). */
             if (*link)
                 break;
-            st->bucket_due[cur] = due;
+            bucket_due[cur] = due;
         }
         cur = (cur + 1) & mask;
     }
     st->sweep_cursor = cur;
+}
+
+/*
+ * mem_housekeep - once per apply: a resize step while resizing, else a
+ * sweep step, then a shrink if the array is 8 times the keys held.
+ * The sweep looks at 8 more buckets for every key created since the last
+ * step, so it goes round an array of n buckets before n/8 keys are
+ * created: the expired keys still waiting for it stay under an eighth of
+ * the array and cannot make it grow. With no new keys it looks at 8 a
+ * step (it was 32 for any apply): still round a 32,768-bucket array
+ * every 4,096 applies, and a quarter of the sequential reads.
+ */
+static void mem_housekeep(struct store *st, double now)
+{
+    if (st->next.buckets) {
+        mem_resize_step(st, now);
+        return;
+    }
+    size_t budget = MEM_SWEEP_BASE + MEM_SWEEP_PER_NEW * st->created;
+    st->created = 0;
+    mem_sweep(st, now, budget < MEM_SWEEP_MAX ? budget : MEM_SWEEP_MAX);
+    if (st->tab.n > st->min_buckets && st->count < st->tab.n / 8)
+        mem_resize_start(st, st->tab.n / 2);
 }
 
 /* mem_evict - make room for one key: drop the entry expiring first among
@@ -390,8 +515,9 @@ static void mem_evict(struct store *st, double now)
     size_t seen = 0;
 
     for (int probe = 0; probe < MEM_EVICT_PROBES && seen < MEM_EVICT_SAMPLE; probe++) {
-        size_t b = (size_t)mem_random(st) & (st->nbuckets - 1);
-        for (struct mem_entry **link = &st->buckets[b]; *link && seen < MEM_EVICT_SAMPLE;
+        size_t b;
+        struct mem_table *t = mem_chain(st, mem_random(st), &b);
+        for (struct mem_entry **link = &t->buckets[b]; *link && seen < MEM_EVICT_SAMPLE;
              link = &(*link)->next) {
             seen++;
             if (!victim || (*link)->expires_at < (*victim)->expires_at)
@@ -401,9 +527,10 @@ static void mem_evict(struct store *st, double now)
     if (!victim) {
         /* Every probe hit an empty bucket: with the table at least as
          * big as the cap that takes bad luck; walk to the next entry. */
-        for (size_t b = 0; b < st->nbuckets && !victim; b++)
-            if (st->buckets[b])
-                victim = &st->buckets[b];
+        for (struct mem_table *t = &st->tab; t && !victim; t = t == &st->tab ? &st->next : NULL)
+            for (size_t b = 0; b < t->n && !victim; b++)
+                if (t->buckets[b])
+                    victim = &t->buckets[b];
         if (!victim)
             return;
     }
@@ -426,6 +553,8 @@ static double mem_update(struct store *st, const struct store_update *u, double 
     uint64_t h = mem_siphash(st, u->key, u->key_len);
     struct mem_entry **link;
     struct mem_entry *e = mem_find(st, u->key, u->key_len, h, &link);
+    size_t b;
+    struct mem_table *t = mem_chain(st, h, &b);
     double score;
 
     if (e && e->expires_at <= now) {
@@ -433,11 +562,11 @@ static double mem_update(struct store *st, const struct store_update *u, double 
         mem_unlink_free(st, link);
         e = NULL;
     }
-    if (e && link != &st->buckets[h & (st->nbuckets - 1)]) {
+    if (e && link != &t->buckets[b]) {
         /* Move to front: a key that is asked for again is found first
          * next time, so a lookup of a busy key does not touch the other
          * (likely cold) entries of its chain. */
-        struct mem_entry **head = &st->buckets[h & (st->nbuckets - 1)];
+        struct mem_entry **head = &t->buckets[b];
         *link = e->next;
         e->next = *head;
         *head = e;
@@ -456,11 +585,12 @@ static double mem_update(struct store *st, const struct store_update *u, double 
     } else {
         score = decay_apply(&u->decay, 0, 0, u->points);
         if (st->count >= st->max_keys) {
-            mem_sweep(st, now, MEM_SWEEP_BUCKETS);
+            if (!st->next.buckets)
+                mem_sweep(st, now, MEM_SWEEP_BUCKETS);
             while (st->count >= st->max_keys)
                 mem_evict(st, now);
             /* Eviction may have unlinked entries of our chain. */
-            link = &st->buckets[h & (st->nbuckets - 1)];
+            link = &t->buckets[b];
         }
         e = xmalloc(sizeof *e + u->key_len);
         e->hash = (uint32_t)h;
@@ -471,6 +601,9 @@ static double mem_update(struct store *st, const struct store_update *u, double 
         e->next = *link;
         *link = e;
         st->count++;
+        st->created++;
+        if (st->count > st->tab.n && st->tab.n < st->max_buckets && !st->next.buckets)
+            mem_resize_start(st, st->tab.n * 2); /* e stays where it is until its bucket moves */
     }
     e->score = score;
     e->updated_at = now;
@@ -479,7 +612,7 @@ static double mem_update(struct store *st, const struct store_update *u, double 
      * earlier than before (a new entry, negative points): a score raised
      * lives longer, and skipping the due array spares a cache line. */
     if (expires_at < e->expires_at)
-        mem_due_lower(st, h & (st->nbuckets - 1), expires_at);
+        mem_due_lower(t, b, expires_at);
     e->expires_at = expires_at;
     mem_top_offer(st, e);
     return score;
@@ -589,13 +722,12 @@ static int mem_open(struct store **out, const struct store_config *cfg, uv_loop_
     st->base.ops = &store_memory_ops;
     st->loop = loop;
     st->max_keys = cfg->memory_max_keys ? cfg->memory_max_keys : MEM_DEFAULT_MAX_KEYS;
-    /* Load factor at most 1 at the cap, and no rehash ever: see the top.
-     * XXX: the bucket array is allocated for the cap up front (8 bytes per
-     * allowed key; calloc'd pages cost memory only once touched). An
-     * incremental rehash would let it follow the keys instead. */
-    st->nbuckets = 16;
-    while (st->nbuckets < st->max_keys && st->nbuckets < MEM_BUCKETS_MAX)
-        st->nbuckets <<= 1;
+    /* Load factor at most 1 at the cap; below it the array follows the
+     * keys held (see the top). */
+    st->max_buckets = 16;
+    while (st->max_buckets < st->max_keys && st->max_buckets < MEM_BUCKETS_MAX)
+        st->max_buckets <<= 1;
+    st->min_buckets = st->max_buckets < MEM_BUCKETS_MIN ? st->max_buckets : MEM_BUCKETS_MIN;
     rc = uv_random(NULL, NULL, seed, sizeof seed, 0, NULL);
     if (rc < 0) {
         snprintf(err, errlen, "memory store: no random seed: %s", uv_strerror(rc));
@@ -605,9 +737,7 @@ static int mem_open(struct store **out, const struct store_config *cfg, uv_loop_
     st->sip_k0 = seed[0];
     st->sip_k1 = seed[1];
     st->rng = seed[2] | 1;
-    st->buckets = xcalloc(st->nbuckets, sizeof *st->buckets);
-    /* All 0: every chain is looked at once, then gets its due second. */
-    st->bucket_due = xcalloc(st->nbuckets, sizeof *st->bucket_due);
+    mem_table_alloc(&st->tab, st->min_buckets);
     if (cfg->top_floor > 0 && cfg->top_size > 0) {
         size_t cap = (size_t)cfg->top_size * STORE_TOP_POOL_FACTOR;
         st->top_cap = cap > MEM_TOP_MAX ? MEM_TOP_MAX : cap;
@@ -646,7 +776,7 @@ static void mem_apply(struct store *st, const struct store_update *u, size_t n, 
                 d->status = STORE_TEMPFAIL;
             }
         if (d->status == STORE_OK) {
-            mem_sweep(st, now, MEM_SWEEP_BUCKETS);
+            mem_housekeep(st, now);
             for (size_t i = 0; i < n; i++)
                 d->scores[i] = mem_update(st, &u[i], now);
             d->n = n;
@@ -765,11 +895,12 @@ static bool mem_is_up(const struct store *st)
 /* mem_free - everything, once the handles are closed and the queue ran. */
 static void mem_free(struct store *st)
 {
-    for (size_t b = 0; b < st->nbuckets; b++)
-        while (st->buckets[b])
-            mem_unlink_free(st, &st->buckets[b]);
-    free(st->buckets);
-    free(st->bucket_due);
+    for (struct mem_table *t = &st->tab; t; t = t == &st->tab ? &st->next : NULL) {
+        for (size_t b = 0; b < t->n; b++)
+            while (t->buckets[b])
+                mem_unlink_free(st, &t->buckets[b]);
+        mem_table_free(t);
+    }
     free(st->top);
     while (st->free_slots) {
         struct mem_done *d = st->free_slots;
@@ -807,6 +938,11 @@ void store_memory_stats(const struct store *st, size_t *keys, unsigned long long
         *keys = st->count;
     if (evictions)
         *evictions = st->evictions;
+}
+
+size_t store_memory_buckets(const struct store *st)
+{
+    return st->next.buckets ? st->next.n : st->tab.n;
 }
 
 const struct store_ops store_memory_ops = {

@@ -116,6 +116,15 @@ static size_t keys_held(struct fixture *f)
     return keys;
 }
 
+/* sweep_round - reads of a missing key (they create nothing) until the
+ * sweep, 8 buckets a read then, has gone round the whole array. */
+static void sweep_round(struct fixture *f, struct decay d)
+{
+    size_t reads = store_memory_buckets(f->st) / 8 + 1;
+    for (size_t i = 0; i < reads; i++)
+        apply_one(f, upd("sweep", d.kind, d.param, 0));
+}
+
 static void test_store_memory_decay_matches_decay_apply(void **state)
 {
     static const struct {
@@ -210,7 +219,7 @@ static void test_store_memory_expiry_frees_keys(void **state)
     char key[32];
 
     (void)state;
-    fixture_open(&f, 8); /* 16 buckets: one sweep step covers the table */
+    fixture_open(&f, 8);
     for (int i = 0; i < 6; i++) {
         snprintf(key, sizeof key, "k%d", i);
         apply_one(&f, upd(key, hl.kind, hl.param, 1 + i));
@@ -219,13 +228,13 @@ static void test_store_memory_expiry_frees_keys(void **state)
     /* k0 (1 point) lives decay_ttl(1) seconds, k5 (6 points) longest. */
     double ttl0 = decay_ttl(&hl, 1), ttl5 = decay_ttl(&hl, 6);
     fake_now += ttl0 - 0.5;
-    apply_one(&f, upd("other", hl.kind, hl.param, 0));
+    sweep_round(&f, hl);
     assert_int_equal(keys_held(&f), 6);
     fake_now += 1;
-    apply_one(&f, upd("other", hl.kind, hl.param, 0));
+    sweep_round(&f, hl);
     assert_int_equal(keys_held(&f), 5);
     fake_now += ttl5 - ttl0;
-    apply_one(&f, upd("other", hl.kind, hl.param, 0));
+    sweep_round(&f, hl);
     assert_int_equal(keys_held(&f), 0);
     /* An expired key reads as missing, even before a sweep reached it. */
     apply_one(&f, upd("again", hl.kind, hl.param, 2));
@@ -245,27 +254,107 @@ static void test_store_memory_sweep_sees_later_keys(void **state)
     char key[32];
 
     (void)state;
-    fixture_open(&f, 32); /* 32 buckets: one sweep step covers the table */
+    fixture_open(&f, 32);
     for (int i = 0; i < 10; i++) {
         snprintf(key, sizeof key, "long%d", i);
         apply_one(&f, upd(key, hl.kind, hl.param, 1e6));
     }
     fake_now += 1;
-    apply_one(&f, upd("other", hl.kind, hl.param, 0)); /* every chain swept: due seconds set */
+    sweep_round(&f, hl); /* every chain swept: due seconds set */
     for (int i = 0; i < 10; i++) {
         snprintf(key, sizeof key, "short%d", i);
         apply_one(&f, upd(key, hl.kind, hl.param, 1));
     }
     assert_int_equal(keys_held(&f), 20);
     fake_now += decay_ttl(&hl, 1) + 1;
-    apply_one(&f, upd("other", hl.kind, hl.param, 0));
+    sweep_round(&f, hl);
     assert_int_equal(keys_held(&f), 10);
     /* Negative points bring an expiry forward in a swept chain too. */
     double left = apply_one(&f, upd("long0", hl.kind, hl.param, 0));
     assert_true(apply_one(&f, upd("long0", hl.kind, hl.param, 1 - left)) == 1);
     fake_now += decay_ttl(&hl, 1) + 1;
-    apply_one(&f, upd("other", hl.kind, hl.param, 0));
+    sweep_round(&f, hl);
     assert_int_equal(keys_held(&f), 9);
+    fixture_close(&f);
+}
+
+/* The bucket array follows the keys: it doubles past one key a bucket,
+ * every key reads right while the keys move (before, during and after),
+ * and it halves back to its first size once most of them expired. */
+static void test_store_memory_array_follows_keys(void **state)
+{
+    struct fixture f;
+    char key[32];
+
+    (void)state;
+    fixture_open(&f, 100000);
+    assert_int_equal(store_memory_buckets(f.st), 1024);
+    /* Leak 1 point a second: 10-16 points live seconds, 100,000 a day. */
+#define POINTS_OF(i) ((i) < 4900 ? 10.0 + (i) % 7 : 100000.0 + (i) % 7)
+    for (int i = 0; i < 5000; i++) {
+        snprintf(key, sizeof key, "k%d", i);
+        assert_true(apply_one(&f, upd(key, DECAY_LEAK, 1, POINTS_OF(i))) == POINTS_OF(i));
+        int j = (int)(((unsigned)i * 7919u) % (unsigned)(i + 1));
+        snprintf(key, sizeof key, "k%d", j);
+        if (apply_one(&f, upd(key, DECAY_LEAK, 1, 0)) != POINTS_OF(j))
+            fail_msg("k%d read wrong after %d keys (%zu buckets)", j, i + 1,
+                     store_memory_buckets(f.st));
+    }
+    assert_int_equal(keys_held(&f), 5000);
+    assert_int_equal(store_memory_buckets(f.st), 8192);
+    for (int j = 0; j < 5000; j++) {
+        snprintf(key, sizeof key, "k%d", j);
+        assert_true(apply_one(&f, upd(key, DECAY_LEAK, 1, 0)) == POINTS_OF(j));
+    }
+
+    /* All but the last 100 expire; reads alone sweep them and shrink. */
+    fake_now += 100;
+    for (int i = 0; i < 20000 && store_memory_buckets(f.st) > 1024; i++) {
+        int j = 4900 + i % 100;
+        snprintf(key, sizeof key, "k%d", j);
+        if (apply_one(&f, upd(key, DECAY_LEAK, 1, 0)) != POINTS_OF(j) - 100)
+            fail_msg("k%d read wrong while shrinking (%zu buckets)", j,
+                     store_memory_buckets(f.st));
+    }
+    assert_int_equal(store_memory_buckets(f.st), 1024);
+    sweep_round(&f, (struct decay){DECAY_LEAK, 1}); /* the last resize step */
+    assert_int_equal(keys_held(&f), 100);
+    for (int j = 0; j < 5000; j++) {
+        snprintf(key, sizeof key, "k%d", j);
+        double want = j < 4900 ? 0 : POINTS_OF(j) - 100;
+        assert_true(apply_one(&f, upd(key, DECAY_LEAK, 1, 0)) == want);
+    }
+#undef POINTS_OF
+    fixture_close(&f);
+}
+
+/* Keys that come and go (1,000 a second, each living a second): the
+ * sweep keeps pace with the new keys, so the array is sized for the keys
+ * alive and expired keys waiting for the sweep stay under an eighth of
+ * it, however many keys have been seen. */
+static void test_store_memory_churn_stays_small(void **state)
+{
+    struct fixture f;
+
+    (void)state;
+    fixture_open(&f, 1000000);
+    for (int i = 0; i < 40000; i += 4) {
+        /* Four new keys an apply, as a request with four counters. */
+        char keys[4][32];
+        struct store_update u[4];
+        struct result r = {0};
+        for (int k = 0; k < 4; k++) {
+            snprintf(keys[k], sizeof keys[k], "c%d", i + k);
+            u[k] = upd(keys[k], DECAY_LEAK, 1, 1);
+        }
+        store_apply(f.st, u, 4, on_done, &r);
+        uv_run(&f.loop, UV_RUN_DEFAULT);
+        assert_int_equal(r.calls, 1);
+        fake_now += 0.004;
+        size_t held = keys_held(&f), buckets = store_memory_buckets(f.st);
+        if (held > 1004 + buckets / 8 + 4 || buckets > 2048)
+            fail_msg("after %d keys: %zu held in %zu buckets", i + 4, held, buckets);
+    }
     fixture_close(&f);
 }
 
@@ -617,12 +706,13 @@ static void test_store_memory_vectors(void **state)
              * dt < 0, the earlier one). */
             double t = fake_now, life = want_ttl < 1 ? 1 : want_ttl;
             assert_int_equal(keys_held(&f), 1);
+            struct decay d = {kind, param};
             fake_now = t + life - 0.25;
-            apply_one(&f, upd("sweep", kind, param, 0));
+            sweep_round(&f, d);
             if (keys_held(&f) != 1)
                 fail_msg("%s (line %lu): key gone before its ttl %.17g", field[0], lineno, life);
             fake_now = t + life + 0.25;
-            apply_one(&f, upd("sweep", kind, param, 0));
+            sweep_round(&f, d);
             if (keys_held(&f) != 0)
                 fail_msg("%s (line %lu): key still there after its ttl %.17g", field[0], lineno,
                          life);
@@ -878,6 +968,8 @@ int main(void)
         cmocka_unit_test(test_store_memory_read_drops_decayed_key),
         cmocka_unit_test(test_store_memory_expiry_frees_keys),
         cmocka_unit_test(test_store_memory_sweep_sees_later_keys),
+        cmocka_unit_test(test_store_memory_array_follows_keys),
+        cmocka_unit_test(test_store_memory_churn_stays_small),
         cmocka_unit_test(test_store_memory_cap_evicts),
         cmocka_unit_test(test_store_memory_callbacks_deferred),
         cmocka_unit_test(test_store_memory_callback_applies_again),
