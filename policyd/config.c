@@ -1263,6 +1263,7 @@ static void config_parse_counter(struct loader *ld, const char *name, yaml_node_
     if (!ok)
         return;
     c.name = xstrdup(name);
+    c.name_len = strlen(c.name);
     r->counters = xreallocarray(r->counters, r->n_counters + 1, sizeof *r->counters);
     r->counters[r->n_counters++] = c;
 }

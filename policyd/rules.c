@@ -150,7 +150,7 @@ static const char *rules_counter_key_hashed(const struct counter *c, const char 
                                             const size_t *lens, struct request *req, size_t *len)
 {
     static const char hex[] = "0123456789abcdef";
-    size_t nlen = strlen(c->name);
+    size_t nlen = c->name_len;
     unsigned char digest[SHA1_DIGEST_LEN];
     struct sha1 h;
     char chunk[64];
@@ -193,7 +193,7 @@ const char *rules_counter_key(const struct counter *c, struct request *req, size
 {
     const char *vals[RULES_MAX_KEY_PARTS];
     size_t lens[RULES_MAX_KEY_PARTS];
-    size_t nlen = strlen(c->name);
+    size_t nlen = c->name_len;
     size_t total = nlen + 1;
 
     for (unsigned i = 0; i < c->n_parts; i++) {
@@ -606,9 +606,11 @@ static void rules_cond_collect(const struct rules *r, const struct cond *c, stru
 
 size_t rules_dns_needed(const struct rules *r, struct request *req, struct eval *ev)
 {
-    rules_eval_reset(ev, r);
+    /* Without DNS questions nothing is asked and ev is not read before
+     * rules_eval_points resets it. */
     if (r->n_dnsqs == 0)
         return 0;
+    rules_eval_reset(ev, r);
     bool stopped = false;
     for (size_t i = 0; i < r->n_points && !stopped; i++) {
         const struct points_rule *pr = &r->points[i];

@@ -79,6 +79,7 @@ struct key_part {
 
 struct counter {
     char *name;
+    size_t name_len;            /* strlen(name): keys are built per request */
     struct key_part parts[RULES_MAX_KEY_PARTS];
     unsigned n_parts;
     struct decay decay;
@@ -255,7 +256,9 @@ struct eval {
 void rules_eval_reset(struct eval *ev, const struct rules *r);
 
 /* rules_dns_needed - start a request: reset ev, and mark in
- * ev->dns_need the DNS questions that can still change its answer:
+ * ev->dns_need the DNS questions that can still change its answer
+ * (rules without DNS questions return 0 at once and leave ev as it is:
+ * rules_eval_points resets it):
  * those of points rules that may match (up to a whitelist that surely
  * matches) and of action rules that may match (up to one that surely
  * matches). A request decided by its attributes alone asks nothing.

@@ -246,13 +246,12 @@ static struct mem_table *mem_chain(struct store *st, uint64_t h, size_t *b)
     return &st->tab;
 }
 
-/* mem_find - the entry for key and the link that points to it, or NULL. */
-static struct mem_entry *mem_find(struct store *st, const char *key, size_t len, uint64_t h,
-                                  struct mem_entry ***linkp)
+/* mem_find_in - the entry for key in the chain at head and the link
+ * that points to it, or NULL. */
+static struct mem_entry *mem_find_in(struct mem_entry **head, const char *key, size_t len,
+                                     uint64_t h, struct mem_entry ***linkp)
 {
-    size_t b;
-    struct mem_table *t = mem_chain(st, h, &b);
-    struct mem_entry **link = &t->buckets[b];
+    struct mem_entry **link = head;
 
     for (struct mem_entry *e = *link; e; link = &e->next, e = e->next)
         if (e->hash == (uint32_t)h && e->key_len == len && memcmp(e->key, key, len) == 0) {
@@ -261,6 +260,15 @@ static struct mem_entry *mem_find(struct store *st, const char *key, size_t len,
         }
     *linkp = link;
     return NULL;
+}
+
+/* mem_find - the entry for key and the link that points to it, or NULL. */
+static struct mem_entry *mem_find(struct store *st, const char *key, size_t len, uint64_t h,
+                                  struct mem_entry ***linkp)
+{
+    size_t b;
+    struct mem_table *t = mem_chain(st, h, &b);
+    return mem_find_in(&t->buckets[b], key, len, h, linkp);
 }
 
 /*
@@ -578,10 +586,10 @@ static void mem_prefetch(struct store *st, const struct store_update *u, const u
 /* mem_update - apply one update of key hash h at now; returns the new score. */
 static double mem_update(struct store *st, const struct store_update *u, uint64_t h, double now)
 {
-    struct mem_entry **link;
-    struct mem_entry *e = mem_find(st, u->key, u->key_len, h, &link);
     size_t b;
     struct mem_table *t = mem_chain(st, h, &b);
+    struct mem_entry **link;
+    struct mem_entry *e = mem_find_in(&t->buckets[b], u->key, u->key_len, h, &link);
     double score;
 
     if (e && e->expires_at <= now) {
