@@ -149,7 +149,9 @@ const char *store_name(const struct store *st);
 bool store_config_equal(const struct store_config *a, const struct store_config *b);
 void store_config_fini(struct store_config *cfg);
 
-/* Memory backend clock, injectable for tests: seconds since the epoch. */
+/* Memory backend clock, injectable for tests: seconds since the epoch.
+ * Left as it is, the store reads its event loop's time instead (the
+ * same clock, with no system call: see mem_now in store_memory.c). */
 extern double (*store_memory_clock)(void);
 
 /* store_memory_stats - keys held now, and keys the cap evicted before

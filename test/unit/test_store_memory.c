@@ -34,6 +34,9 @@ static double fake_clock(void)
     return fake_now;
 }
 
+/* The store's own clock, saved before any test swaps in fake_clock. */
+static double (*real_clock)(void);
+
 /* What one apply's callback saw. */
 struct result {
     int calls;                  /* times the callback ran */
@@ -355,6 +358,53 @@ static void test_store_memory_churn_stays_small(void **state)
         if (held > 1004 + buckets / 8 + 4 || buckets > 2048)
             fail_msg("after %d keys: %zu held in %zu buckets", i + 4, held, buckets);
     }
+    fixture_close(&f);
+}
+
+/* With its own clock the store reads the event loop's time: on the
+ * wall clock, and moving on from one loop turn to the next (a 40 ms
+ * timer later, a leak of 1,000 points a second took 40 or more). */
+struct clock_probe {
+    struct store *st;           /* the store */
+    struct result later;        /* the read from the timer */
+};
+
+static void on_clock_timer(uv_timer_t *t)
+{
+    struct clock_probe *p = t->data;
+    struct store_update u = upd("leaky", DECAY_LEAK, 1000, 0);
+    store_apply(p->st, &u, 1, on_done, &p->later);
+    uv_close((uv_handle_t *)t, NULL);
+}
+
+static void test_store_memory_real_clock_follows_loop(void **state)
+{
+    struct fixture f;
+    struct clock_probe p = {0};
+    struct result first = {0};
+    uv_timer_t timer;
+
+    (void)state;
+    fixture_open(&f, 100);
+    store_memory_clock = real_clock;
+    p.st = f.st;
+    struct store_update u = upd("leaky", DECAY_LEAK, 1000, 100);
+    store_apply(f.st, &u, 1, on_done, &first);
+    uv_timer_init(&f.loop, &timer);
+    timer.data = &p;
+    uv_timer_start(&timer, on_clock_timer, 40, 0);
+    uv_run(&f.loop, UV_RUN_DEFAULT);
+    assert_int_equal(first.calls, 1);
+    assert_int_equal(p.later.calls, 1);
+    assert_true(first.scores[0] == 100);
+    double wall = real_clock();
+    if (!(fabs(first.now - wall) < 2))
+        fail_msg("store clock %.3f, wall clock %.3f", first.now, wall);
+    if (!(p.later.now - first.now >= 0.039))
+        fail_msg("40 ms later the store clock moved %.4f s", p.later.now - first.now);
+    if (!(p.later.scores[0] <= 61 && p.later.scores[0] >= 0))
+        fail_msg("40 ms of a 1000/s leak left %.3f of 100", p.later.scores[0]);
+    store_memory_clock = fake_clock;
     fixture_close(&f);
 }
 
@@ -961,6 +1011,7 @@ int main(void)
 {
     /* The refusals tested here warn; keep the output to test results. */
     log_threshold = LOG_LEVEL_ERROR;
+    real_clock = store_memory_clock;
 
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_store_memory_decay_matches_decay_apply),
@@ -970,6 +1021,7 @@ int main(void)
         cmocka_unit_test(test_store_memory_sweep_sees_later_keys),
         cmocka_unit_test(test_store_memory_array_follows_keys),
         cmocka_unit_test(test_store_memory_churn_stays_small),
+        cmocka_unit_test(test_store_memory_real_clock_follows_loop),
         cmocka_unit_test(test_store_memory_cap_evicts),
         cmocka_unit_test(test_store_memory_callbacks_deferred),
         cmocka_unit_test(test_store_memory_callback_applies_again),
