@@ -62,6 +62,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <time.h>
 
 #include "decay.h"
@@ -407,19 +408,43 @@ static void mem_due_lower(struct mem_table *t, size_t b, double expires_at)
         t->due[b] = due;
 }
 
+/*
+ * mem_pages - bytes of zeroed memory straight from the kernel, given
+ * back by mem_pages_free. The arrays come and go as the table resizes,
+ * and a shrink should give memory back; from malloc, glibc serves a
+ * large block from its heap once its mmap threshold has risen past that
+ * size (each large free raises it), and a block freed inside the heap
+ * stays in the process.
+ */
+static void *mem_pages(size_t bytes)
+{
+    void *p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) {
+        fprintf(stderr, "smtpguard: out of memory mapping %zu bytes\n", bytes);
+        abort();
+    }
+    return p;
+}
+
+static void mem_pages_free(void *p, size_t bytes)
+{
+    if (p)
+        munmap(p, bytes);
+}
+
 /* mem_table_alloc - n empty buckets; an empty chain has nothing due. */
 static void mem_table_alloc(struct mem_table *t, size_t n)
 {
     t->n = n;
-    t->buckets = xcalloc(n, sizeof *t->buckets);
-    t->due = xmalloc(n * sizeof *t->due);
+    t->buckets = mem_pages(n * sizeof *t->buckets);
+    t->due = mem_pages(n * sizeof *t->due);
     memset(t->due, 0xff, n * sizeof *t->due);
 }
 
 static void mem_table_free(struct mem_table *t)
 {
-    free(t->buckets);
-    free(t->due);
+    mem_pages_free(t->buckets, t->n * sizeof *t->buckets);
+    mem_pages_free(t->due, t->n * sizeof *t->due);
     *t = (struct mem_table){0};
 }
 
@@ -604,7 +629,9 @@ static void mem_prefetch_entries(struct store *st, const struct store_update *u,
         const struct mem_entry *e = t->buckets[b];
         if (e) {
             __builtin_prefetch(e);
-            __builtin_prefetch(e->key + u[i].key_len - 1);
+            /* As an address: the entry's key may be shorter than this one. */
+            if (u[i].key_len > 0)
+                __builtin_prefetch((const void *)((uintptr_t)e->key + u[i].key_len - 1));
         }
     }
 }
