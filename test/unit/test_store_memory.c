@@ -331,6 +331,87 @@ static void test_store_memory_array_follows_keys(void **state)
     fixture_close(&f);
 }
 
+/*
+ * A random walk against a model, across growth and shrink: keys created,
+ * raised, read and reset, with the clock moving so that they expire in
+ * waves, in batches of up to eight keys an apply (duplicates included).
+ * Every score the store answers must be the model's, whatever is being
+ * resized, swept or moved at the time; the array must have grown and
+ * shrunk on the way.
+ */
+static void test_store_memory_matches_model_through_resizes(void **state)
+{
+    enum { NKEYS = 6000, STEPS = 40000 };
+    struct fixture f;
+    static double score[NKEYS], at[NKEYS], until[NKEYS]; /* until 0: absent */
+    uint64_t rng = 0x2545f4914f6cdd1dULL;
+    size_t most = 0, least_after_most = (size_t)-1;
+    struct decay lk = {DECAY_LEAK, 0.1};
+
+    (void)state;
+    fixture_open(&f, 100000);
+    for (int step = 0; step < STEPS; step++) {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        /* Waves: a burst of new keys, then quiet stretches in which they
+         * expire and reads of a few keys let the array shrink. */
+        bool burst = (step / 5000) % 2 == 0;
+        int span = burst ? NKEYS : 50;
+        if (rng % 50 == 0) {
+            /* Up to a second in a burst, up to 300 s when quiet. */
+            fake_now += (double)(rng % 1000) / (burst ? 1000.0 : 3.3);
+            continue;
+        }
+        size_t n = 1 + (rng >> 8) % 8;
+        char keys[8][32];
+        struct store_update u[8];
+        double want[8];
+        for (size_t i = 0; i < n; i++) {
+            int k = (int)((rng >> (12 + 3 * i)) % (uint64_t)span);
+            double points = (rng >> 40) % 3 == 0 ? 0 : (double)(1 + (rng >> (20 + i)) % 40);
+            snprintf(keys[i], sizeof keys[i], "m:%d", k);
+            u[i] = upd(keys[i], lk.kind, lk.param, points);
+            /* The model, in the store's order and arithmetic. */
+            bool live = until[k] > fake_now;
+            double s0 = live ? decay_apply(&lk, score[k], fake_now - at[k], 0) : 0;
+            if (points == 0) {
+                want[i] = s0;
+                if (live && decay_ttl(&lk, s0) == 0)
+                    until[k] = 0;
+                continue;
+            }
+            double s1 = live ? decay_apply(&lk, score[k], fake_now - at[k], points)
+                             : decay_apply(&lk, 0, 0, points);
+            double ttl = decay_ttl(&lk, s1);
+            score[k] = s1;
+            at[k] = fake_now;
+            until[k] = fake_now + (ttl < 1 ? 1 : ttl);
+            want[i] = s1;
+        }
+        struct result r = {0};
+        store_apply(f.st, u, n, on_done, &r);
+        uv_run(&f.loop, UV_RUN_DEFAULT);
+        assert_int_equal(r.calls, 1);
+        assert_int_equal(r.status, STORE_OK);
+        for (size_t i = 0; i < n; i++)
+            if (r.scores[i] != want[i])
+                fail_msg("step %d, %s: store %.17g, model %.17g (%zu buckets)", step, keys[i],
+                         r.scores[i], want[i], store_memory_buckets(f.st));
+        size_t b = store_memory_buckets(f.st);
+        if (b > most) {
+            most = b;
+            least_after_most = b;
+        } else if (b < least_after_most) {
+            least_after_most = b;
+        }
+    }
+    if (!(most >= 8192 && least_after_most <= most / 4))
+        fail_msg("the array went up to %zu buckets and back down to %zu: want growth and shrink",
+                 most, least_after_most);
+    fixture_close(&f);
+}
+
 /* Keys that come and go (1,000 a second, each living a second): the
  * sweep keeps pace with the new keys, so the array is sized for the keys
  * alive and expired keys waiting for the sweep stay under an eighth of
@@ -1021,6 +1102,7 @@ int main(void)
         cmocka_unit_test(test_store_memory_sweep_sees_later_keys),
         cmocka_unit_test(test_store_memory_array_follows_keys),
         cmocka_unit_test(test_store_memory_churn_stays_small),
+        cmocka_unit_test(test_store_memory_matches_model_through_resizes),
         cmocka_unit_test(test_store_memory_real_clock_follows_loop),
         cmocka_unit_test(test_store_memory_cap_evicts),
         cmocka_unit_test(test_store_memory_callbacks_deferred),
