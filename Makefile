@@ -40,6 +40,7 @@ B := build/$(VARIANT)
 # Everything but main.c goes into libpolicyd.a.
 SRCS += policyd/xalloc.c
 SRCS += policyd/log.c
+SRCS += policyd/ascii.c
 SRCS += policyd/request.c
 SRCS += policyd/protocol.c
 SRCS += policyd/cidr.c

@@ -41,6 +41,7 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "ascii.h"
 #include "xalloc.h"
 
 /* Longest entry or value, bytes. Longer values never match. */
@@ -167,10 +168,7 @@ static bool list_lower(const char *s, size_t len, char *out)
 {
     if (len > LIST_VALUE_MAX)
         return false;
-    for (size_t i = 0; i < len; i++) {
-        char c = s[i];
-        out[i] = (c >= 'A' && c <= 'Z') ? (char)(c - 'A' + 'a') : c;
-    }
+    ascii_lower(out, s, len);
     return true;
 }
 
@@ -532,7 +530,10 @@ bool list_match_addr(const struct list *l, const char *value, size_t len,
         return false;
     if (cidr_set_contains(l->data->nets, ip))
         return true;
-    return list_lower(value, len, buf) && list_strset_has(&l->data->names, buf, len);
+    /* A list of networks only (the usual client list) has no names to
+     * fold the address for. */
+    return l->data->names.used > 0 && list_lower(value, len, buf) &&
+           list_strset_has(&l->data->names, buf, len);
 }
 
 void list_free(struct list *l)

@@ -121,9 +121,5 @@ void *arena_alloc(struct arena *ar, size_t size);
 char *arena_strndup(struct arena *ar, const char *s, size_t len);
 /* arena_lower - lower-cased ASCII copy. */
 char *arena_lower(struct arena *ar, const char *s, size_t len);
-/* ascii_lower - copy n bytes from src to dst, ASCII A-Z lower-cased
- * (not tolower(): the locale must not change a key). dst is src, or does
- * not overlap it. */
-void ascii_lower(char *dst, const char *src, size_t n);
 
 #endif

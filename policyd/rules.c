@@ -18,6 +18,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "ascii.h"
 #include "cidr.h"
 #include "log.h"
 #include "sha1.h"

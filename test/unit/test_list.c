@@ -305,6 +305,38 @@ static void test_list_match_ip_text(void **state)
     list_free(&l);
 }
 
+/* list_match_addr (the client address, parsed once per request) agrees
+ * with list_match on the text, on a list of networks only (which skips
+ * folding the address for its empty names) and on a mixed one. */
+static void test_list_match_addr_agrees(void **state)
+{
+    (void)state;
+    static const char *const nets[] = {"10.0.0.0/8", "2001:db8::/32", "192.0.2.7"};
+    static const char *const mixed[] = {"3", "0.3.example", "192.0.2.0/24", "::1", "10.0.0.0/8"};
+    static const char *const values[] = {"10.1.2.3", "11.1.2.3", "192.0.2.7", "192.0.2.8",
+                                         "2001:DB8::1", "2001:db9::1", "::1", "::ffff:10.0.0.1"};
+    const char *const *entries[] = {nets, mixed};
+    const size_t n_entries[] = {sizeof nets / sizeof nets[0], sizeof mixed / sizeof mixed[0]};
+    int matched = 0;
+
+    for (int k = 0; k < 2; k++) {
+        struct list l;
+        list_inline(&l, entries[k], n_entries[k], k == 1);
+        for (size_t i = 0; i < sizeof values / sizeof values[0]; i++) {
+            struct ipaddr ip;
+            size_t len = strlen(values[i]);
+            assert_int_equal(ipaddr_parse(values[i], len, &ip), 0);
+            bool want = list_match(&l, values[i], len);
+            if (list_match_addr(&l, values[i], len, &ip) != want)
+                fail_msg("list %d, %s: list_match_addr differs from list_match (%d)", k,
+                         values[i], want);
+            matched += want;
+        }
+        list_free(&l);
+    }
+    assert_true(matched >= 6); /* both answers occur */
+}
+
 static void test_list_data_add(void **state)
 {
     (void)state;
@@ -663,6 +695,7 @@ int main(void)
         cmocka_unit_test(test_list_match_long_value),
         cmocka_unit_test(test_list_match_ip),
         cmocka_unit_test(test_list_match_ip_text),
+        cmocka_unit_test(test_list_match_addr_agrees),
         cmocka_unit_test(test_list_data_add),
         cmocka_unit_test(test_list_many),
         cmocka_unit_test(test_list_load_file),

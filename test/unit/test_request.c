@@ -13,6 +13,7 @@
 
 #include <cmocka.h>
 
+#include "ascii.h"
 #include "request.h"
 
 #define N_ELEMS(a) (sizeof(a) / sizeof((a)[0]))
