@@ -11,8 +11,9 @@
  * when they are past 'Z' (0x5b or more); neither sum carries into the
  * next byte. A byte of A-Z (and top bit clear) keeps the first mark and
  * not the second, and that mark shifted down two is its 0x20. The
- * counter keys fold a SASL user or a sender's domain per counter, and a
- * byte-wise loop cost ~7 instructions a byte. */
+ * counter keys fold a SASL user or a sender's domain per counter, the
+ * lists every value they look up, and a byte-wise loop cost ~7
+ * instructions a byte. */
 #define ASCII_LOWER_HI 0x8080808080808080ULL
 #define ASCII_LOWER_LO7 0x7f7f7f7f7f7f7f7fULL
 #define ASCII_LOWER_GE_A 0x3f3f3f3f3f3f3f3fULL

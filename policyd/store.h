@@ -150,8 +150,9 @@ bool store_config_equal(const struct store_config *a, const struct store_config 
 void store_config_fini(struct store_config *cfg);
 
 /* Memory backend clock, injectable for tests: seconds since the epoch.
- * Left as it is, the store reads its event loop's time instead (the
- * same clock, with no system call: see mem_now in store_memory.c). */
+ * Left as it is, the store reads its event loop's time instead, put on
+ * the wall clock once at open (no system call per apply: see mem_now in
+ * store_memory.c). */
 extern double (*store_memory_clock)(void);
 
 /* store_memory_stats - keys held now, and keys the cap evicted before
