@@ -75,13 +75,15 @@
 #define MEM_SWEEP_PER_NEW 8     /* more per key created since the last apply */
 #define MEM_SWEEP_MAX 256       /* buckets looked at per apply, at most */
 #define MEM_MOVE_BUCKETS 32     /* buckets moved per apply while resizing */
-#define MEM_MOVE_ENTRIES 64     /* entries moved per apply, at most */
+#define MEM_MOVE_ENTRIES 64     /* no new chain moved in an apply past this many entries */
 #define MEM_BUCKETS_MIN 1024    /* the array never shrinks below this (8 kB) */
-#define MEM_SWEEP_ENTRIES 64    /* entries looked at per apply, at most */
+#define MEM_SWEEP_ENTRIES 64    /* no new chain swept in an apply past this many entries */
 #define MEM_EVICT_SAMPLE 5      /* entries compared to pick a victim */
 #define MEM_EVICT_PROBES 64     /* buckets tried to fill the sample */
 #define MEM_KEY_MAX 0xffffu     /* bytes; longer keys are refused */
+#ifndef MEM_BUCKETS_MAX /* a unit test lowers it, for chains longer than the budgets above */
 #define MEM_BUCKETS_MAX ((size_t)1 << 26) /* 512 MB of chains; past it chains grow */
+#endif
 /* (e->hash keeps 32 bits of the hash: enough for any array up to MEM_BUCKETS_MAX.) */
 #define MEM_TOP_MAX 0xfffeu     /* entries in the top pool at most (top_slot is 16 bits) */
 
@@ -459,15 +461,21 @@ static void mem_resize_start(struct store *st, size_t n)
  * mem_resize_step - move a bounded stretch of the old array's chains to
  * the new one (expired entries are freed on the way: while resizing,
  * this is the sweep); the last step frees the old array.
+ * A chain moves whole: mem_chain looks a key up in the old array until
+ * the cursor has passed its bucket, so an entry moved from a bucket the
+ * cursor is still on would be out of sight (an update would create the
+ * key anew, a reset would miss it). The entry budget only decides
+ * whether to start another chain.
  */
 static void mem_resize_step(struct store *st, double now)
 {
     struct mem_table *to = &st->next;
     size_t moved = 0;
 
-    for (size_t k = 0; k < MEM_MOVE_BUCKETS && st->move_cursor < st->tab.n; k++) {
+    for (size_t k = 0;
+         k < MEM_MOVE_BUCKETS && moved < MEM_MOVE_ENTRIES && st->move_cursor < st->tab.n; k++) {
         struct mem_entry **link = &st->tab.buckets[st->move_cursor];
-        while (*link && moved < MEM_MOVE_ENTRIES) {
+        while (*link) {
             struct mem_entry *e = *link;
             moved++;
             if (e->expires_at <= now) {
@@ -480,8 +488,6 @@ static void mem_resize_step(struct store *st, double now)
             to->buckets[b] = e;
             mem_due_lower(to, b, e->expires_at);
         }
-        if (*link)
-            return; /* the rest of this chain next time */
         st->move_cursor++;
     }
     if (st->move_cursor == st->tab.n) {
@@ -498,7 +504,11 @@ static void mem_resize_step(struct store *st, double now)
  * sweep skips it after reading two arrays in order, without touching its
  * entries: with a million keys those are cold, and walking them was the
  * larger part of the cache misses a request (cachegrind: 47 of 138).
- * A chain walked to its end gets its due second anew.
+ * A chain is walked to its end and gets its due second anew; the entry
+ * budget only decides whether to start another. (A sweep that stopped
+ * inside a chain would start it from its head again next time: a chain
+ * longer than the budget, as past MEM_BUCKETS_MAX keys, held the sweep
+ * on that bucket for good.)
  */
 static void mem_sweep(struct store *st, double now, size_t max_buckets)
 {
@@ -508,11 +518,11 @@ static void mem_sweep(struct store *st, double now, size_t max_buckets)
 
     if (st->count == 0)
         return;
-    for (size_t b = 0; b < max_buckets; b++) {
+    for (size_t b = 0; b < max_buckets && looked < MEM_SWEEP_ENTRIES; b++) {
         struct mem_entry **link = &buckets[cur];
         if (*link && (double)bucket_due[cur] <= now) {
             uint32_t due = UINT32_MAX;
-            while (*link && looked < MEM_SWEEP_ENTRIES) {
+            while (*link) {
                 looked++;
                 if ((*link)->expires_at <= now) {
                     mem_unlink_free(st, link);
@@ -523,10 +533,6 @@ static void mem_sweep(struct store *st, double now, size_t max_buckets)
                     link = &(*link)->next;
                 }
             }
-            /* A chain longer than the entry budget is finished next
-             * time; its due second stays where it was (in the past). */
-            if (*link)
-                break;
             bucket_due[cur] = due;
         }
         cur = (cur + 1) & mask;
@@ -538,11 +544,16 @@ static void mem_sweep(struct store *st, double now, size_t max_buckets)
  * mem_housekeep - once per apply: a resize step while resizing, else a
  * sweep step, then a shrink if the array is 8 times the keys held.
  * The sweep looks at 8 more buckets for every key created since the last
- * step, so it goes round an array of n buckets before n/8 keys are
- * created: the expired keys still waiting for it stay under an eighth of
- * the array and cannot make it grow. With no new keys it looks at 8 a
- * step (it was 32 for any apply): still round a 32,768-bucket array
- * every 4,096 applies, and a quarter of the sequential reads.
+ * step, so while applies create up to 31 keys each it goes round an
+ * array of n buckets before n/8 keys are created: the expired keys still
+ * waiting for it stay under an eighth of the array and cannot make it
+ * grow. Past that the caps hold it (MEM_SWEEP_MAX buckets a step, and
+ * no chain started past MEM_SWEEP_ENTRIES entries): batches of new
+ * clients that large outrun it, the array may then grow with expired
+ * keys in it, and its resize steps free them as they move the chains.
+ * With no new keys it looks at 8 a step (it was
+ * 32 for any apply): still round a 32,768-bucket array every 4,096
+ * applies, and a quarter of the sequential reads.
  */
 static void mem_housekeep(struct store *st, double now)
 {

@@ -412,6 +412,68 @@ static void test_store_memory_matches_model_through_resizes(void **state)
     fixture_close(&f);
 }
 
+/*
+ * Full batches of new keys (a burst of new clients) while the array
+ * grows: every key already made must read back, through peek and
+ * through an update, after every apply. 64 new keys an apply put more
+ * than 64 entries into the 32 buckets a resize step moves; a step that
+ * stopped inside a chain left its moved entries where no lookup saw
+ * them until the next apply: a peek read 0, and an update started the
+ * counter over beside its old copy.
+ */
+static void test_store_memory_batches_of_new_keys_stay_visible(void **state)
+{
+    enum { NKEYS = 8192, BATCH = STORE_MAX_UPDATES };
+    static char keys[NKEYS][16];
+    struct fixture f;
+    size_t grew = 0;
+
+    (void)state;
+    fixture_open(&f, 1 << 20);
+    for (int made = 0; made < NKEYS;) {
+        struct store_update u[BATCH];
+        struct result r = {0};
+        for (int i = 0; i < BATCH; i++, made++) {
+            snprintf(keys[made], sizeof keys[made], "k%d", made);
+            u[i] = upd(keys[made], DECAY_LEAK, 0.001, 1);
+        }
+        size_t before = store_memory_buckets(f.st);
+        store_apply(f.st, u, BATCH, on_done, &r);
+        uv_run(&f.loop, UV_RUN_DEFAULT);
+        assert_int_equal(r.status, STORE_OK);
+        if (store_memory_buckets(f.st) != before)
+            grew++;
+        for (int k = 0; k < made; k += BATCH) {
+            struct result p = {0};
+            for (int i = 0; i < BATCH; i++)
+                u[i] = upd(keys[k + i], DECAY_LEAK, 0.001, 0);
+            store_peek(f.st, u, BATCH, on_done, &p);
+            uv_run(&f.loop, UV_RUN_DEFAULT);
+            for (int i = 0; i < BATCH; i++)
+                if (p.scores[i] != 1)
+                    fail_msg("%s peeked %g after %d keys (%zu buckets), want 1", keys[k + i],
+                             p.scores[i], made, store_memory_buckets(f.st));
+        }
+    }
+    if (grew < 2 || store_memory_buckets(f.st) < 4096)
+        fail_msg("the array grew %zu times, to %zu buckets: want at least twice", grew,
+                 store_memory_buckets(f.st));
+    /* A second point to every key, in full batches: each must see its first. */
+    for (int k = 0; k < NKEYS; k += BATCH) {
+        struct store_update u[BATCH];
+        struct result r = {0};
+        for (int i = 0; i < BATCH; i++)
+            u[i] = upd(keys[k + i], DECAY_LEAK, 0.001, 1);
+        store_apply(f.st, u, BATCH, on_done, &r);
+        uv_run(&f.loop, UV_RUN_DEFAULT);
+        for (int i = 0; i < BATCH; i++)
+            if (r.scores[i] != 2)
+                fail_msg("%s scored %g, want 2", keys[k + i], r.scores[i]);
+    }
+    assert_int_equal(keys_held(&f), NKEYS);
+    fixture_close(&f);
+}
+
 /* Keys that come and go (1,000 a second, each living a second): the
  * sweep keeps pace with the new keys, so the array is sized for the keys
  * alive and expired keys waiting for the sweep stay under an eighth of
@@ -1103,6 +1165,7 @@ int main(void)
         cmocka_unit_test(test_store_memory_array_follows_keys),
         cmocka_unit_test(test_store_memory_churn_stays_small),
         cmocka_unit_test(test_store_memory_matches_model_through_resizes),
+        cmocka_unit_test(test_store_memory_batches_of_new_keys_stay_visible),
         cmocka_unit_test(test_store_memory_real_clock_follows_loop),
         cmocka_unit_test(test_store_memory_cap_evicts),
         cmocka_unit_test(test_store_memory_callbacks_deferred),
