@@ -334,7 +334,8 @@ static void test_store_memory_array_follows_keys(void **state)
 /*
  * A random walk against a model, across growth and shrink: keys created,
  * raised, read and reset, with the clock moving so that they expire in
- * waves, in batches of up to eight keys an apply (duplicates included).
+ * waves, in batches of up to eight keys an apply, and one in sixteen a
+ * full batch of STORE_MAX_UPDATES (duplicates included).
  * Every score the store answers must be the model's, whatever is being
  * resized, swept or moved at the time; the array must have grown and
  * shrunk on the way.
@@ -363,13 +364,15 @@ static void test_store_memory_matches_model_through_resizes(void **state)
             fake_now += (double)(rng % 1000) / (burst ? 1000.0 : 3.3);
             continue;
         }
-        size_t n = 1 + (rng >> 8) % 8;
-        char keys[8][32];
-        struct store_update u[8];
-        double want[8];
+        size_t n = (rng >> 4) % 16 == 0 ? STORE_MAX_UPDATES : 1 + (rng >> 8) % 8;
+        char keys[STORE_MAX_UPDATES][32];
+        struct store_update u[STORE_MAX_UPDATES];
+        double want[STORE_MAX_UPDATES];
+        uint64_t pick = rng;
         for (size_t i = 0; i < n; i++) {
-            int k = (int)((rng >> (12 + 3 * i)) % (uint64_t)span);
-            double points = (rng >> 40) % 3 == 0 ? 0 : (double)(1 + (rng >> (20 + i)) % 40);
+            pick = pick * 6364136223846793005ULL + 1442695040888963407ULL; /* one draw a key */
+            int k = (int)((pick >> 33) % (uint64_t)span);
+            double points = (rng >> 40) % 3 == 0 ? 0 : (double)(1 + (pick >> 20) % 40);
             snprintf(keys[i], sizeof keys[i], "m:%d", k);
             u[i] = upd(keys[i], lk.kind, lk.param, points);
             /* The model, in the store's order and arithmetic. */
