@@ -462,14 +462,14 @@ struct respconn *respconn_open(uv_loop_t *loop, const char *host, int port, cons
 int respconn_send(struct respconn *rc, int argc, const char *const *argv, const size_t *argvlen,
                   respconn_reply_cb cb, void *arg)
 {
-    size_t need = 16;
+    size_t need = 32;
 
     if (rc->state == RC_DEAD || rc->user_closed || argc < 1)
         return -EIO;
-    /* Counted in need: "*N\r\n", then "$LEN\r\n" ARG "\r\n" each (a
-     * length has at most 20 digits). */
+    /* Counted in need: "*N\r\n", then "$LEN\r\n" ARG "\r\n" each: a
+     * number has at most 20 digits, so 25 bytes besides the argument. */
     for (int i = 0; i < argc; i++)
-        need += argvlen[i] + 16;
+        need += argvlen[i] + 32;
     outbuf_reserve(&rc->out, need);
     put_header(&rc->out, '*', (size_t)argc);
     for (int i = 0; i < argc; i++) {

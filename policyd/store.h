@@ -11,9 +11,10 @@
  * changing anything (peek: explain and the admin API use it), and it keeps
  * a bounded set of its highest recent scores so that the top keys of a
  * counter are cheap to list (top): a key enters the set only when an
- * update leaves it at or above top_floor, the set holds at most top_size
- * keys per counter (Redis: a sorted set per counter; memory: one pool of
- * top_size x STORE_TOP_POOL_FACTOR keys), and a query decays the members
+ * update leaves it at or above top_floor, the set holds about top_size
+ * keys per counter (Redis: a sorted set per counter, trimmed to top_size
+ * once it holds 128 more; memory: one pool of top_size x
+ * STORE_TOP_POOL_FACTOR keys), and a query decays the members
  * to now, drops those expired or now below the floor, and sorts. Never a
  * keyspace scan. The floor compares unrounded scores.
  *

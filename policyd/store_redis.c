@@ -335,15 +335,32 @@ static void redis_cmd_put(struct redis_cmd *c)
 
 static void redis_deadline_cb(uv_timer_t *t);
 
+/*
+ * redis_deadline_arm - the timer, for the oldest waiting caller's
+ * deadline, and while replies are owed for the moment the connection has
+ * sent none for two timeouts (redis_deadline_cb drops it then). The
+ * second is needed on its own: at REDIS_MAX_INFLIGHT requests are refused
+ * before they get a deadline, so a Redis that stopped answering under
+ * load would leave no caller waiting, no timer, and a connection held
+ * "up" (failing every request fast) until TCP gave up, if ever.
+ */
 static void redis_deadline_arm(struct store *st)
 {
-    if (!st->dl_head) {
+    uint64_t at = UINT64_MAX;
+
+    if (st->dl_head)
+        at = st->dl_head->deadline_ms;
+    if (st->in_flight > 0) {
+        uint64_t drop_at = st->owing_since_ms + 2 * (uint64_t)st->timeout_ms;
+        if (drop_at < at)
+            at = drop_at;
+    }
+    if (at == UINT64_MAX) {
         uv_timer_stop(&st->deadline_timer);
         return;
     }
     uint64_t now = uv_now(st->loop);
-    uint64_t in = st->dl_head->deadline_ms > now ? st->dl_head->deadline_ms - now : 0;
-    uv_timer_start(&st->deadline_timer, redis_deadline_cb, in, 0);
+    uv_timer_start(&st->deadline_timer, redis_deadline_cb, at > now ? at - now : 0, 0);
 }
 
 static void redis_dl_append(struct store *st, struct redis_cmd *c)
@@ -374,8 +391,9 @@ static void redis_dl_remove(struct store *st, struct redis_cmd *c)
     c->dl_prev = c->dl_next = NULL;
     c->waiting = false;
     /* Left armed for the old head, the timer would only fire early and
-     * re-arm; stop it when nobody waits so an idle store sleeps. */
-    if (!st->dl_head)
+     * re-arm; stop it when nobody waits and nothing is owed, so an idle
+     * store sleeps. */
+    if (!st->dl_head && st->in_flight == 0)
         uv_timer_stop(&st->deadline_timer);
 }
 
@@ -812,15 +830,19 @@ static void redis_on_reply(struct respconn *rc, const redisReply *reply, void *p
         status = STORE_OK;
     }
 
-    /* Copy out, recycle, then call: the callback may apply again. */
+    /* Copy out, recycle, then call: the callback may apply again. A top
+     * query gets here only when it failed (no reply, an error reply). */
     enum redis_kind kind = c->kind;
     store_done_cb apply_cb = c->apply_cb;
     store_reset_cb reset_cb = c->reset_cb;
+    store_top_cb top_cb = c->top_cb;
     void *arg = c->arg;
     size_t n = c->n;
     redis_cmd_put(c);
     if (kind == REDIS_KIND_APPLY)
         apply_cb(arg, status, status == STORE_OK ? scores : NULL, status == STORE_OK ? n : 0, now);
+    else if (kind == REDIS_KIND_TOP)
+        top_cb(arg, STORE_TEMPFAIL, NULL, 0);
     else if (reset_cb)
         reset_cb(arg, status);
 }

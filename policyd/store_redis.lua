@@ -78,8 +78,10 @@ local TOP_SLACK = 128
 -- decide who is trimmed (a query reads each member's key), so they may
 -- lag a little; a ZADD for every update of every hot key cost a tenth of
 -- Redis's instructions, and more of its time (docs/performance.md). The
--- window keeps the set's expiry moving while its members stay hot, and
--- brings back a member trimmed while above the floor.
+-- window brings back a member trimmed while above the floor. A member
+-- whose own expiry is renewed carries the set's expiry with it (a PTTL
+-- of the set, no ZADD): a member that lives less than a window would
+-- otherwise outlive its set.
 local TOP_REFRESH = 10
 -- A key updated again gets an expiry EXPIRY_SLACK times what its score
 -- needs, and keeps it (SET ... KEEPTTL) for as long as that is enough:
@@ -354,13 +356,19 @@ for i = 1, #KEYS do
         end
         cur[key] = score
         local enter = top_prefix and score >= top_floor
+        -- stay: in the set already, and its expiry was just renewed: the
+        -- set's own expiry must follow (a member that lives less than
+        -- TOP_REFRESH would otherwise outlive the set within a window),
+        -- without a ZADD.
+        local stay = false
         if enter and before >= top_floor and t >= window_start then
             -- Already in the set this window: only a new power of two.
             local _, eb = frexp(before)
             local _, es = frexp(score)
             enter = es > eb
+            stay = not enter and not keep
         end
-        if enter then
+        if enter or stay then
             -- The sorted set of the key's counter: "PREFIX@top:COUNTER"
             -- for "PREFIX" "COUNTER" ":" "...".
             local colon = sfind(key, ':', plen + 1, true)
@@ -373,11 +381,14 @@ for i = 1, #KEYS do
                 end
                 local tz = tops[z]
                 if not tz then
-                    tz = {members = {}, ms = 0}
+                    tz = {members = {}, n = 0, ms = 0}
                     tops[z] = tz
                     top_order[#top_order + 1] = z
                 end
-                tz.members[key] = score
+                if enter then
+                    tz.members[key] = score
+                    tz.n = tz.n + 1
+                end
                 local ms = ceil((e + 1 - now) * 1000)
                 if ms > tz.ms then
                     tz.ms = ms
@@ -421,8 +432,9 @@ for _, z in ipairs(top_order) do
         args[#args + 1] = key
     end
     -- ZADD answers how many members are new: only then can the set have
-    -- grown past its bound.
-    if rcall('ZADD', z, unpack(args)) > 0 and rcall('ZCARD', z) > top_size + TOP_SLACK then
+    -- grown past its bound. (No members: only expiries were renewed.)
+    if tz.n > 0 and rcall('ZADD', z, unpack(args)) > 0 and
+        rcall('ZCARD', z) > top_size + TOP_SLACK then
         rcall('ZREMRANGEBYRANK', z, 0, -(top_size + 1))
     end
     if rcall('PTTL', z) < tz.ms then

@@ -884,6 +884,95 @@ static void test_store_redis_sigstop(void **state)
     fixture_fini(&f);
 }
 
+struct tally {
+    int calls;                  /* callbacks run */
+    int ok, tempfail;           /* by status */
+};
+
+static void on_tally(void *arg, int status, const double *scores, size_t n, double now)
+{
+    struct tally *t = arg;
+    (void)scores;
+    (void)n;
+    (void)now;
+    t->calls++;
+    if (status == STORE_OK)
+        t->ok++;
+    else if (status == STORE_TEMPFAIL)
+        t->tempfail++;
+}
+
+/* Redis stops under load: more requests than REDIS_MAX_INFLIGHT (1024)
+ * go out within one timeout, so the later ones are refused before they
+ * get a deadline. The connection must still be dropped once it has owed
+ * replies for two timeouts (it was held "up", failing everything fast,
+ * for as long as TCP kept the socket), and come back after SIGCONT. */
+static void test_store_redis_stopped_under_load_is_dropped(void **state)
+{
+    enum { BURST = 1100 };
+    const char *pid_s = getenv("SMTPGUARD_TEST_REDIS_PID");
+    struct fixture f;
+    struct result r;
+    struct tally t = {0};
+    struct store_update u = upd("load", DECAY_LEAK, 1, 1);
+    pid_t pid = 0;
+
+    (void)state;
+    if (!pid_s || (pid = (pid_t)atol(pid_s)) <= 1) {
+        print_message("SMTPGUARD_TEST_REDIS_PID not set: skipped\n");
+        skip();
+    }
+    fixture_init(&f);
+    struct store *st = open_store(&f, getenv("SMTPGUARD_TEST_REDIS"), NULL, "sgtest:load:",
+                                  TEST_TIMEOUT_MS);
+    wait_up(&f, st);
+    apply_wait(&f, st, &u, 1, &r);
+    assert_int_equal(r.status, STORE_OK);
+
+    assert_int_equal(kill(pid, SIGSTOP), 0);
+    uint64_t t0 = uv_hrtime();
+    for (int i = 0; i < BURST; i++)
+        store_apply(st, &u, 1, on_tally, &t);
+    /* One more request every 20 ms: each is refused while the records
+     * are held; the store must go down within 2 timeouts and a little. */
+    uint64_t down_ms = 0;
+    int sent = BURST;
+    for (int i = 0; i < 150 && !down_ms; i++) {
+        int never = 0;
+        run_until(&f, &never, NULL, NULL, 20);
+        store_apply(st, &u, 1, on_tally, &t);
+        sent++;
+        if (!store_is_up(st))
+            down_ms = (uv_hrtime() - t0) / 1000000;
+    }
+    if (!down_ms) {
+        sigstop_cleanup(pid);
+        fail_msg("still up 3 s after Redis stopped under %d requests", BURST);
+    }
+    print_message("redis stopped under load: dropped after %llu ms (timeout %u ms)\n",
+                  (unsigned long long)down_ms, TEST_TIMEOUT_MS);
+    if (down_ms > 2 * TEST_TIMEOUT_MS + 400) {
+        sigstop_cleanup(pid);
+        fail_msg("dropped after %llu ms, want about %u", (unsigned long long)down_ms,
+                 2 * TEST_TIMEOUT_MS);
+    }
+    sigstop_cleanup(pid);
+    if (!run_until(&f, NULL, store_is_up, st, 8000))
+        fail_msg("not up again 8 s after SIGCONT");
+    int never = 0;
+    run_until(&f, &never, NULL, NULL, 100); /* the last refusals are reported */
+    /* Every request answered once, TEMPFAIL: none reached Redis in time. */
+    assert_int_equal(t.calls, sent);
+    assert_int_equal(t.tempfail, sent);
+    apply_wait(&f, st, &u, 1, &r);
+    assert_int_equal(r.status, STORE_OK);
+    const char *key = "load";
+    size_t len = 4;
+    store_reset(st, &key, &len, 1, NULL, NULL);
+    close_store(&f, st);
+    fixture_fini(&f);
+}
+
 /* The log goes to a file during the password test, to check the secret
  * never shows. */
 static int saved_stderr = -1;
@@ -1254,6 +1343,18 @@ static void test_store_redis_peek_and_top(void **state)
     assert_int_equal(t.n, 1);
     assert_string_equal(t.keys[0], "ip:a");
     assert_int_equal(sync_int(c, "ZCARD %s", "sgtest:top:@top:ip"), 1);
+
+    /* A member whose key holds a list: the script's GET fails, and the
+     * query is still answered, TEMPFAIL (it was left unanswered, and the
+     * admin connection that asked held for good). */
+    freeReplyObject(sync_cmd(c, "RPUSH %s x", "sgtest:top:ip:w"));
+    freeReplyObject(sync_cmd(c, "ZADD %s 100 %s", "sgtest:top:@top:ip", "sgtest:top:ip:w"));
+    memset(&t, 0, sizeof t);
+    store_top(st, "ip", &hl, 10, on_top, &t);
+    run_until(&f, &t.calls, NULL, NULL, 2000);
+    assert_int_equal(t.calls, 1);
+    assert_int_equal(t.status, STORE_TEMPFAIL);
+    freeReplyObject(sync_cmd(c, "DEL %s %s", "sgtest:top:ip:w", "sgtest:top:@top:ip"));
     redisFree(c);
     close_store(&f, st);
     fixture_fini(&f);
@@ -1348,6 +1449,56 @@ static void test_store_redis_top_refresh(void **state)
     long long back = zscore(c, z, m);
     if (back < 9)
         fail_msg("member not back in the next window: ZSCORE %lld, want >= 9", back);
+    freeReplyObject(sync_cmd(c, "DEL %s %s", z, m));
+    redisFree(c);
+    close_store(&f, st);
+    fixture_fini(&f);
+}
+
+/* A member that lives less than a TOP_REFRESH window (leaking 2 points a
+ * second from 12: 6 s) and is kept hot within one: each update renews its
+ * expiry without a ZADD, and the set's expiry must follow it, or the set
+ * vanishes while its member is still above the floor (the top query then
+ * answers nothing until the next window). */
+static void test_store_redis_top_set_follows_short_members(void **state)
+{
+    struct fixture f;
+    struct result r;
+    const char *z = "sgtest:tshort:@top:ip", *m = "sgtest:tshort:ip:s";
+
+    (void)state;
+    fixture_init(&f);
+    redisContext *c = sync_connect();
+    freeReplyObject(sync_cmd(c, "DEL %s %s", z, m));
+    struct store_config cfg = {
+        .backend = STORE_BACKEND_REDIS,
+        .redis_address = getenv("SMTPGUARD_TEST_REDIS"),
+        .prefix = (char *)"sgtest:tshort:",
+        .timeout_ms = TEST_TIMEOUT_MS,
+        .top_floor = 3,
+        .top_size = 100,
+    };
+    struct store *st;
+    char err[256];
+    if (store_open(&st, &cfg, &f.loop, err, sizeof err) != 0)
+        fail_msg("store_open: %s", err);
+    wait_up(&f, st);
+
+    struct store_update u = upd("ip:s", DECAY_LEAK, 2, 12);
+    apply_wait(&f, st, &u, 1, &r);
+    assert_int_equal(r.status, STORE_OK);
+    assert_int_equal(zscore(c, z, m), 12);
+    /* Three more, back to back: at most one can be the first of a new
+     * window (which writes the member again anyway). */
+    u.points = 0.6;
+    for (int i = 0; i < 3; i++) {
+        apply_wait(&f, st, &u, 1, &r);
+        assert_int_equal(r.status, STORE_OK);
+        long long key_ms = sync_int(c, "PTTL %s", m), set_ms = sync_int(c, "PTTL %s", z);
+        if (key_ms <= 0 || set_ms < key_ms - 100)
+            fail_msg("update %d: the member expires in %lld ms, its set in %lld ms", i + 1,
+                     key_ms, set_ms);
+    }
     freeReplyObject(sync_cmd(c, "DEL %s %s", z, m));
     redisFree(c);
     close_store(&f, st);
@@ -1618,11 +1769,14 @@ int main(void)
         cmocka_unit_test(test_store_redis_down_fails_fast),
         cmocka_unit_test(test_store_redis_bad_addresses),
         cmocka_unit_test_teardown(test_store_redis_sigstop, sigstop_teardown),
+        cmocka_unit_test_teardown(test_store_redis_stopped_under_load_is_dropped,
+                                  sigstop_teardown),
         cmocka_unit_test_teardown(test_store_redis_password, password_teardown),
         cmocka_unit_test(test_store_redis_latency),
         cmocka_unit_test(test_store_redis_peek_and_top),
         cmocka_unit_test(test_store_redis_batch),
         cmocka_unit_test(test_store_redis_top_refresh),
+        cmocka_unit_test(test_store_redis_top_set_follows_short_members),
         cmocka_unit_test(test_store_redis_hold_while_out),
         cmocka_unit_test(test_respconn_pipeline),
         cmocka_unit_test(test_respconn_close_in_callback),
