@@ -22,8 +22,12 @@
  * The hash sets are open addressing with linear probing over one string
  * pool (one allocation for all the text, not one per entry), kept at
  * most half full. Values are lower-cased into a stack buffer before a
- * lookup; a value longer than LIST_VALUE_MAX cannot match, because no
- * entry that long is accepted.
+ * lookup. A value longer than LIST_VALUE_MAX cannot match an entry
+ * whole (none that long is accepted), but its domain can: an address's
+ * domain, or a domain's parents, are looked up as long as they fit
+ * (a 600-byte local part must not take a sender past a domain entry).
+ * One trailing dot of an entry or a value is dropped ("example.com." is
+ * example.com, as in DNS).
  *
  * File syntax: one entry per line; leading and trailing blanks are
  * ignored; '#' at the start of a line or after a blank starts a comment
@@ -195,6 +199,12 @@ struct list_data *list_data_new(void)
     return d;
 }
 
+/* list_trim_dot - len without one trailing dot (a lone "." stays). */
+static size_t list_trim_dot(const char *s, size_t len)
+{
+    return len > 1 && s[len - 1] == '.' ? len - 1 : len;
+}
+
 /* list_memrchr - the last c in s[0..len), or NULL (memrchr() is a GNU
  * extension). */
 static const char *list_memrchr(const char *s, int c, size_t len)
@@ -209,9 +219,11 @@ static const char *list_memrchr(const char *s, int c, size_t len)
 /*
  * list_check_numeric - why an entry that looks like an address or a
  * network but did not parse as one is wrong, or NULL if it does not look
- * like one. "1.2.3", "10.0.0.0/33" and "::g" are typos, not strings
- * anybody will ever send, and silently storing them as strings would
- * hide the mistake.
+ * like one. "1.2.3", "10.0.0.0/33" and "::g" are typos, and silently
+ * storing them as strings would hide the mistake ("192.168.1", a /24 in
+ * a Postfix access table, would never match). Text with more than 8
+ * colons is no IPv6 address, typo or not: certificate fingerprints
+ * ("68:B3:29:...", ccert_fingerprint) are strings.
  */
 static const char *list_check_numeric(const char *s, size_t len)
 {
@@ -235,7 +247,7 @@ static const char *list_check_numeric(const char *s, size_t len)
             v6ish = false;
     }
     v4ish = v4ish && dots > 0 && digits > 0;
-    v6ish = v6ish && colons >= 2;
+    v6ish = v6ish && colons >= 2 && colons <= 8;
     if (slash) {
         if (ipaddr_parse(s, alen, &ip) == 0)
             return "bad prefix length";
@@ -289,6 +301,7 @@ int list_data_add(struct list_data *d, const char *entry, size_t len, const char
     }
 
     list_lower(entry, len, buf);
+    len = list_trim_dot(buf, len);
     at = list_memrchr(buf, '@', len);
     if (at) {
         if (at == buf) {
@@ -482,26 +495,68 @@ bool list_match_ip(const struct list *l, const struct ipaddr *ip)
     return l->data && cidr_set_contains(l->data->nets, ip);
 }
 
+/* list_match_as_parent - p (lower-case), a parent domain of the value,
+ * matches: a ".p" entry, or "p" in a subdomains=true list. */
+static bool list_match_as_parent(const struct list *l, const char *p, size_t plen)
+{
+    const struct list_data *d = l->data;
+
+    return list_strset_has(&d->below, p, plen) ||
+           (l->subdomains && list_strset_has(&d->names, p, plen));
+}
+
+/* list_match_parents - a parent domain of dom (lower-case) matches. */
+static bool list_match_parents(const struct list *l, const char *dom, size_t len)
+{
+    for (size_t i = 0; i + 1 < len; i++)
+        if (dom[i] == '.' && list_match_as_parent(l, dom + i + 1, len - i - 1))
+            return true;
+    return false;
+}
+
+/* list_has_domains - the list holds entries a domain can match. */
+static bool list_has_domains(const struct list *l)
+{
+    return l->data->names.used > 0 || l->data->below.used > 0;
+}
+
 /* list_match_domain - dom (lower-case) itself, or a parent domain that
  * matches its subdomains. */
 static bool list_match_domain(const struct list *l, const char *dom, size_t len)
 {
-    const struct list_data *d = l->data;
-
-    if (len == 0 || (d->names.used == 0 && d->below.used == 0))
+    if (len == 0 || !list_has_domains(l))
         return false;
-    if (list_strset_has(&d->names, dom, len))
-        return true;
-    for (size_t i = 0; i < len; i++) {
-        if (dom[i] != '.' || i + 1 >= len)
-            continue;
-        const char *parent = dom + i + 1;
+    return list_strset_has(&l->data->names, dom, len) || list_match_parents(l, dom, len);
+}
+
+/*
+ * list_match_long - a value longer than any entry (LIST_VALUE_MAX): only
+ * a domain inside it can match, an address's domain or a domain's
+ * parents, whichever fit in buf: the longest parent that fits is folded
+ * and looked up as a parent, then its own parents.
+ */
+static bool list_match_long(const struct list *l, const char *value, size_t len, char *buf)
+{
+    const char *at = list_memrchr(value, '@', len);
+
+    if (!list_has_domains(l))
+        return false;
+    if (at) {
+        size_t dlen = len - (size_t)(at - value) - 1;
+
+        if (list_lower(at + 1, dlen, buf))
+            return list_match_domain(l, buf, list_trim_dot(buf, dlen));
+        value = at + 1; /* the domain alone is too long: its parents */
+        len = dlen;
+    }
+    for (size_t i = 0; i + 1 < len; i++) {
         size_t plen = len - i - 1;
 
-        if (list_strset_has(&d->below, parent, plen))
-            return true;
-        if (l->subdomains && list_strset_has(&d->names, parent, plen))
-            return true;
+        if (value[i] != '.' || plen > LIST_VALUE_MAX)
+            continue;
+        list_lower(value + i + 1, plen, buf);
+        plen = list_trim_dot(buf, plen);
+        return list_match_as_parent(l, buf, plen) || list_match_parents(l, buf, plen);
     }
     return false;
 }
@@ -515,7 +570,7 @@ bool list_match(const struct list *l, const char *value, size_t len)
     if (!l->data || len == 0)
         return false;
     if (!list_lower(value, len, buf))
-        return false;
+        return list_match_long(l, value, len, buf);
     /* A mail address (most values) is never an IP address: look for the
      * '@' first and parse an address only without one. */
     at = list_memrchr(buf, '@', len);
@@ -525,8 +580,9 @@ bool list_match(const struct list *l, const char *value, size_t len)
         return cidr_set_contains(l->data->nets, &ip) ||
                list_strset_has(&l->data->names, buf, len);
     }
+    len = list_trim_dot(buf, len);
     if (at) {
-        size_t dlen = len - (size_t)(at - buf) - 1;
+        size_t dlen = len > (size_t)(at - buf) ? len - (size_t)(at - buf) - 1 : 0;
 
         return list_strset_has(&l->data->addrs, buf, len) ||
                list_match_domain(l, at + 1, dlen);

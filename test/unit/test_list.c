@@ -134,7 +134,13 @@ static void test_list_match(void **state)
         {"a.example.com", false},
         {"notexample.com", false},
         {"com", false},
-        {"example.com.", false},
+        /* one trailing dot is the same domain, as in DNS; two are not */
+        {"example.com.", true},
+        {"example.com..", false},
+        {"a.sub.example.net.", true},
+        {"bob@example.com.", true},
+        {"joe@example.org.", true},
+        {"plainstring.", true},
         /* ".sub.example.net": subdomains only */
         {"sub.example.net", false},
         {"a.sub.example.net", true},
@@ -240,24 +246,58 @@ static void test_list_match_one_kind(void **state)
     list_free(&l);
 }
 
+/* long_value - "PREFIX" padded with 'a' to len bytes, then "SUFFIX". */
+static size_t long_value(char *out, size_t len, const char *prefix, const char *suffix)
+{
+    size_t p = strlen(prefix), s = strlen(suffix);
+
+    memcpy(out, prefix, p);
+    memset(out + p, 'a', len - p - s);
+    memcpy(out + len - s, suffix, s);
+    return len;
+}
+
+/* Values longer than any entry (512 bytes) still match through the
+ * domains in them: a sender must not get past a domain entry with a
+ * 600-byte local part, nor a HELO name with a 600-byte first label. */
 static void test_list_match_long_value(void **state)
 {
     (void)state;
-    char big[600];
-    struct list l;
-    const char *entries[] = {"example.com"};
+    static const struct {
+        const char *prefix, *suffix;
+        size_t len;
+        bool sub, below; /* want: subdomains=true list of "example.com"; list of ".example.com" */
+    } cases[] = {
+        {"", ".example.com", 600, true, true},         /* a subdomain, 600 bytes */
+        {"", ".Example.COM.", 600, true, true},        /* folded, trailing dot */
+        {"", "@example.com", 600, true, false},        /* its domain is example.com itself */
+        {"", "@mx.example.com", 600, true, true},      /* its domain is a subdomain */
+        {"", "@EXAMPLE.com.", 600, true, false},
+        {"x@", ".example.com", 600, true, true},       /* the domain alone is too long */
+        {"", ".example.org", 600, false, false},
+        {"", "@example.org", 600, false, false},
+        {"", "example.com", 600, false, false},        /* no dot before it: one long label */
+        {"", ".example.com", 2000, true, true},
+        {"", ".example.com", 512, true, true},         /* the short path, for comparison */
+        {"", "@example.com", 512, true, false},
+    };
+    char big[2000];
+    struct list sub, below;
+    const char *sub_entries[] = {"example.com"}, *below_entries[] = {".example.com"};
 
-    list_inline(&l, entries, 1, true);
-    /* "aaaa....example.com" of 600 bytes: a subdomain, but too long to
-     * look up, so it does not match (and nothing overflows). */
-    memset(big, 'a', sizeof(big));
-    memcpy(big + sizeof(big) - 12, ".example.com", 12);
-    if (list_match(&l, big, sizeof(big)))
-        fail_msg("600-byte value: got match, want none");
-    /* 512 bytes is still looked up. */
-    if (!list_match(&l, big + sizeof(big) - 512, 512))
-        fail_msg("512-byte value: got no match, want match");
-    list_free(&l);
+    list_inline(&sub, sub_entries, 1, true);
+    list_inline(&below, below_entries, 1, false);
+    for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {
+        size_t len = long_value(big, cases[i].len, cases[i].prefix, cases[i].suffix);
+        if (list_match(&sub, big, len) != cases[i].sub)
+            fail_msg("%zu-byte \"%s...%s\" in [example.com] subdomains=true: got %d, want %d", len,
+                     cases[i].prefix, cases[i].suffix, !cases[i].sub, cases[i].sub);
+        if (list_match(&below, big, len) != cases[i].below)
+            fail_msg("%zu-byte \"%s...%s\" in [.example.com]: got %d, want %d", len,
+                     cases[i].prefix, cases[i].suffix, !cases[i].below, cases[i].below);
+    }
+    list_free(&sub);
+    list_free(&below);
 }
 
 static void test_list_match_ip(void **state)
@@ -352,6 +392,13 @@ static void test_list_data_add(void **state)
         {"12345", NULL},
         {"4.3.2.1.in-addr.arpa", NULL},
         {"user@host@example.com", NULL},
+        /* certificate fingerprints (ccert_fingerprint): more colons than
+         * any IPv6 address has, so strings, not IPv6 typos */
+        {"68:B3:29:DA:98:93:E3:40:99:C7:D8:AD:5C:B9:C9:40", NULL},
+        {"1:2:3:4:5:6:7:8:9:10", NULL},
+        {"example.com.", NULL},
+        {".example.net.", NULL},
+        {"joe@example.org.", NULL},
         {"", "empty entry"},
         {"1.2.3.4/33", "bad prefix length"},
         {"10.0.0.0/", "bad prefix length"},
@@ -363,6 +410,8 @@ static void test_list_data_add(void **state)
         {"256.0.0.1", "bad IPv4 address"},
         {"::g", "bad IPv6 address"},
         {"2001:db8::1::2", "bad IPv6 address"},
+        {"1:2:3:4:5:6:7:8:9", "bad IPv6 address"}, /* 9 groups, 8 colons */
+        {"..", "bad domain"},
         {"@example.com", "address without a local part (write the domain alone)"},
         {"joe@", "address without a domain"},
         {".", "bad domain"},
