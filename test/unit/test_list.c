@@ -323,6 +323,27 @@ static void test_list_match_ip(void **state)
             fail_msg("%s: got %d, want %d", cases[i].ip, got, cases[i].want);
     }
     list_free(&l);
+
+    /* "::/0" is the IPv6 clients: an IPv4 client (mapped or not) is not
+     * in it; an IPv4-mapped /96 or longer is an IPv4 network. */
+    static const struct {
+        const char *ip;
+        bool want;
+    } v6cases[] = {
+        {"2001:db8::1", true}, {"10.0.0.1", false}, {"::ffff:10.0.0.1", false},
+        {"192.0.2.5", true},   {"::ffff:192.0.2.5", true}, {"192.0.3.5", false},
+    };
+    const char *v6entries[] = {"::/0", "::ffff:192.0.2.0/120"};
+    list_inline(&l, v6entries, 2, false);
+    for (size_t i = 0; i < sizeof(v6cases) / sizeof(v6cases[0]); i++) {
+        struct ipaddr ip;
+        if (ipaddr_parse(v6cases[i].ip, strlen(v6cases[i].ip), &ip) != 0)
+            fail_msg("bad test address %s", v6cases[i].ip);
+        if (list_match_ip(&l, &ip) != v6cases[i].want)
+            fail_msg("[::/0, ::ffff:192.0.2.0/120] %s: got %d, want %d", v6cases[i].ip,
+                     !v6cases[i].want, v6cases[i].want);
+    }
+    list_free(&l);
 }
 
 static void test_list_match_ip_text(void **state)
