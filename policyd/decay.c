@@ -81,13 +81,15 @@ double decay_ttl(const struct decay *d, double score)
 
 /*
  * decay_round - half up, i.e. floor(x * 10^p + 0.5) / 10^p, plus a
- * nudge of 1e-9 of the magnitude before flooring. Why the nudge: 0.145
- * is stored as 0.14499999999999999, 0.145 * 100 + 0.5 is
- * 14.999999999999998, and that would floor to 0.14. A double carries
- * about 16 significant digits, so a nudge of 9 digits absorbs that
- * representation noise (and a few operations' worth of it) and nothing
- * an operator could mean: a value within 1e-9 (relative) below a half
- * rounds up, and that is the intent.
+ * nudge of 1e-12 of the magnitude (at most a thousandth of a unit)
+ * before flooring. Why the nudge: 0.145 is stored as
+ * 0.14499999999999999, 0.145 * 100 + 0.5 is 14.999999999999998, and that
+ * would floor to 0.14. A double carries about 16 significant digits, so
+ * a relative nudge of 1e-12 absorbs that representation noise (and a
+ * few operations' worth of it) and nothing an operator could mean: a
+ * value within 1e-12 (relative) below a half rounds up. The cap keeps
+ * large values honest: a nudge of 1e-9, as it was, reached half a unit
+ * at 5e8 units and rounded 500,000,000 bytes up to 500,000,001.
  */
 double decay_round(double score, int precision)
 {
@@ -102,7 +104,7 @@ double decay_round(double score, int precision)
     v = score * scale;
     if (!isfinite(v))
         return score;
-    return floor(v + 0.5 + fabs(v) * 1e-9) / scale;
+    return floor(v + 0.5 + fmin(fabs(v) * 1e-12, 1e-3)) / scale;
 }
 
 /*

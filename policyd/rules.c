@@ -446,6 +446,18 @@ static bool rules_dns_match(const struct cond *c, struct request *req, const str
     }
 }
 
+/* rules_cond_names_missing - c, or a condition under it, is on a counter
+ * this request has no score for (no key for it). */
+static bool rules_cond_names_missing(const struct cond *c, const struct eval *ev)
+{
+    if (c->subject.is_counter && (!ev || !ev->have_score[c->subject.index]))
+        return true;
+    for (size_t i = 0; i < c->n_children; i++)
+        if (rules_cond_names_missing(c->children[i], ev))
+            return true;
+    return false;
+}
+
 bool rules_cond_match(const struct rules *r, const struct cond *c, struct request *req,
                       const struct eval *ev)
 {
@@ -468,8 +480,10 @@ bool rules_cond_match(const struct rules *r, const struct cond *c, struct reques
     }
     case COND_NOT:
         /* A counter this request has no score for matches nothing,
-         * negated or not. */
-        if (c->subject.is_counter && (!ev || !ev->have_score[c->subject.index]))
+         * negated or not: "not: {user: ...}" as much as "user: {not:
+         * ...}" (else a request without a SASL user would match the
+         * negation of every user threshold). */
+        if (rules_cond_names_missing(c, ev))
             return false;
         return !rules_cond_match(r, c->children[0], req, ev);
     case COND_DNSLIST:
@@ -585,6 +599,30 @@ static enum rules_tri rules_cond_tri(const struct rules *r, const struct cond *c
     }
 }
 
+/* rules_cond_collect_lists - mark the questions of every DNS list under
+ * c, decided or not: "add: weight" sums the weights of all the listing
+ * zones of its rule, and a zone not asked would count 0, or count
+ * depending on whether another rule asked it. */
+static void rules_cond_collect_lists(const struct cond *c, struct eval *ev)
+{
+    if (c->kind == COND_DNSLIST) {
+        for (size_t i = 0; i < c->n_members; i++)
+            ev->dns_need[c->members[i].dnsq] = true;
+        return;
+    }
+    for (size_t i = 0; i < c->n_children; i++)
+        rules_cond_collect_lists(c->children[i], ev);
+}
+
+/* rules_adds_weight - pr adds the weights of its DNS lists. */
+static bool rules_adds_weight(const struct points_rule *pr)
+{
+    for (size_t i = 0; i < pr->n_adds; i++)
+        if (pr->adds[i].kind == ADD_WEIGHT)
+            return true;
+    return false;
+}
+
 /* rules_cond_collect - mark the questions of the DNS leaves that can
  * still decide c: only subtrees whose value is unknown are visited. */
 static void rules_cond_collect(const struct rules *r, const struct cond *c, struct request *req,
@@ -616,6 +654,8 @@ size_t rules_dns_needed(const struct rules *r, struct request *req, struct eval 
     for (size_t i = 0; i < r->n_points && !stopped; i++) {
         const struct points_rule *pr = &r->points[i];
         enum rules_tri t = pr->when ? rules_cond_tri(r, pr->when, req) : TRI_TRUE;
+        if (t != TRI_FALSE && pr->when && rules_adds_weight(pr))
+            rules_cond_collect_lists(pr->when, ev);
         if (t == TRI_UNKNOWN)
             rules_cond_collect(r, pr->when, req, ev);
         else if (t == TRI_TRUE && pr->then_set && !pr->log_only)

@@ -211,6 +211,13 @@ static void test_decay_round(void **state)
         {"precision below 0 clamps", 2.5, -1, 3},
         {"large", 123456789.5, 0, 123456790},
         {"already whole", 7, 0, 7},
+        /* The nudge stays far below half a unit at any size. */
+        {"500 at 6 (5e8 units)", 500, 6, 500},
+        {"1e9 bytes", 1e9, 0, 1e9},
+        {"1e8 + 0.45", 1e8 + 0.45, 0, 1e8},
+        {"1e8 + 0.5", 1e8 + 0.5, 0, 1e8 + 1},
+        {"1e12 + 0.25", 1e12 + 0.25, 0, 1e12},
+        {"500.0000004 at 6", 500.0000004, 6, 500},
     };
 
     for (size_t i = 0; i < sizeof(cases) / sizeof(cases[0]); i++) {

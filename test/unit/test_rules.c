@@ -43,6 +43,7 @@ static const char *rules_yaml =
     "  - { name: plain, when: { mb: \">= 0.5\" }, do: reject }\n"
     "  - { name: tag, when: { not: { helo_name: { re: \"\\\\.\" } }, protocol_state: RCPT }, do: \"prepend X-Helo: %{helo_name}\" }\n"
     "  - { name: quiet-user, when: { user: { not: \">= 1\" } }, do: warn }\n"
+    "  - { name: quiet-user-outer, when: { not: { user: \">= 1\" } }, do: warn }\n"
     "  - { name: show, when: { protocol_state: DATA }, do: defer, message: \"%{sasl_username} sent %{score.pair} to %{key.pair}\" }\n";
 
 static struct config *cfg;

@@ -216,11 +216,65 @@ static void test_rules_dns_weights_min_and_templates(void **state)
     request_fini(&req);
 }
 
+/* "add: weight" sums the weights of every listing zone of its rule, so
+ * each is asked even when the rule's condition is decided without it
+ * ("any" with a branch already true): the weight must not depend on
+ * whether another rule happened to ask the same zone. */
+static void test_rules_dns_weight_asks_every_zone(void **state)
+{
+    (void)state;
+    static const char *yaml =
+        "dns: { servers: [\"127.0.0.1:5353\"], timeout: 500ms }\n"
+        "counters:\n"
+        "  ip: { key: client_address, half_life: 10m }\n"
+        "points:\n"
+        "  - name: helo-or-bl\n"
+        "    when: { any: [ { helo_name: localhost }, { dnsbl: { zones: { c.example: 4 } } } ] }\n"
+        "    add: { ip: weight }\n"
+        "  - name: rcpt-only\n"
+        "    when: { protocol_state: RCPT, any: [ { helo_name: localhost }, { dnsbl: { zones: { d.example: 2 } } } ] }\n"
+        "    add: { ip: weight }\n";
+    struct config_errors errs = {0};
+    struct config *c = config_load_string("weight.yaml", yaml, strlen(yaml), &errs);
+    for (size_t i = 0; i < errs.n; i++)
+        print_error("unexpected: %s\n", errs.msgs[i]);
+    config_errors_fini(&errs);
+    assert_non_null(c);
+    const struct rules *r = c->rules;
+    struct request req;
+    struct eval ev;
+    request_init(&req);
+
+    /* RCPT from a "localhost" HELO: both rules match without DNS, and
+     * both zones must still be asked for their weights. */
+    request(&req, "RCPT", "192.0.2.7", NULL);
+    request_set(&req, ATTR_HELO_NAME, "localhost", 9);
+    size_t n = rules_dns_needed(r, &req, &ev);
+    assert_int_equal(n, 2);
+    for (size_t i = 0; i < r->n_dnsqs; i++) {
+        assert_true(ev.dns_need[i]);
+        listed(&ev, (int)i, 0x7f000002);
+    }
+    rules_eval_points_dns(r, &req, &ev);
+    assert_int_equal(ev.n_updates, 1);
+    if (ev.updates[0].points != 6.0)
+        fail_msg("weights got %g points, want 4 + 2", ev.updates[0].points);
+
+    /* MAIL: the second rule cannot match, so only the first's zone. */
+    request(&req, "MAIL", "192.0.2.7", NULL);
+    request_set(&req, ATTR_HELO_NAME, "localhost", 9);
+    n = rules_dns_needed(r, &req, &ev);
+    assert_int_equal(n, 1);
+    request_fini(&req);
+    config_unref(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rules_dns_needed_is_lazy),
         cmocka_unit_test(test_rules_dns_weights_min_and_templates),
+        cmocka_unit_test(test_rules_dns_weight_asks_every_zone),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
