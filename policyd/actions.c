@@ -35,13 +35,19 @@ struct outbuf {
     size_t cap;                 /* bytes available including the NUL */
 };
 
+/* out_add - s[0..n), cut to the room left; a cut falls between UTF-8
+ * characters (the texts are valid UTF-8, and stay so: Postfix writes
+ * them into SMTP replies and, for PREPEND, into a header). */
 static void out_add(struct outbuf *o, const char *s, size_t n)
 {
     if (o->cap == 0)
         return;
     size_t room = o->cap - 1 - o->len;
-    if (n > room)
+    if (n > room) {
         n = room;
+        while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+            n--;
+    }
     memcpy(o->p + o->len, s, n);
     o->len += n;
     o->p[o->len] = '\0';

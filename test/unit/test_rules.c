@@ -349,6 +349,68 @@ static void test_rules_not_on_missing_counter(void **state)
     request_fini(&req);
 }
 
+/* utf8_valid - s[0..n) is well-formed UTF-8 (no overlong forms checked:
+ * the template writes none). */
+static bool utf8_valid(const char *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        unsigned char c = (unsigned char)s[i];
+        size_t len = c < 0x80 ? 1 : (c & 0xe0) == 0xc0 ? 2 : (c & 0xf0) == 0xe0 ? 3
+                                 : (c & 0xf8) == 0xf0 ? 4 : 0;
+        if (len == 0 || i + len > n)
+            return false;
+        for (size_t k = 1; k < len; k++)
+            if (((unsigned char)s[i + k] & 0xc0) != 0x80)
+                return false;
+        i += len;
+    }
+    return true;
+}
+
+/* An answer cut to ACTIONS_MAX_ANSWER ends between characters: a HELO
+ * name of 600 two-byte characters in a reject text made 1,032 bytes
+ * ending in half a character. */
+static void test_rules_long_answer_stays_utf8(void **state)
+{
+    (void)state;
+    static const char *yaml =
+        "counters:\n"
+        "  ip: { key: client_address, half_life: 10m }\n"
+        "actions:\n"
+        "  - { name: r, do: reject, message: \"over limit %{helo_name}\" }\n";
+    struct config_errors errs = {0};
+    struct config *c = config_load_string("utf8.yaml", yaml, strlen(yaml), &errs);
+    config_errors_fini(&errs);
+    assert_non_null(c);
+    struct request req;
+    struct eval ev;
+    char helo[1201], answer[ACTIONS_MAX_ANSWER];
+    for (int i = 0; i < 600; i++)
+        memcpy(helo + 2 * i, "\xc3\xa9", 2); /* é */
+    helo[1200] = '\0';
+    request_init(&req);
+    for (int shift = 0; shift < 2; shift++) {
+        /* Both parities of the cut: "over limit " is 11 bytes, and one
+         * more ASCII byte moves every character by one. */
+        rcpt_request(&req, "192.0.2.9", NULL);
+        char name[1202];
+        snprintf(name, sizeof name, "%s%s", shift ? "x" : "", helo);
+        set(&req, ATTR_HELO_NAME, name);
+        rules_eval_points(c->rules, &req, &ev);
+        const struct action_rule *ar = rules_decide(c->rules, &req, &ev);
+        assert_non_null(ar);
+        size_t n = actions_format(c->rules, ar, &req, &ev, answer, sizeof answer);
+        assert_true(n < sizeof answer);
+        assert_int_equal(n, strlen(answer));
+        assert_true(n >= sizeof answer - 4); /* cut, not emptied */
+        if (!utf8_valid(answer, n))
+            fail_msg("shift %d: %zu-byte answer is not valid UTF-8 (ends %02x %02x)", shift, n,
+                     (unsigned char)answer[n - 2], (unsigned char)answer[n - 1]);
+    }
+    request_fini(&req);
+    config_unref(c);
+}
+
 /* A very long key value is hashed, not skipped: a sender cannot escape
  * counting with a long address, and equal values give equal keys. */
 static void test_rules_long_keys_are_hashed(void **state)
@@ -480,6 +542,7 @@ int main(void)
         cmocka_unit_test(test_rules_unknown_score_does_not_match),
         cmocka_unit_test(test_rules_message_code_only_from_the_config),
         cmocka_unit_test(test_rules_not_on_missing_counter),
+        cmocka_unit_test(test_rules_long_answer_stays_utf8),
         cmocka_unit_test(test_rules_long_keys_are_hashed),
         cmocka_unit_test(test_rules_cond_plan),
     };
