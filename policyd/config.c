@@ -237,6 +237,12 @@ static const char *config_pair_key(struct loader *ld, yaml_node_pair_t *pair, co
         config_err(ld, k, path, "keys must be plain names");
         return NULL;
     }
+    /* Settings are compared as C strings: a key with a NUL in it would
+     * pass the duplicate check and then stand for the key before it. */
+    if (strlen(config_scalar(k)) != k->data.scalar.length) {
+        config_err(ld, k, path, "a key with a NUL byte in it");
+        return NULL;
+    }
     return config_scalar(k);
 }
 
@@ -289,6 +295,54 @@ static void config_check_duplicates(struct loader *ld, struct config_file *f)
     }
 }
 
+/*
+ * config_expanded - how many nodes the loader visits from node index when
+ * aliases are followed (an alias is the anchored node itself, visited
+ * again at each use), counting no further than limit; limit + 1 for a
+ * nesting deeper than CONFIG_MAX_NESTING.
+ */
+#define CONFIG_MAX_NESTING 100
+#define CONFIG_MAX_ALIAS_NODES 100000 /* nodes that aliases may add */
+static size_t config_expanded(yaml_document_t *doc, int index, size_t limit, int depth)
+{
+    yaml_node_t *n = yaml_document_get_node(doc, index);
+    size_t count = 1;
+
+    if (!n)
+        return 0;
+    if (depth > CONFIG_MAX_NESTING)
+        return limit + 1;
+    if (n->type == YAML_SEQUENCE_NODE) {
+        for (yaml_node_item_t *i = n->data.sequence.items.start;
+             i < n->data.sequence.items.top && count <= limit; i++)
+            count += config_expanded(doc, *i, limit - count, depth + 1);
+    } else if (n->type == YAML_MAPPING_NODE) {
+        for (yaml_node_pair_t *p = n->data.mapping.pairs.start;
+             p < n->data.mapping.pairs.top && count <= limit; p++) {
+            count += config_expanded(doc, p->key, limit - count, depth + 1);
+            if (count <= limit)
+                count += config_expanded(doc, p->value, limit - count, depth + 1);
+        }
+    }
+    return count;
+}
+
+/* config_check_size - aliases (*name) may not multiply the document past
+ * CONFIG_MAX_ALIAS_NODES more nodes than it holds: a few hundred bytes of
+ * nested aliases expand to millions of rules (gigabytes, and a reload
+ * that stalls the daemon). */
+static void config_check_size(struct loader *ld, struct config_file *f)
+{
+    size_t held = (size_t)(f->doc.nodes.top - f->doc.nodes.start);
+    size_t limit = held + CONFIG_MAX_ALIAS_NODES;
+
+    if (config_expanded(&f->doc, 1, limit, 0) > limit)
+        config_error_add(ld->errs,
+                         xasprintf("%s: too large once its aliases are expanded (more than %zu "
+                                   "nodes, or nested more than %d deep)",
+                                   f->name, limit, CONFIG_MAX_NESTING));
+}
+
 static int config_parse_yaml(struct loader *ld, struct config_file *f, const char *text, size_t len)
 {
     yaml_parser_t parser;
@@ -316,9 +370,18 @@ static int config_parse_yaml(struct loader *ld, struct config_file *f, const cha
                                        f->name, (unsigned long)root->start_mark.line + 1,
                                        (unsigned long)root->start_mark.column + 1));
         yaml_document_delete(&extra);
+    } else {
+        /* A broken second document is an error too, not ignored. */
+        config_error_add(ld->errs,
+                         xasprintf("%s:%lu:%lu: YAML syntax error: %s%s%s", f->name,
+                                   (unsigned long)parser.problem_mark.line + 1,
+                                   (unsigned long)parser.problem_mark.column + 1,
+                                   parser.problem ? parser.problem : "unknown problem",
+                                   parser.context ? " " : "", parser.context ? parser.context : ""));
     }
     yaml_parser_delete(&parser);
     config_check_duplicates(ld, f);
+    config_check_size(ld, f);
     return 0;
 }
 
@@ -860,7 +923,8 @@ static bool config_valid_dns_server(const char *s)
     if (!*port || *end || p <= 0 || p > 65535)
         return false;
     size_t hlen = (size_t)(colon - s) + (s[0] == '[' ? 1 : 0);
-    return ipaddr_parse(s, hlen, &ip) == 0 && (s[0] == '[' || ip.family == AF_INET);
+    /* "[IPv6]:port" or "IPv4:port": c-ares takes no other form. */
+    return ipaddr_parse(s, hlen, &ip) == 0 && ip.family == (s[0] == '[' ? AF_INET6 : AF_INET);
 }
 
 /* A DNS zone as written in the config: a valid name with at least one
@@ -904,7 +968,11 @@ static void config_parse_dns(struct loader *ld, yaml_node_t *n, const char *path
         if (!strcmp(key, "servers")) {
             yaml_node_t *single = config_is_scalar(v) ? v : NULL;
             if (single || config_expect(ld, v, YAML_SEQUENCE_NODE, kpath)) {
-                dns_config_fini(dc);
+                /* The servers only: dns_config_fini would also drop a
+                 * country_zone written before them. */
+                for (size_t i = 0; i < dc->n_servers; i++)
+                    free(dc->servers[i]);
+                dc->n_servers = 0;
                 size_t count = single ? 1 : (size_t)(v->data.sequence.items.top - v->data.sequence.items.start);
                 if (count > DNS_MAX_SERVERS)
                     config_err(ld, v, kpath, "at most %d servers", DNS_MAX_SERVERS);
@@ -937,12 +1005,14 @@ static void config_parse_dns(struct loader *ld, yaml_node_t *n, const char *path
             if (config_parse_duration(ld, v, kpath, 0, &d)) {
                 if (d > 7 * 86400)
                     config_err(ld, v, kpath, "at most 7d");
+                /* Whole seconds, rounded up: 900ms must not become 0
+                 * (no caching at all). */
                 else if (!strcmp(key, "ttl_floor"))
-                    dc->ttl_floor_s = (uint32_t)d;
+                    dc->ttl_floor_s = (uint32_t)ceil(d);
                 else if (!strcmp(key, "ttl_ceiling"))
-                    dc->ttl_ceiling_s = (uint32_t)d;
+                    dc->ttl_ceiling_s = (uint32_t)ceil(d);
                 else
-                    dc->negative_ttl_s = (uint32_t)d;
+                    dc->negative_ttl_s = (uint32_t)ceil(d);
             }
         } else if (!strcmp(key, "cache_size")) {
             if (config_parse_uint(ld, v, kpath, 16, 10000000, &u))
@@ -1800,6 +1870,13 @@ static bool config_dns_member(struct loader *ld, struct cond *c, yaml_node_t *zn
         sp->codes = n_own ? own : codes;
         sp->n_codes = n_own ? n_own : n_codes;
         int qi = config_dns_question(ld, zn, path, sp);
+        for (size_t i = 0; qi >= 0 && i < c->n_members; i++)
+            if (c->members[i].dnsq == qi) {
+                /* One question, two members: min: and weights would
+                 * count its listing twice. */
+                config_err(ld, zn, path, "zone \"%s\" is listed twice in this check", zone);
+                qi = -1;
+            }
         if (qi < 0) {
             ok = false;
         } else {

@@ -135,6 +135,21 @@ static const struct error_case error_cases[] = {
     {"empty file", "", "t.yaml:1:1: the file is empty"},
     {"comments only", "# nothing here\n", "the file is empty"},
     {"redirect without address", "actions:\n  - { name: a, do: redirect }\n", "redirect needs an argument"},
+    {"broken second document", "listen: [\"127.0.0.1:1\"]\n---\nactions: [ { name: x, do: reject\n",
+     "YAML syntax error"},
+    {"a zone twice in one check",
+     "actions:\n  - { name: a, when: { dnsbl: { zones: [bl.example.org, BL.example.org.], min: 2 } }, do: reject }\n",
+     "zone \"bl.example.org\" is listed twice in this check"},
+    {"bracketed IPv4 DNS server", "dns: { servers: [\"[127.0.0.1]:5353\"] }\n", "expected \"IP\""},
+    {"a key with a NUL", "dns: { timeout: 500ms, \"timeout\\0x\": 20s }\n", "a key with a NUL byte"},
+    {"aliases expanding to a million nodes",
+     "x0: &a [1, 1, 1, 1, 1, 1, 1, 1, 1, 1]\n"
+     "x1: &b [*a, *a, *a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "x2: &c [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n"
+     "x3: &d [*c, *c, *c, *c, *c, *c, *c, *c, *c, *c]\n"
+     "x4: &e [*d, *d, *d, *d, *d, *d, *d, *d, *d, *d]\n"
+     "x5: [*e, *e, *e, *e, *e, *e, *e, *e, *e, *e]\n",
+     "too large once its aliases are expanded"},
 };
 
 static void test_config_errors_name_file_line_col(void **state)
@@ -161,6 +176,34 @@ static void test_config_errors_name_file_line_col(void **state)
         config_errors_fini(&errs);
     }
     assert_int_equal(failures, 0);
+}
+
+/* Settings that came out wrong: dns.servers after dns.country_zone
+ * dropped the zone; TTLs under a second became 0 (no caching); a few
+ * aliases still load (only multiplying ones are refused). */
+static void test_config_dns_settings_kept(void **state)
+{
+    (void)state;
+    static const char *text =
+        "dns: { country_zone: cc.example.org, servers: [\"127.0.0.1:5353\", \"[::1]:5353\"],\n"
+        "       ttl_floor: 500ms, ttl_ceiling: 900ms, negative_ttl: 1500ms }\n"
+        "lists:\n"
+        "  a: &nets [\"10.0.0.0/8\"]\n"
+        "  b: *nets\n"
+        "actions:\n"
+        "  - { name: c, when: { country: [CN] }, do: reject }\n";
+    struct config_errors errs = {0};
+    struct config *cfg = load(text, &errs);
+    for (size_t k = 0; k < errs.n; k++)
+        print_error("unexpected: %s\n", errs.msgs[k]);
+    assert_non_null(cfg);
+    assert_string_equal(cfg->dns.country_zone, "cc.example.org");
+    assert_int_equal(cfg->dns.n_servers, 2);
+    assert_int_equal(cfg->dns.ttl_floor_s, 1);
+    assert_int_equal(cfg->dns.ttl_ceiling_s, 1);
+    assert_int_equal(cfg->dns.negative_ttl_s, 2);
+    config_unref(cfg);
+    config_errors_fini(&errs);
 }
 
 /* Every error is reported, not only the first. */
@@ -290,6 +333,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_config_letter_of_the_issue),
         cmocka_unit_test(test_config_errors_name_file_line_col),
+        cmocka_unit_test(test_config_dns_settings_kept),
         cmocka_unit_test(test_config_errors_are_all_collected),
         cmocka_unit_test(test_config_includes),
         cmocka_unit_test(test_config_password_file),
