@@ -148,7 +148,8 @@ static bool rules_part_folds(const struct key_part *p)
 /* rules_counter_key_hashed - "NAME:#" + the SHA-1 of the values joined
  * by '|' (folded as the plain key would be), for a key too long. */
 static const char *rules_counter_key_hashed(const struct counter *c, const char *const *vals,
-                                            const size_t *lens, struct request *req, size_t *len)
+                                            const size_t *lens, char sep, struct request *req,
+                                            size_t *len)
 {
     static const char hex[] = "0123456789abcdef";
     size_t nlen = c->name_len;
@@ -159,7 +160,7 @@ static const char *rules_counter_key_hashed(const struct counter *c, const char 
     sha1_init(&h);
     for (unsigned i = 0; i < c->n_parts; i++) {
         if (i > 0)
-            sha1_update(&h, "|", 1);
+            sha1_update(&h, &sep, 1);
         for (size_t k = 0; k < lens[i]; k += sizeof chunk) {
             size_t n = lens[i] - k < sizeof chunk ? lens[i] - k : sizeof chunk;
             rules_copy_fold(chunk, vals[i] + k, n, rules_part_folds(&c->parts[i]));
@@ -187,6 +188,12 @@ static const char *rules_counter_key_hashed(const struct counter *c, const char 
  * attribute is case-insensitive. A key that would be RULES_MAX_KEY bytes
  * or longer becomes "NAME:#" + the SHA-1 of the value: a sender cannot
  * escape counting with a 1 kB address, and the store's keys stay short.
+ * Two kinds of value would make a key that another value also makes,
+ * and are hashed too, their parts joined by a NUL (which no value holds)
+ * rather than '|': a part holding '|' in a key of several parts ("a|b" +
+ * "c" and "a" + "b|c" both wrote "a|b|c"), and a value starting with
+ * '#' (a HELO "#<40 hex digits>" wrote the hashed key of some long one).
+ * Other keys are as they always were.
  * The values are looked up first and the key is written once, straight
  * into the arena: this runs for every counter of every request.
  */
@@ -203,8 +210,13 @@ const char *rules_counter_key(const struct counter *c, struct request *req, size
             return NULL;
         total += lens[i] + (i > 0);
     }
+    bool ambiguous = c->n_parts > 0 && lens[0] > 0 && vals[0][0] == '#';
+    for (unsigned i = 0; c->n_parts > 1 && i < c->n_parts && !ambiguous; i++)
+        ambiguous = memchr(vals[i], '|', lens[i]) != NULL;
+    if (ambiguous)
+        return rules_counter_key_hashed(c, vals, lens, '\0', req, len);
     if (total >= RULES_MAX_KEY)
-        return rules_counter_key_hashed(c, vals, lens, req, len);
+        return rules_counter_key_hashed(c, vals, lens, '|', req, len);
     char *key = arena_alloc(&req->arena, total + 1);
     char *o = key;
     memcpy(o, c->name, nlen);

@@ -411,6 +411,50 @@ static void test_rules_long_answer_stays_utf8(void **state)
     config_unref(c);
 }
 
+/* key_of - the key of counter name for a RCPT from user with sender, as
+ * text ("" if the request has no update of it). */
+static void key_of(const char *name, const char *user, const char *sender, char *out, size_t cap)
+{
+    struct request req;
+    struct eval ev;
+    request_init(&req);
+    rcpt_request(&req, "192.0.2.9", user);
+    set(&req, ATTR_SENDER, sender);
+    rules_eval_points(cfg->rules, &req, &ev);
+    const struct store_update *u = update_of(&ev, name);
+    snprintf(out, cap, "%.*s", u ? (int)u->key_len : 0, u ? u->key : "");
+    request_fini(&req);
+}
+
+/* No two values share a key: "a|b" + "c" and "a" + "b|c" wrote the same
+ * "pair:a|b|c", and a SASL name "#" + 40 hex digits wrote the hashed key
+ * of some long name. Such values are hashed with their parts apart;
+ * every other key is as it was. */
+static void test_rules_keys_unambiguous(void **state)
+{
+    (void)state;
+    char k1[128], k2[128], k3[128];
+
+    key_of("pair", "carol", "x@Customer.Example", k1, sizeof k1);
+    assert_string_equal(k1, "pair:carol|customer.example");
+    key_of("pair", "a|b", "x@c.example", k1, sizeof k1);
+    key_of("pair", "a", "x@b|c.example", k2, sizeof k2);
+    assert_memory_equal(k1, "pair:#", 6);
+    assert_memory_equal(k2, "pair:#", 6);
+    if (strcmp(k1, k2) == 0)
+        fail_msg("(a|b, c.example) and (a, b|c.example) share the key %s", k1);
+    key_of("pair", "a", "x@b.c.example", k3, sizeof k3);
+    assert_string_equal(k3, "pair:a|b.c.example");
+    /* A one-part key may hold '|' as it is; one starting with '#' may not. */
+    key_of("user", "a|b", "x@c.example", k1, sizeof k1);
+    assert_string_equal(k1, "user:a|b");
+    key_of("user", "#f75e07320ca7f7306dad8a3fdda837ffa0e002f4", "x@c.example", k1, sizeof k1);
+    assert_memory_equal(k1, "user:#", 6);
+    assert_int_equal(strlen(k1), 6 + 40);
+    if (strcmp(k1, "user:#f75e07320ca7f7306dad8a3fdda837ffa0e002f4") == 0)
+        fail_msg("a name of '#' and hex digits took the hashed key of a long name");
+}
+
 /* A very long key value is hashed, not skipped: a sender cannot escape
  * counting with a long address, and equal values give equal keys. */
 static void test_rules_long_keys_are_hashed(void **state)
@@ -543,6 +587,7 @@ int main(void)
         cmocka_unit_test(test_rules_message_code_only_from_the_config),
         cmocka_unit_test(test_rules_not_on_missing_counter),
         cmocka_unit_test(test_rules_long_answer_stays_utf8),
+        cmocka_unit_test(test_rules_keys_unambiguous),
         cmocka_unit_test(test_rules_long_keys_are_hashed),
         cmocka_unit_test(test_rules_cond_plan),
     };
