@@ -261,11 +261,23 @@ static void server_close_handles(struct server *srv)
     followup_stop();
 }
 
+static void server_on_drain(uv_timer_t *t);
+
 void server_conn_closed(struct server *srv)
 {
-    /* The last connection of a graceful stop: nothing left to wait for. */
-    if (srv->stopping && srv->n_conns == 0 && srv->store)
-        server_close_handles(srv);
+    /* The last connection of a graceful stop: nothing left to wait for.
+     * The handles are closed from the loop, not from here: this runs
+     * inside whatever callback let the last connection go, a DNS answer
+     * say, and closing the resolver from inside c-ares's own callback
+     * freed the query it was still answering. */
+    if (srv->stopping && srv->n_conns == 0 && srv->store) {
+        if (!srv->drain_timer.loop) {
+            server_close_handles(srv);
+            return;
+        }
+        uv_ref((uv_handle_t *)&srv->drain_timer);
+        uv_timer_start(&srv->drain_timer, server_on_drain, 0, 0);
+    }
 }
 
 static void server_on_drain(uv_timer_t *t)

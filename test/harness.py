@@ -43,6 +43,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import unittest
 
@@ -540,6 +541,53 @@ class DeadDns:
         return "127.0.0.1:%d" % self.port
 
     def close(self):
+        self.sock.close()
+
+
+class SlowDns:
+    """A UDP DNS server on loopback that answers every query NXDOMAIN,
+    each after `delay` seconds (a thread per query)."""
+
+    def __init__(self, delay):
+        self.delay = delay
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.queries = 0
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def address(self):
+        return "127.0.0.1:%d" % self.port
+
+    def _answer(self, q, addr):
+        time.sleep(self.delay)
+        # Same id and question; QR, RD, RA; rcode 3 (NXDOMAIN); no records.
+        reply = q[:2] + bytes([0x81, 0x83]) + q[4:6] + b"\0\0\0\0\0\0" + q[12:]
+        try:
+            self.sock.sendto(reply, addr)
+        except OSError:
+            pass
+
+    def _serve(self):
+        self.sock.settimeout(0.2)
+        while not self._stop:
+            try:
+                q, addr = self.sock.recvfrom(2048)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if len(q) < 12:
+                continue
+            self.queries += 1
+            threading.Thread(target=self._answer, args=(q, addr), daemon=True).start()
+
+    def close(self):
+        self._stop = True
+        self._thread.join(2)
         self.sock.close()
 
 

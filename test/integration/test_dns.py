@@ -284,6 +284,28 @@ class DnsTest(h.SGTestCase):
         self.assertEqual(st["coalesced"], "1")
         self.assertEqual(st["timeouts"], "3")
 
+    def test_stop_while_an_answer_is_owed_to_a_client_gone(self):
+        # The client leaves while its DNS question is out, SIGTERM comes,
+        # then the answer: the last connection goes from inside c-ares's
+        # callback, and closing the resolver right there freed the query
+        # c-ares was still answering (a crash at every such stop).
+        slow = h.SlowDns(delay=1.0)
+        self.addCleanup(slow.close)
+        # Not listed, and no action reads a counter: no store round trip,
+        # the decision comes straight out of the DNS answer.
+        self.start(slow.address, dns={"timeout": "3s"}, points=[
+            {"name": "bl", "when": {"dnsbl": ["bl.test"]}, "add": {"ip": 1}}], actions=[
+            {"name": "bad", "when": {"sender": "bad@x.example"}, "do": "reject",
+             "message": "554 5.7.1 no"}])
+        gone = self.client(self.d)
+        gone.send_raw(gone.encode(h.policy_request(client_address="198.51.100.70")))
+        h.wait_until(lambda: slow.queries >= 1, 2 * h.SLOW, what="the DNS question")
+        gone.close()
+        time.sleep(0.2)
+        t0 = time.monotonic()
+        self.assertEqual(self.d.stop(), 0)  # exit 0, no sanitizer report
+        self.assertGreater(time.monotonic() - t0, 0.4, "stopped before the answer came")
+
     def test_on_error_defer_and_ignore(self):
         dead = self.dead_dns()
         self.start(dead.address, dns={"timeout": "200ms"}, actions=[
