@@ -172,11 +172,18 @@ static void smtpc_close(struct smtpc *c)
     uv_close((uv_handle_t *)&c->timer, smtpc_on_close);
 }
 
-/* smtpc_fail - end with status; detail says why. */
+/* smtpc_fail - end with status; detail says why. Once the relay has
+ * taken the message (a 2xx to the final dot), what QUIT meets (no answer,
+ * garbage, a write error) changes nothing: the mail was delivered, and a
+ * failure here would have it sent again. */
 static void smtpc_fail(struct smtpc *c, int status, const char *why)
 {
     if (c->closing)
         return;
+    if (c->state == SMTPC_QUIT) {
+        smtpc_close(c);
+        return;
+    }
     c->result = status;
     if (why)
         snprintf(c->detail, sizeof c->detail, "%s", why);
@@ -382,11 +389,17 @@ static void smtpc_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
             smtpc_fail(c, -EAGAIN, "not an SMTP reply");
             return;
         }
-        /* Replies to commands not yet sent mean the peer is not
-         * speaking SMTP with us; one reply per step is all we use. */
         smtpc_reply(c, code, c->rbuf, used);
         memmove(c->rbuf, c->rbuf + used, c->rlen - used);
         c->rlen -= used;
+        /* More after one reply was sent before the relay had our next
+         * command (no PIPELINING here): replies ahead of the commands
+         * mean the peer is not speaking SMTP with us, and taking them as
+         * answers would report a mail delivered that was never sent. */
+        if (!c->closing && c->rlen > 0) {
+            smtpc_fail(c, -EAGAIN, "replies ahead of the commands: not an SMTP dialogue");
+            return;
+        }
     }
 }
 

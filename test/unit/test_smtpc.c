@@ -146,6 +146,8 @@ struct relay {
     uv_tcp_t client;
     bool accepted;
     bool speak;                 /* run the scripted dialogue */
+    bool mute_at_quit;          /* take the message, then never answer QUIT */
+    const char *blurt;          /* say this on connect, then read nothing */
     char in[4096];              /* what the client sent */
     size_t in_len;
     int step;
@@ -183,7 +185,8 @@ static void relay_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf)
             lines++;
     /* EHLO, MAIL, RCPT, RCPT, DATA, 3 data lines and ".", QUIT */
     size_t want_lines[] = {1, 2, 3, 4, 5, 9, 10};
-    while (rl->step < 7 && lines >= want_lines[rl->step])
+    int last = rl->mute_at_quit ? 6 : 7;
+    while (rl->step < last && lines >= want_lines[rl->step])
         relay_say(rl, replies[rl->step++]);
 }
 
@@ -196,6 +199,8 @@ static void relay_on_conn(uv_stream_t *server, int status)
     rl->client.data = rl;
     uv_accept(server, (uv_stream_t *)&rl->client);
     rl->accepted = true;
+    if (rl->blurt)
+        relay_say(rl, rl->blurt);
     if (rl->speak) {
         relay_say(rl, "220 relay ESMTP\r\n");
         uv_read_start((uv_stream_t *)&rl->client, relay_alloc, relay_read);
@@ -317,6 +322,56 @@ static void test_smtpc_delivers(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* The relay takes the message and then never answers QUIT: delivered
+ * all the same (a failure there had the alert sent again, once per try). */
+static void test_smtpc_delivered_when_quit_goes_unanswered(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct relay rl;
+    struct sockaddr_in addr;
+    relay_open(&loop, &rl, true, &addr);
+    rl.speak = true;
+    rl.mute_at_quit = true;
+    struct result r = {0};
+    struct smtpc_job j = job();
+    smtpc_start(&loop, (struct sockaddr *)&addr, &j, 300, on_done, &r);
+    while (r.calls == 0 && uv_run(&loop, UV_RUN_ONCE))
+        ;
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(r.status, 0);
+    assert_string_equal(r.detail, "250 queued as X (1 of 2 recipients refused)");
+    assert_non_null(strstr(rl.in, "QUIT\r\n"));
+    relay_close(&rl);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
+/* A peer that sends a whole dialogue's replies at once, before any
+ * command: not a delivery (it was reported as one, "250 e"). */
+static void test_smtpc_replies_ahead_are_refused(void **state)
+{
+    (void)state;
+    uv_loop_t loop;
+    uv_loop_init(&loop);
+    struct relay rl;
+    struct sockaddr_in addr;
+    relay_open(&loop, &rl, true, &addr);
+    rl.blurt = "220 hi\r\n250 a\r\n250 b\r\n250 c\r\n354 d\r\n250 e\r\n221 f\r\n";
+    struct result r = {0};
+    struct smtpc_job j = job();
+    smtpc_start(&loop, (struct sockaddr *)&addr, &j, 1000, on_done, &r);
+    while (r.calls == 0 && uv_run(&loop, UV_RUN_ONCE))
+        ;
+    assert_int_equal(r.calls, 1);
+    assert_int_equal(r.status, -EAGAIN);
+    assert_non_null(strstr(r.detail, "ahead of the commands"));
+    relay_close(&rl);
+    uv_run(&loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&loop), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -326,6 +381,8 @@ int main(void)
         cmocka_unit_test(test_smtpc_refused),
         cmocka_unit_test(test_smtpc_silent_relay_times_out_and_cancel),
         cmocka_unit_test(test_smtpc_delivers),
+        cmocka_unit_test(test_smtpc_delivered_when_quit_goes_unanswered),
+        cmocka_unit_test(test_smtpc_replies_ahead_are_refused),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
