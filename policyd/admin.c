@@ -76,8 +76,11 @@ struct admin_conn {
     unsigned refs;              /* handles + outstanding store call */
     bool closing;
     bool answered;              /* a response was queued */
+    bool dispatched;            /* the request went to its endpoint (a store call may be out) */
+    const char *allow;          /* a 405's Allow header: the route's method */
     bool peer_trusted;          /* unix peer is root or our user */
     char buf[ADMIN_MAX_REQUEST + 1]; /* request bytes, NUL-terminated */
+    char drop[256];             /* what comes after a dispatched request, dropped */
     size_t len;                 /* bytes in buf */
     uv_write_t wr;
     uv_shutdown_t shut;         /* lingering close after the response */
@@ -284,7 +287,7 @@ __attribute__((format(printf, 3, 4))) static void admin_error(struct admin_conn 
     textbuf_json_str(&b, msg, strlen(msg));
     textbuf_printf(&b, "}");
     admin_respond(c, code, "application/json", (textbuf_printf(&b, "\n"), textbuf_take(&b, NULL)),
-                  code == 405 ? (c->buf[0] == 'P' ? "Allow: GET\r\n" : "Allow: POST\r\n")
+                  code == 405 ? c->allow
                   : code == 401 ? "WWW-Authenticate: Bearer\r\n"
                                 : NULL);
 }
@@ -675,6 +678,7 @@ static void admin_dispatch(struct admin_conn *c, size_t hlen)
         return;
     }
     if (routes[route].post ? !post : !get) {
+        c->allow = routes[route].post ? "Allow: POST\r\n" : "Allow: GET\r\n";
         admin_error(c, 405, "%s wants %s", routes[route].path, routes[route].post ? "POST" : "GET");
         return;
     }
@@ -752,6 +756,9 @@ static void admin_try(struct admin_conn *c)
     if (c->len < hlen + body)
         return; /* the body is still coming */
     c->len = hlen + body;
+    /* Once: bytes that come while a store call is out must not run the
+     * same request again (a reset was done once per extra chunk). */
+    c->dispatched = true;
     admin_dispatch(c, hlen);
 }
 
@@ -761,6 +768,8 @@ static void admin_on_alloc(uv_handle_t *h, size_t suggested, uv_buf_t *buf)
     struct admin_conn *c = h->data;
     if (c->answered) /* lingering: what comes now is read and dropped */
         *buf = uv_buf_init(c->buf, ADMIN_MAX_REQUEST);
+    else if (c->dispatched) /* the endpoint still reads buf: drop beside it */
+        *buf = uv_buf_init(c->drop, sizeof c->drop);
     else
         *buf = uv_buf_init(c->buf + c->len, (unsigned)(ADMIN_MAX_REQUEST - c->len));
 }
@@ -775,7 +784,7 @@ static void admin_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         admin_conn_close(c);
         return;
     }
-    if (c->answered)
+    if (c->answered || c->dispatched)
         return;
     c->len += (size_t)nread;
     admin_try(c);

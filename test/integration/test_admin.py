@@ -156,7 +156,7 @@ def sample(fams, family, suffix="", **labels):
 
 class AdminTest(h.SGTestCase):
 
-    def start(self, admin_listen=None, token=True, redis=True):
+    def start(self, admin_listen=None, token=True, redis=True, redis_timeout=None):
         self.port = h.free_port()
         self.admin = admin_listen or "127.0.0.1:%d" % h.free_port()
         admin = {"listen": self.admin}
@@ -169,6 +169,8 @@ class AdminTest(h.SGTestCase):
             # The floor compares unrounded scores: 2 recipients a moment
             # apart make 1.9999, so "2 points" is a floor of 1.5.
             over["store"] = h.redis_store(self.redis.port, top={"floor": 1.5, "size": 10})
+            if redis_timeout:
+                over["store"]["redis"]["timeout"] = redis_timeout
         self.d = self.start_daemon(h.base_config(self.port, **over))
         self.c = self.client(self.d)
         return self.d
@@ -244,16 +246,48 @@ class AdminTest(h.SGTestCase):
         rc, out, _ = self.ctl("--json", "status")
         self.assertEqual(json.loads(out)["config_generation"], 1)
         # GET cannot change state, POST cannot read.
-        st, _, _ = http(self.admin, "GET", "/reset?counter=ip&key=198.51.100.20")
+        st, hd, _ = http(self.admin, "GET", "/reset?counter=ip&key=198.51.100.20")
         self.assertEqual(st, 405)
+        self.assertEqual(hd.get("allow"), "POST")
         st, hd, _ = http(self.admin, "POST", "/status", {"Authorization": "Bearer " + TOKEN})
         self.assertEqual(st, 405)
         self.assertEqual(hd.get("allow"), "GET")
+        # The Allow header names the route's method, whatever was asked
+        # (it was picked by the first letter of the method asked).
+        for method, path, allow in (("PUT", "/reset", "POST"), ("PATCH", "/reload", "POST"),
+                                    ("DELETE", "/health", "GET"), ("HEAD", "/metrics", "GET")):
+            st, hd, _ = http(self.admin, method, path)
+            self.assertEqual((st, hd.get("allow")), (405, allow), "%s %s" % (method, path))
         # With the token, in an urlencoded body this time.
         st, _, body = http(self.admin, "POST", "/reset", {"Authorization": "Bearer " + TOKEN},
                            b"counter=ip&key=198.51.100.20")
         self.assertEqual(st, 200, body)
         self.assertIsNone(self.redis.cmd("GET", "sg:ip:198.51.100.20"))
+
+    def test_request_runs_once_while_its_store_call_is_out(self):
+        # Bytes after a complete request, while its Redis call is out,
+        # ran the request again: one reset per extra chunk.
+        self.start(redis_timeout="3s")
+        for _ in range(3):
+            self.rcpt("198.51.100.21")
+        host, port = self.admin.rsplit(":", 1)
+        s = socket.create_connection((host, int(port)), timeout=5)
+        self.addCleanup(s.close)
+        self.redis.pause()
+        try:
+            s.sendall(("POST /reset?counter=ip&key=198.51.100.21 HTTP/1.1\r\nHost: x\r\n"
+                       "Authorization: Bearer %s\r\n\r\n" % TOKEN).encode())
+            for _ in range(3):
+                h.time.sleep(0.1)
+                s.sendall(b"x")
+        finally:
+            self.redis.resume()
+        st, _, body = read_response(s)
+        self.assertEqual(st, 200, body)
+        self.d.wait_log(r"admin: reset ip:198\.51\.100\.21")
+        h.time.sleep(0.3)
+        self.assertEqual(len(re.findall(r"admin: reset ip:198\.51\.100\.21", self.d.log())), 1,
+                         self.d.log_tail())
 
     def test_no_token_configured_refuses_changes_on_tcp(self):
         self.start(token=False, redis=False)
