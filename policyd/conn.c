@@ -139,15 +139,19 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 /* conn_update_reading - a client that sends ahead of our answers (Postfix
  * never does) can fill the buffer while a request is in flight (the
- * buffer may not move then: the request points into it), while an answer
- * waits to be written, or up to the request cap: stop reading until
- * there is room again, then go on. */
+ * buffer may not move then: the request points into it) or while an
+ * answer waits to be written: stop reading until there is room again,
+ * then go on. Otherwise reading goes on: an unfinished request needs its
+ * last bytes, up to the cap (a buffer at the cap and nearly full paused
+ * too, and nothing resumed it: a request within 512 bytes of
+ * max_request, or with max_request under ~1 kB every request but the
+ * first, waited for the idle timeout). Past the cap, the scanner closes
+ * the connection. */
 static void conn_update_reading(struct conn *c)
 {
     if (c->closing)
         return;
-    size_t cap = c->srv->cfg->limits.protocol.max_request + 1;
-    bool stuck = c->busy || c->writing || c->rcap >= cap; /* cannot grow now */
+    bool stuck = c->busy || c->writing; /* cannot grow or move now */
     bool full = stuck && c->rcap - c->rlen < 512;
     if (full && !c->read_paused) {
         uv_read_stop(&c->h.stream);

@@ -81,6 +81,41 @@ class RobustnessTest(h.SGTestCase):
         with d.client() as c2:
             self.assertEqual(c2.request(h.policy_request(client_address="198.51.100.4")), "DUNNO")
 
+    def test_requests_near_the_size_limit_are_read_whole(self):
+        # A buffer at its cap (max_request + 1) paused reading when less
+        # than 512 bytes were free, even with a request still unfinished:
+        # with max_request 700, a request of ~600 bytes arriving in two
+        # pieces was never answered (151 bytes free after the first).
+        cfg = h.base_config(h.free_port())
+        cfg["limits"]["max_request"] = 700
+        cfg["limits"]["max_line"] = 200
+        d = self.start_daemon(cfg)
+        c = self.client(d)
+        for i in range(3):
+            req = c.encode(h.policy_request(client_address="198.51.100.%d" % (30 + i)))
+            c.send_raw(req[:550])       # leaves 151 of 701 bytes free
+            time.sleep(0.05)
+            c.send_raw(req[550:])
+            self.assertEqual(c.read_action(timeout=3 * h.SLOW), "DUNNO", "request %d" % (i + 1))
+
+    def test_request_just_under_the_default_limit_in_pieces(self):
+        # The same with the default limit (65,536): a request within 512
+        # bytes of it, its end arriving in pieces, was never answered.
+        d = self.start_daemon(h.base_config(h.free_port()))
+        c = self.client(d)
+        # Lines under max_line (4096): attributes Postfix may add later
+        # are taken and ignored.
+        pad = {"x_pad%d" % i: "y" * 3800 for i in range(17)}
+        big = c.encode(h.policy_request(client_address="198.51.100.40", **pad))
+        self.assertLess(len(big), 65536)
+        self.assertGreater(len(big), 65536 - 512)
+        c.send_raw(big[:-300])
+        time.sleep(0.1)
+        for k in range(300, 0, -100):
+            c.send_raw(big[-k:len(big) - k + 100])
+            time.sleep(0.05)
+        self.assertEqual(c.read_action(timeout=3 * h.SLOW), "DUNNO")
+
     def test_held_answer_outlives_idle_timeout(self):
         # The idle timeout counts the client's silence, not ours.
         cfg = wait_config(h.free_port(), hold="2s")
