@@ -58,6 +58,15 @@ void conn_close(struct conn *c)
     if (c->closing)
         return;
     c->closing = true;
+    /* A decision held back by `wait` whose client went away: the wait
+     * timer closes with the connection, so record it now (the log line,
+     * the record, metrics, side effects), as a decision whose client
+     * left during the store's round trip is. */
+    if (c->holding) {
+        c->holding = false;
+        engine_finish(c->er, c->srv->store, c->id, c->req_no);
+        c->srv->requests++;
+    }
     log_debug("c=%lx closed after %lu requests", c->id, c->req_no);
     uv_close(&c->h.handle, conn_on_close);
     uv_close((uv_handle_t *)&c->idle_timer, conn_on_close);

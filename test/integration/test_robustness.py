@@ -116,6 +116,24 @@ class RobustnessTest(h.SGTestCase):
             time.sleep(0.05)
         self.assertEqual(c.read_action(timeout=3 * h.SLOW), "DUNNO")
 
+    def test_decision_of_a_client_gone_during_wait_is_recorded(self):
+        # The wait timer closed with the connection, and with it the
+        # decision: no log line, no record, no side effects, although the
+        # points were counted.
+        cfg = h.base_config(h.free_port())
+        cfg["points"] = [{"name": "per-rcpt", "when": {"protocol_state": "RCPT"}, "add": {"ip": 1}}]
+        cfg["actions"] = [{"name": "tarpit", "when": {"ip": ">= 1"},
+                           "do": ["defer", "log", "wait 1s"], "message": "450 4.7.1 held"}]
+        d = self.start_daemon(cfg)
+        stays, leaves = self.client(d), self.client(d)
+        stays.send_raw(stays.encode(h.policy_request(client_address="198.51.100.50")))
+        leaves.send_raw(leaves.encode(h.policy_request(client_address="198.51.100.51")))
+        time.sleep(0.2)
+        leaves.close()
+        self.assertEqual(stays.read_action(timeout=5 * h.SLOW), "450 4.7.1 held")
+        d.wait_log(r"client=unknown\[198\.51\.100\.51\] .*rule=tarpit verdict=defer")
+        d.wait_log(r"client=unknown\[198\.51\.100\.50\] .*rule=tarpit verdict=defer")
+
     def test_held_answer_outlives_idle_timeout(self):
         # The idle timeout counts the client's silence, not ours.
         cfg = wait_config(h.free_port(), hold="2s")
