@@ -31,6 +31,10 @@
 #define ALERT_DEDUP_MAX 100000      /* (rule, key) pairs remembered */
 #define ALERT_DIGEST_MAX 1000       /* alerts listed in one digest */
 #define ALERT_MAIL_MAX (1 << 20)    /* bytes of one composed mail */
+/* Bytes of a mail's text: quoted-printable makes up to 3 bytes of each
+ * (and a soft line break per 75), so a quarter of the mail's cap always
+ * fits whole; half of it, as it was, was cut inside an escape. */
+#define ALERT_BODY_MAX (ALERT_MAIL_MAX / 4)
 #define ALERT_LOG_EVERY 60          /* seconds between repeated warnings */
 
 /* The de-dup question to Redis, one round trip:
@@ -522,7 +526,7 @@ static void alert_send_one(struct alert *a, struct alert_info *ai)
 {
     struct textbuf subj, body;
     textbuf_init(&subj, 900);
-    textbuf_init(&body, ALERT_MAIL_MAX / 2);
+    textbuf_init(&body, ALERT_BODY_MAX);
     alertmsg_expand(a->subject, ai, 1, &subj);
     alertmsg_expand(a->body, ai, 0, &body);
     size_t len;
@@ -546,19 +550,33 @@ static void alert_on_digest(uv_timer_t *t)
     };
     struct textbuf subj, body;
     textbuf_init(&subj, 900);
-    textbuf_init(&body, ALERT_MAIL_MAX / 2);
+    textbuf_init(&body, ALERT_BODY_MAX);
     alertmsg_expand(alertmsg_default_digest_subject, &head, 1, &subj);
     textbuf_printf(&body, "smtpguard on %s: %zu alerts in the last %.0f seconds", a->hostname,
                    a->n_digest + a->digest_overflow, a->every);
     if (a->digest_overflow)
         textbuf_printf(&body, " (%lu more not listed)", a->digest_overflow);
     textbuf_str(&body, ".\n");
+    /* Each entry whole or not at all, and the mail says how many did not
+     * fit (they were cut off silently, the last one in the middle). */
+    struct textbuf item;
+    size_t listed = 0;
+    textbuf_init(&item, ALERT_BODY_MAX);
     for (size_t i = 0; i < a->n_digest; i++) {
-        textbuf_str(&body, "\n------------------------------------------------------------\n");
-        alertmsg_expand(a->body, a->digest_items[i], 0, &body);
+        textbuf_reset(&item);
+        textbuf_str(&item, "\n------------------------------------------------------------\n");
+        alertmsg_expand(a->body, a->digest_items[i], 0, &item);
+        if (!item.truncated && body.len + item.len + 128 <= ALERT_BODY_MAX) {
+            textbuf_add(&body, item.p, item.len);
+            listed++;
+        }
         alert_info_free(a->digest_items[i]);
         free(a->digest_items[i]);
     }
+    textbuf_fini(&item);
+    if (listed < a->n_digest)
+        textbuf_printf(&body, "\n(%zu more not listed: the mail's size limit)\n",
+                       a->n_digest - listed);
     size_t n = a->n_digest;
     a->n_digest = 0;
     a->digest_overflow = 0;

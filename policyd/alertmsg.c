@@ -225,8 +225,11 @@ static bool alertmsg_plain_ascii(const char *s, size_t n)
 static void alertmsg_subject(struct textbuf *out, const char *s)
 {
     size_t n = strlen(s);
-    if (n > 900)
+    if (n > 900) {
         n = 900; /* a header line stays below 998 bytes */
+        while (n > 0 && ((unsigned char)s[n] & 0xc0) == 0x80)
+            n--; /* between characters: a word must decode to whole ones */
+    }
     if (alertmsg_plain_ascii(s, n) && strstr(s, "=?") == NULL) {
         textbuf_str(out, "Subject: ");
         textbuf_add(out, s, n);
@@ -259,6 +262,8 @@ static bool alertmsg_needs_qp(const char *s, size_t n)
             line = 0;
             continue;
         }
+        if (line == 0 && c == 'F' && n - i >= 5 && memcmp(s + i, "From ", 5) == 0)
+            return true;
         if (c >= 0x80 || (c < 0x20 && c != '\t' && c != '\r') || c == 0x7f || ++line > 998)
             return true;
     }

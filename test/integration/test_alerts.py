@@ -8,6 +8,7 @@ file:line:col."""
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -256,6 +257,49 @@ class AlertTest(h.SGTestCase):
         self.assertIn("Key:         ip:198.51.100.61", body)
         self.assertIn("Key:         ip:198.51.100.62", body)
 
+
+    def test_digest_too_big_for_one_mail_stays_whole(self):
+        # 200 alerts whose text holds a 3,000-byte HELO (quoted-printable
+        # triples it): the digest's text was cut at half the mail's cap,
+        # then the mail inside an escape, and the entries past the cut
+        # vanished without a word. Whole entries, a note for the rest.
+        spool = self.tmp.mkdir("spool")
+        fake = self.tmp.write("fake-sendmail", "#!/bin/sh\n"
+                              "f=$(mktemp %s/mail.XXXXXX)\n"
+                              "cat > $f.eml\n" % spool, mode=0o755)
+        cfg = alert_config(h.free_port(), every="2s", sendmail=fake, digest=True,
+                           body="Rule: %{rule}\nKey: %{key}\nHelo: %{helo_name}\n")
+        cfg["actions"] = [{"name": "any", "when": {"ip": ">= 1"}, "do": ["dunno", "mail"]}]
+        d = self.start_daemon(cfg)
+        c = self.client(d)
+        helo = "\u00e9" * 1500
+        for i in range(200):
+            c.request(h.policy_request(client_address="198.51.%d.%d" % (100 + i // 250, i % 250),
+                                       helo_name=helo))
+
+        def mails():
+            return sorted(os.path.join(spool, f) for f in os.listdir(spool) if f.endswith(".eml"))
+        h.wait_until(lambda: mails() and os.path.getsize(mails()[0]) > 0, 15 * h.SLOW,
+                     what="the digest from the fake sendmail")
+        time.sleep(0.5)
+        import email
+        import email.policy
+        with open(mails()[0], "rb") as f:
+            raw = f.read()
+        self.assertLessEqual(len(raw), 1 << 20)
+        msg = email.message_from_bytes(raw, policy=email.policy.default)
+        self.assertEqual(msg["Content-Transfer-Encoding"], "quoted-printable")
+        body = msg.get_content()
+        self.assertIn("200 alerts in the last", body)
+        # (No body in the messages: it is half a megabyte.)
+        self.assertFalse("\ufffd" in body, "a character cut in the middle")
+        listed = body.count("Rule: any")
+        self.assertEqual(len(re.findall(r"Helo: \u00e9+\s", body)), listed,
+                         "an entry cut in the middle")
+        m = re.search(r"\((\d+) more not listed: the mail's size limit\)", body)
+        self.assertIsNotNone(m, "no word of the entries left out")
+        self.assertEqual(listed + int(m.group(1)), 200)
+        self.assertGreater(listed, 10)
 
     def test_reload_turns_alerts_on_and_off(self):
         port = h.free_port()

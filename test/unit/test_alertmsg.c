@@ -167,6 +167,96 @@ static void test_alertmsg_format_utf8(void **state)
     textbuf_fini(&b);
 }
 
+/* b64_decode - standard base64 of n characters into out; bytes written. */
+static size_t b64_decode(const char *s, size_t n, unsigned char *out)
+{
+    static const char set[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    size_t o = 0;
+    unsigned v = 0, bits = 0;
+    for (size_t i = 0; i < n && s[i] != '='; i++) {
+        const char *c = strchr(set, s[i]);
+        assert_non_null(c);
+        v = (v << 6) | (unsigned)(c - set);
+        bits += 6;
+        if (bits >= 8) {
+            bits -= 8;
+            out[o++] = (unsigned char)(v >> bits);
+        }
+    }
+    return o;
+}
+
+/* utf8_whole - s[0..n) is UTF-8 with no character cut. */
+static bool utf8_whole(const unsigned char *s, size_t n)
+{
+    for (size_t i = 0; i < n;) {
+        size_t len = s[i] < 0x80 ? 1 : (s[i] & 0xe0) == 0xc0 ? 2 : (s[i] & 0xf0) == 0xe0 ? 3 : 4;
+        if (i + len > n)
+            return false;
+        for (size_t k = 1; k < len; k++)
+            if ((s[i + k] & 0xc0) != 0x80)
+                return false;
+        i += len;
+    }
+    return true;
+}
+
+/* A subject cut at its 900 bytes stops between characters: "x" and 500
+ * two-byte characters made a last encoded word holding half of one. */
+static void test_alertmsg_long_subject_cut_between_characters(void **state)
+{
+    (void)state;
+    char *to[] = {(char *)"abuse@isp.example"};
+    char subject[1100] = "x";
+    for (int i = 0; i < 500; i++)
+        strcat(subject, "\xc3\xa9");
+    struct alertmsg_head h = {
+        .from = "smtpguard@isp.example", .to = to, .n_to = 1, .subject = subject,
+        .date = 0, .message_id = "x@y",
+    };
+    struct textbuf b;
+    textbuf_init(&b, 1 << 16);
+    alertmsg_format(&h, "body\n", 5, &b);
+    const char *m = textbuf_cstr(&b);
+    size_t words = 0, total = 0;
+    for (const char *p = strstr(m, "=?UTF-8?B?"); p; p = strstr(p, "=?UTF-8?B?")) {
+        p += 10;
+        const char *end = strstr(p, "?=");
+        assert_non_null(end);
+        unsigned char dec[128];
+        size_t n = b64_decode(p, (size_t)(end - p), dec);
+        if (!utf8_whole(dec, n))
+            fail_msg("encoded word %zu decodes to a cut character", words + 1);
+        words++;
+        total += n;
+        p = end;
+    }
+    assert_true(words > 10);
+    assert_true(total <= 900 && total >= 898);
+    textbuf_fini(&b);
+}
+
+/* A plain ASCII body with a line starting "From " goes quoted-printable,
+ * its F encoded, as the comment always said (it went out 7bit). */
+static void test_alertmsg_from_line_forces_qp(void **state)
+{
+    (void)state;
+    char *to[] = {(char *)"abuse@isp.example"};
+    struct alertmsg_head h = {
+        .from = "smtpguard@isp.example", .to = to, .n_to = 1, .subject = "s",
+        .date = 0, .message_id = "x@y",
+    };
+    struct textbuf b;
+    textbuf_init(&b, 1 << 16);
+    const char body[] = "Hello\nFrom the abuse robot\nFrom: not at the start\n";
+    alertmsg_format(&h, body, sizeof body - 1, &b);
+    const char *m = textbuf_cstr(&b);
+    assert_non_null(strstr(m, "Content-Transfer-Encoding: quoted-printable\r\n"));
+    assert_non_null(strstr(m, "\r\n=46rom the abuse robot\r\n"));
+    assert_non_null(strstr(m, "\r\nFrom: not at the start\r\n"));
+    textbuf_fini(&b);
+}
+
 static void test_alertmsg_date(void **state)
 {
     (void)state;
@@ -182,6 +272,8 @@ int main(void)
         cmocka_unit_test(test_alertmsg_expand),
         cmocka_unit_test(test_alertmsg_format_ascii),
         cmocka_unit_test(test_alertmsg_format_utf8),
+        cmocka_unit_test(test_alertmsg_long_subject_cut_between_characters),
+        cmocka_unit_test(test_alertmsg_from_line_forces_qp),
         cmocka_unit_test(test_alertmsg_date),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
