@@ -188,7 +188,11 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     }
     c->rlen += (size_t)nread;
-    conn_idle_restart(c);
+    /* While a request is in flight (held by wait, say) it is our turn,
+     * not the client's: bytes sent ahead must not start the idle clock,
+     * which would cut the held answer off. conn_finish restarts it. */
+    if (!c->busy)
+        conn_idle_restart(c);
     if (!c->busy && !c->writing)
         conn_process(c);
     conn_update_reading(c);

@@ -147,6 +147,21 @@ class RobustnessTest(h.SGTestCase):
         # ... and after the answer the connection is idle again: closed.
         self.assertTrue(c.is_closed(timeout=5 * h.SLOW), "idle connection not closed")
 
+    def test_bytes_sent_ahead_do_not_start_the_idle_clock_during_wait(self):
+        # A client that sends the first line of its next request while
+        # its answer is held: each read restarted the idle timer, which
+        # then closed the connection under the held answer.
+        cfg = wait_config(h.free_port(), hold="2s")
+        cfg["limits"]["idle_timeout"] = "1s"
+        d = self.start_daemon(cfg)
+        c = self.client(d)
+        t0 = time.monotonic()
+        c.send_raw(c.encode(h.policy_request(client_address="198.51.100.7")))
+        time.sleep(0.3)
+        c.send_raw(b"request=smtpd_access_policy\n")
+        self.assertEqual(c.read_action(timeout=10 * h.SLOW), "450 4.7.1 held")
+        self.assertGreaterEqual(time.monotonic() - t0, 1.9)
+
     def test_reload_swaps_store_under_held_request(self):
         # A request held by `wait` with a `delete` side effect, then a
         # reload that replaces the store: the delete must go to the new
