@@ -57,7 +57,15 @@ static void listener_on_connection(uv_stream_t *server_stream, int status)
     }
     if (!l->is_pipe) {
         struct ipaddr ip;
-        if (!listener_peer(c, &ip) || !cidr_set_contains(srv->cfg->clients, &ip)) {
+        if (!listener_peer(c, &ip)) {
+            /* Gone before we looked (a reset right after connecting): not
+             * a refusal, and it must not use up the once-a-minute line of
+             * a real one. */
+            log_debug("c=%lx peer gone before it was accepted", c->id);
+            conn_close(c);
+            return;
+        }
+        if (!cidr_set_contains(srv->cfg->clients, &ip)) {
             log_warn_every(&srv->refuse_limiter, 60,
                            "refused connection from %s to %s: not in clients", c->peer, l->address);
             conn_close(c);

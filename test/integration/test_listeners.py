@@ -3,6 +3,7 @@
 import os
 import socket
 import stat
+import struct
 import time
 import unittest
 
@@ -28,6 +29,22 @@ class ListenerTest(h.SGTestCase):
         self.assertEqual(acts, ["DUNNO"] * 4 + ["550 5.7.1 198.51.100.7 sent too much"] * 2)
         d.stop()
         self.assertFalse(os.path.exists(sock), "unix socket left behind after SIGTERM")
+
+    def test_peers_reset_before_accept_are_not_refusals(self):
+        # A peer that resets right after connecting is gone before its
+        # address is read: it was logged as "refused connection from ?
+        # ... not in clients", using up the once-a-minute line that a
+        # real refusal needs.
+        d = self.start_daemon(h.base_config(h.free_port()))
+        host, port = d.listen.rsplit(":", 1)
+        for _ in range(300):
+            s = socket.socket()
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            s.connect((host, int(port)))
+            s.close()
+        with d.client() as c:
+            self.assertEqual(c.request(h.policy_request()), "DUNNO")
+        self.assertNotIn("refused connection from ?", d.log())
 
     def test_ipv6_listener(self):
         if not h.ipv6_loopback():
