@@ -131,11 +131,22 @@ static struct dedup_entry *dedup_find(struct dedup *d, const char *id, size_t le
 enum dedup_result dedup_trip(struct dedup *d, const char *id, size_t len, double now,
                              unsigned long *handover)
 {
-    /* Entries whose interval ended with nothing pending are forgotten. */
-    for (int i = 0; i < DEDUP_SWEEP && d->head && !d->head->asking && d->head->until <= now &&
-                    d->head->pending == 0;
-         i++)
-        dedup_drop(d, d->head);
+    /* Entries whose interval ended with nothing pending are forgotten.
+     * One that ended with trips still to hand over (or a question out)
+     * goes to the back rather than stop the sweep at the head: with the
+     * memory store nothing drains it until its key trips again, and the
+     * expired entries behind it were kept for good (up to the cap). */
+    for (int i = 0; i < DEDUP_SWEEP && d->head && d->head->until <= now; i++) {
+        struct dedup_entry *h = d->head;
+        if (h->asking || h->pending > 0) {
+            if (h == d->tail)
+                break;
+            dedup_unlist(d, h);
+            dedup_list(d, h);
+            continue;
+        }
+        dedup_drop(d, h);
+    }
 
     struct dedup_entry *e = dedup_find(d, id, len);
     if (e && (e->asking || now < e->until)) {

@@ -93,6 +93,39 @@ static void test_dedup_cap(void **state)
     dedup_free(d);
 }
 
+/* An expired entry with trips still to hand over must not stop the sweep
+ * at the head of the list: the 1,000 expired entries behind it were kept
+ * (none dropped in 200 trips). */
+static void test_dedup_sweep_passes_pending(void **state)
+{
+    (void)state;
+    struct dedup *d = dedup_new(100000);
+    unsigned long h;
+    char id[32];
+    assert_int_equal(dedup_trip(d, ID("r\0held"), 100, &h), DEDUP_PROCEED);
+    dedup_settle(d, ID("r\0held"), 200);
+    assert_int_equal(dedup_trip(d, ID("r\0held"), 150, &h), DEDUP_SUPPRESS); /* 1 pending */
+    for (int i = 0; i < 1000; i++) {
+        int n = snprintf(id, sizeof id, "r%cold%d", '\0', i);
+        dedup_trip(d, id, (size_t)n, 150, &h);
+        dedup_settle(d, id, (size_t)n, 200);
+    }
+    assert_int_equal(dedup_count(d), 1001);
+    /* An hour later, 200 trips of new keys: the sweep must get past the
+     * pending entry and drop the expired ones (8 a trip). */
+    for (int i = 0; i < 200; i++) {
+        int n = snprintf(id, sizeof id, "r%cnew%d", '\0', i);
+        dedup_trip(d, id, (size_t)n, 3800, &h);
+        dedup_settle(d, id, (size_t)n, 3900);
+    }
+    if (dedup_count(d) != 1 + 200)
+        fail_msg("%zu entries held, want 201: the expired ones swept", dedup_count(d));
+    /* The pending trip is still there to hand over. */
+    assert_int_equal(dedup_trip(d, ID("r\0held"), 3800, &h), DEDUP_PROCEED);
+    assert_int_equal(h, 1);
+    dedup_free(d);
+}
+
 struct drained {
     int calls;
     unsigned long total;
@@ -145,6 +178,7 @@ int main(void)
         cmocka_unit_test(test_dedup_interval),
         cmocka_unit_test(test_dedup_keys_apart),
         cmocka_unit_test(test_dedup_cap),
+        cmocka_unit_test(test_dedup_sweep_passes_pending),
         cmocka_unit_test(test_dedup_drain),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
