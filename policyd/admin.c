@@ -123,15 +123,15 @@ int admin_query_get(const char *query, size_t qlen, const char *name, char *out,
                     c = ' ';
                 } else if (c == '%') {
                     if (pe - v < 3)
-                        return -1;
+                        return -2;
                     int hi = admin_hexval(v[1]), lo = admin_hexval(v[2]);
                     if (hi < 0 || lo < 0)
-                        return -1;
+                        return -2;
                     c = (char)(hi * 16 + lo);
                     v += 2;
                 }
                 if (o + 1 >= cap || c == '\0')
-                    return -1;
+                    return -2;
                 out[o++] = c;
             }
             out[o] = '\0';
@@ -479,7 +479,9 @@ static void admin_top(struct admin_conn *c, const char *params, size_t plen)
         return;
     char num[16];
     unsigned long n = ADMIN_TOP_DEFAULT;
-    if (admin_query_get(params, plen, "n", num, sizeof num) >= 0) {
+    /* Absent: the default; present, it must be good (n=%zz, or 17
+     * digits, answered the default as if absent). */
+    if (admin_query_get(params, plen, "n", num, sizeof num) != -1) {
         char *end;
         n = strtoul(num, &end, 10);
         if (!num[0] || *end || n < 1 || n > STORE_MAX_TOP) {

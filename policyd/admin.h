@@ -48,8 +48,8 @@ void admin_close(struct admin *ad);
 const char *admin_address(const struct admin *ad);
 
 /* admin_query_get - the value of name in an urlencoded query (pure, for
- * tests): decoded into out (cap bytes), returns its length or -1 when
- * absent or too long. */
+ * tests): decoded into out (cap bytes), returns its length, -1 when
+ * absent, or -2 when malformed (a bad %-escape, a NUL) or too long. */
 int admin_query_get(const char *query, size_t qlen, const char *name, char *out, size_t cap);
 
 #endif

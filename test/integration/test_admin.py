@@ -333,6 +333,8 @@ class AdminTest(h.SGTestCase):
             ("unknown counter", b"GET /score?counter=nope&key=x HTTP/1.1\r\n\r\n", 404),
             ("missing key", b"GET /score?counter=ip HTTP/1.1\r\n\r\n", 400),
             ("bad n", b"GET /top?counter=ip&n=0 HTTP/1.1\r\n\r\n", 400),
+            ("malformed n", b"GET /top?counter=ip&n=%zz HTTP/1.1\r\n\r\n", 400),
+            ("n too long", b"GET /top?counter=ip&n=12345678901234567 HTTP/1.1\r\n\r\n", 400),
             ("bad escape", b"GET /score?counter=ip&key=%zz HTTP/1.1\r\n\r\n", 400),
             ("huge body", b"POST /reload HTTP/1.1\r\nContent-Length: 99999999\r\n\r\n", 413),
             ("negative length", b"POST /reload HTTP/1.1\r\nContent-Length: -1\r\n\r\n", 400),
