@@ -343,6 +343,18 @@ static void config_check_size(struct loader *ld, struct config_file *f)
                                    f->name, limit, CONFIG_MAX_NESTING));
 }
 
+/* config_yaml_error - the parser's syntax error, at its place in f. */
+static void config_yaml_error(struct loader *ld, const struct config_file *f,
+                              const yaml_parser_t *parser)
+{
+    config_error_add(ld->errs,
+                     xasprintf("%s:%lu:%lu: YAML syntax error: %s%s%s", f->name,
+                               (unsigned long)parser->problem_mark.line + 1,
+                               (unsigned long)parser->problem_mark.column + 1,
+                               parser->problem ? parser->problem : "unknown problem",
+                               parser->context ? " " : "", parser->context ? parser->context : ""));
+}
+
 static int config_parse_yaml(struct loader *ld, struct config_file *f, const char *text, size_t len)
 {
     yaml_parser_t parser;
@@ -350,12 +362,7 @@ static int config_parse_yaml(struct loader *ld, struct config_file *f, const cha
     yaml_parser_set_input_string(&parser, (const unsigned char *)text, len);
     int ok = yaml_parser_load(&parser, &f->doc);
     if (!ok) {
-        config_error_add(ld->errs,
-                         xasprintf("%s:%lu:%lu: YAML syntax error: %s%s%s", f->name,
-                                   (unsigned long)parser.problem_mark.line + 1,
-                                   (unsigned long)parser.problem_mark.column + 1,
-                                   parser.problem ? parser.problem : "unknown problem",
-                                   parser.context ? " " : "", parser.context ? parser.context : ""));
+        config_yaml_error(ld, f, &parser);
         yaml_parser_delete(&parser);
         return -EINVAL;
     }
@@ -372,12 +379,7 @@ static int config_parse_yaml(struct loader *ld, struct config_file *f, const cha
         yaml_document_delete(&extra);
     } else {
         /* A broken second document is an error too, not ignored. */
-        config_error_add(ld->errs,
-                         xasprintf("%s:%lu:%lu: YAML syntax error: %s%s%s", f->name,
-                                   (unsigned long)parser.problem_mark.line + 1,
-                                   (unsigned long)parser.problem_mark.column + 1,
-                                   parser.problem ? parser.problem : "unknown problem",
-                                   parser.context ? " " : "", parser.context ? parser.context : ""));
+        config_yaml_error(ld, f, &parser);
     }
     yaml_parser_delete(&parser);
     config_check_duplicates(ld, f);

@@ -812,25 +812,41 @@ static int sigstop_teardown(void **state)
     return 0;
 }
 
-static void test_store_redis_sigstop(void **state)
+/* redis_pid - the test server's PID, or skip the test. */
+static pid_t redis_pid(void)
 {
     const char *pid_s = getenv("SMTPGUARD_TEST_REDIS_PID");
-    struct fixture f;
-    struct result r;
-    struct store_update u = upd("stop", DECAY_LEAK, 1, 1);
-    pid_t pid = 0;
+    pid_t pid = pid_s ? (pid_t)atol(pid_s) : 0;
 
-    (void)state;
-    if (!pid_s || (pid = (pid_t)atol(pid_s)) <= 1) {
+    if (pid <= 1) {
         print_message("SMTPGUARD_TEST_REDIS_PID not set: skipped\n");
         skip();
     }
-    fixture_init(&f);
-    struct store *st = open_store(&f, getenv("SMTPGUARD_TEST_REDIS"), NULL, "sgtest:stop:",
-                                  TEST_TIMEOUT_MS);
-    wait_up(&f, st);
-    apply_wait(&f, st, &u, 1, &r);
+    return pid;
+}
+
+/* open_working - a store under prefix, up and answering u. */
+static struct store *open_working(struct fixture *f, const char *prefix,
+                                  const struct store_update *u)
+{
+    struct result r;
+    struct store *st = open_store(f, getenv("SMTPGUARD_TEST_REDIS"), NULL, prefix, TEST_TIMEOUT_MS);
+    wait_up(f, st);
+    apply_wait(f, st, u, 1, &r);
     assert_int_equal(r.status, STORE_OK);
+    return st;
+}
+
+static void test_store_redis_sigstop(void **state)
+{
+    struct fixture f;
+    struct result r;
+    struct store_update u = upd("stop", DECAY_LEAK, 1, 1);
+
+    (void)state;
+    pid_t pid = redis_pid();
+    fixture_init(&f);
+    struct store *st = open_working(&f, "sgtest:stop:", &u);
 
     assert_int_equal(kill(pid, SIGSTOP), 0);
     uint64_t t0 = uv_hrtime();
@@ -910,24 +926,15 @@ static void on_tally(void *arg, int status, const double *scores, size_t n, doub
 static void test_store_redis_stopped_under_load_is_dropped(void **state)
 {
     enum { BURST = 1100 };
-    const char *pid_s = getenv("SMTPGUARD_TEST_REDIS_PID");
     struct fixture f;
     struct result r;
     struct tally t = {0};
     struct store_update u = upd("load", DECAY_LEAK, 1, 1);
-    pid_t pid = 0;
 
     (void)state;
-    if (!pid_s || (pid = (pid_t)atol(pid_s)) <= 1) {
-        print_message("SMTPGUARD_TEST_REDIS_PID not set: skipped\n");
-        skip();
-    }
+    pid_t pid = redis_pid();
     fixture_init(&f);
-    struct store *st = open_store(&f, getenv("SMTPGUARD_TEST_REDIS"), NULL, "sgtest:load:",
-                                  TEST_TIMEOUT_MS);
-    wait_up(&f, st);
-    apply_wait(&f, st, &u, 1, &r);
-    assert_int_equal(r.status, STORE_OK);
+    struct store *st = open_working(&f, "sgtest:load:", &u);
 
     assert_int_equal(kill(pid, SIGSTOP), 0);
     uint64_t t0 = uv_hrtime();

@@ -296,30 +296,52 @@ static void test_smtpc_silent_relay_times_out_and_cancel(void **state)
     assert_int_equal(uv_loop_close(&loop), 0);
 }
 
+/* One job against a listening relay on a loop of its own. */
+struct relay_run {
+    uv_loop_t loop;
+    struct relay rl;
+    struct sockaddr_in addr;
+    struct result r;
+};
+
+static void relay_run_open(struct relay_run *t)
+{
+    uv_loop_init(&t->loop);
+    relay_open(&t->loop, &t->rl, true, &t->addr);
+    memset(&t->r, 0, sizeof t->r);
+}
+
+/* relay_run_job - the standard job, run until its callback (once). */
+static void relay_run_job(struct relay_run *t, unsigned timeout_ms)
+{
+    struct smtpc_job j = job();
+    smtpc_start(&t->loop, (struct sockaddr *)&t->addr, &j, timeout_ms, on_done, &t->r);
+    while (t->r.calls == 0 && uv_run(&t->loop, UV_RUN_ONCE))
+        ;
+    assert_int_equal(t->r.calls, 1);
+}
+
+static void relay_run_close(struct relay_run *t)
+{
+    relay_close(&t->rl);
+    uv_run(&t->loop, UV_RUN_DEFAULT);
+    assert_int_equal(uv_loop_close(&t->loop), 0);
+}
+
 static void test_smtpc_delivers(void **state)
 {
     (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct relay rl;
-    struct sockaddr_in addr;
-    relay_open(&loop, &rl, true, &addr);
-    rl.speak = true;
-    struct result r = {0};
-    struct smtpc_job j = job();
-    smtpc_start(&loop, (struct sockaddr *)&addr, &j, 2000, on_done, &r);
-    while (r.calls == 0 && uv_run(&loop, UV_RUN_ONCE))
-        ;
-    assert_int_equal(r.calls, 1);
-    assert_int_equal(r.status, 0);
+    struct relay_run t;
+    relay_run_open(&t);
+    t.rl.speak = true;
+    relay_run_job(&t, 2000);
+    assert_int_equal(t.r.status, 0);
     /* The second recipient was refused: said, not fatal. */
-    assert_string_equal(r.detail, "250 queued as X (1 of 2 recipients refused)");
-    assert_string_equal(rl.in, "EHLO mx1.test\r\nMAIL FROM:<sg@isp.example>\r\n"
-                               "RCPT TO:<abuse@isp.example>\r\nRCPT TO:<noc@isp.example>\r\n"
-                               "DATA\r\nSubject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n");
-    relay_close(&rl);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    assert_int_equal(uv_loop_close(&loop), 0);
+    assert_string_equal(t.r.detail, "250 queued as X (1 of 2 recipients refused)");
+    assert_string_equal(t.rl.in, "EHLO mx1.test\r\nMAIL FROM:<sg@isp.example>\r\n"
+                                 "RCPT TO:<abuse@isp.example>\r\nRCPT TO:<noc@isp.example>\r\n"
+                                 "DATA\r\nSubject: x\r\n\r\n..dot\r\n.\r\nQUIT\r\n");
+    relay_run_close(&t);
 }
 
 /* The relay takes the message and then never answers QUIT: delivered
@@ -327,25 +349,15 @@ static void test_smtpc_delivers(void **state)
 static void test_smtpc_delivered_when_quit_goes_unanswered(void **state)
 {
     (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct relay rl;
-    struct sockaddr_in addr;
-    relay_open(&loop, &rl, true, &addr);
-    rl.speak = true;
-    rl.mute_at_quit = true;
-    struct result r = {0};
-    struct smtpc_job j = job();
-    smtpc_start(&loop, (struct sockaddr *)&addr, &j, 300, on_done, &r);
-    while (r.calls == 0 && uv_run(&loop, UV_RUN_ONCE))
-        ;
-    assert_int_equal(r.calls, 1);
-    assert_int_equal(r.status, 0);
-    assert_string_equal(r.detail, "250 queued as X (1 of 2 recipients refused)");
-    assert_non_null(strstr(rl.in, "QUIT\r\n"));
-    relay_close(&rl);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    assert_int_equal(uv_loop_close(&loop), 0);
+    struct relay_run t;
+    relay_run_open(&t);
+    t.rl.speak = true;
+    t.rl.mute_at_quit = true;
+    relay_run_job(&t, 300);
+    assert_int_equal(t.r.status, 0);
+    assert_string_equal(t.r.detail, "250 queued as X (1 of 2 recipients refused)");
+    assert_non_null(strstr(t.rl.in, "QUIT\r\n"));
+    relay_run_close(&t);
 }
 
 /* A peer that sends a whole dialogue's replies at once, before any
@@ -353,23 +365,13 @@ static void test_smtpc_delivered_when_quit_goes_unanswered(void **state)
 static void test_smtpc_replies_ahead_are_refused(void **state)
 {
     (void)state;
-    uv_loop_t loop;
-    uv_loop_init(&loop);
-    struct relay rl;
-    struct sockaddr_in addr;
-    relay_open(&loop, &rl, true, &addr);
-    rl.blurt = "220 hi\r\n250 a\r\n250 b\r\n250 c\r\n354 d\r\n250 e\r\n221 f\r\n";
-    struct result r = {0};
-    struct smtpc_job j = job();
-    smtpc_start(&loop, (struct sockaddr *)&addr, &j, 1000, on_done, &r);
-    while (r.calls == 0 && uv_run(&loop, UV_RUN_ONCE))
-        ;
-    assert_int_equal(r.calls, 1);
-    assert_int_equal(r.status, -EAGAIN);
-    assert_non_null(strstr(r.detail, "ahead of the commands"));
-    relay_close(&rl);
-    uv_run(&loop, UV_RUN_DEFAULT);
-    assert_int_equal(uv_loop_close(&loop), 0);
+    struct relay_run t;
+    relay_run_open(&t);
+    t.rl.blurt = "220 hi\r\n250 a\r\n250 b\r\n250 c\r\n354 d\r\n250 e\r\n221 f\r\n";
+    relay_run_job(&t, 1000);
+    assert_int_equal(t.r.status, -EAGAIN);
+    assert_non_null(strstr(t.r.detail, "ahead of the commands"));
+    relay_run_close(&t);
 }
 
 int main(void)
