@@ -25,6 +25,7 @@
 static void conn_process(struct conn *c);
 static void conn_on_wait(uv_timer_t *t);
 static void conn_finish(struct conn *c);
+static void conn_end_if_done(struct conn *c);
 
 static void conn_unref(struct conn *c)
 {
@@ -158,7 +159,7 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
  * the connection. */
 static void conn_update_reading(struct conn *c)
 {
-    if (c->closing)
+    if (c->closing || c->eof)
         return;
     bool stuck = c->busy || c->writing; /* cannot grow or move now */
     bool full = stuck && c->rcap - c->rlen < 512;
@@ -177,6 +178,16 @@ static void conn_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
     struct conn *c = s->data;
     if (nread == 0)
         return;
+    if (nread == UV_EOF && !c->closing) {
+        /* Half-closed (printf ... | nc -N does it; Postfix does not): the
+         * requests sent before are still answered, held ones included,
+         * and then the connection closes. */
+        c->eof = true;
+        if (!c->busy && !c->writing)
+            conn_process(c);
+        conn_end_if_done(c);
+        return;
+    }
     if (nread < 0) {
         if (nread == UV_ENOBUFS)
             log_warn_every(&c->srv->proto_limiter, 10,
@@ -219,6 +230,7 @@ static void conn_on_written(uv_write_t *w, int status)
         if (c->rlen)
             conn_process(c);
         conn_update_reading(c);
+        conn_end_if_done(c);
     }
     conn_unref(c);
 }
@@ -314,6 +326,19 @@ static void conn_finish(struct conn *c)
     if (!c->in_process && !c->closing && !c->writing && c->rlen)
         conn_process(c);
     conn_update_reading(c);
+    if (!c->in_process)
+        conn_end_if_done(c);
+}
+
+/* conn_end_if_done - a half-closed connection closes once nothing it
+ * sent is left to answer: no request in flight, no answer being
+ * written, no whole request waiting for the next loop turn (what is
+ * left in the buffer can never be finished). */
+static void conn_end_if_done(struct conn *c)
+{
+    if (c->eof && !c->closing && !c->busy && !c->writing &&
+        !uv_is_active((uv_handle_t *)&c->wait_timer))
+        conn_close(c);
 }
 
 static void conn_on_resume(uv_timer_t *t)
@@ -366,4 +391,5 @@ static void conn_process(struct conn *c)
     if (round == 32 && !c->busy && !c->writing && !c->closing && c->rlen)
         uv_timer_start(&c->wait_timer, conn_on_resume, 0, 0);
     conn_update_reading(c);
+    conn_end_if_done(c);
 }

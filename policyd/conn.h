@@ -47,6 +47,7 @@ struct conn {
     bool close_when_idle;       /* shutdown: close after this answer */
     bool read_paused;           /* reading stopped: no room in the buffer now */
     bool holding;               /* the answer is held back by `wait` */
+    bool eof;                   /* the client half-closed: answer what it sent, then close */
     char *rbuf;                 /* read buffer, grown up to max_request + 1 bytes */
     size_t rlen;                /* bytes in rbuf */
     size_t rcap;                /* bytes allocated */

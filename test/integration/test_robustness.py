@@ -134,6 +134,43 @@ class RobustnessTest(h.SGTestCase):
         d.wait_log(r"client=unknown\[198\.51\.100\.51\] .*rule=tarpit verdict=defer")
         d.wait_log(r"client=unknown\[198\.51\.100\.50\] .*rule=tarpit verdict=defer")
 
+    def test_half_closed_client_gets_every_answer(self):
+        # A client that sends its requests and then shuts its side down
+        # (printf ... | nc -N) lost the answers still to come: EOF closed
+        # the connection at once. 40 pipelined requests, then a held one.
+        d = self.start_daemon(h.base_config(h.free_port()))
+        host, port = d.listen.rsplit(":", 1)
+        s = socket.create_connection((host, int(port)), timeout=10 * h.SLOW)
+        self.addCleanup(s.close)
+        one = b"request=smtpd_access_policy\nprotocol_state=CONNECT\nclient_address=198.51.100.8\n\n"
+        s.sendall(one * 40)
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        self.assertEqual(data, b"action=DUNNO\n\n" * 40)
+
+    def test_half_closed_client_gets_its_held_answer(self):
+        d = self.start_daemon(wait_config(h.free_port(), hold="1s"))
+        host, port = d.listen.rsplit(":", 1)
+        s = socket.create_connection((host, int(port)), timeout=10 * h.SLOW)
+        self.addCleanup(s.close)
+        c = h.PolicyClient.encode(h.policy_request(client_address="198.51.100.9"))
+        s.sendall(c)
+        s.shutdown(socket.SHUT_WR)
+        t0 = time.monotonic()
+        data = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            data += chunk
+        self.assertEqual(data, b"action=450 4.7.1 held\n\n")
+        self.assertGreaterEqual(time.monotonic() - t0, 0.9)
+
     def test_held_answer_outlives_idle_timeout(self):
         # The idle timeout counts the client's silence, not ours.
         cfg = wait_config(h.free_port(), hold="2s")
