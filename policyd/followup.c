@@ -18,6 +18,8 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <hiredis/hiredis.h>
+
 #include "alert.h"
 #include "log.h"
 #include "redisaux.h"
@@ -55,6 +57,30 @@ static double followup_now(void)
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* followup_stream_dropped - one event lost; why, in a rate-limited line. */
+static void followup_stream_dropped(const char *why)
+{
+    fu.stream_dropped++;
+    log_warn_every(&fu.lim_stream, FOLLOWUP_LOG_EVERY, "event stream %s: %s, %lu events dropped so far",
+                   fu.stream_key ? fu.stream_key : "-", why, fu.stream_dropped);
+}
+
+/* followup_on_xadd - Redis's answer to one XADD: an error (the key holds
+ * something else, say) or none (timeout, connection lost) loses the
+ * event, and is counted like the events refused before they were sent
+ * (they were dropped without a word). */
+static void followup_on_xadd(void *arg, const struct redisReply *reply)
+{
+    (void)arg;
+    if (!reply) {
+        followup_stream_dropped("no answer from Redis");
+    } else if (reply->type == REDIS_REPLY_ERROR) {
+        char q[LOG_QUOTE_BUF], why[LOG_QUOTE_BUF + 16];
+        snprintf(why, sizeof why, "Redis said %s", log_quote(reply->str, reply->len, q, sizeof q));
+        followup_stream_dropped(why);
+    }
+}
+
 static void followup_stream(const char *type, const char *json, size_t len)
 {
     if (!fu.aux || !fu.stream_key)
@@ -65,14 +91,10 @@ static void followup_stream(const char *type, const char *json, size_t len)
     for (size_t i = 0; i < 12; i++)
         lens[i] = strlen(argv[i]);
     lens[11] = len;
-    int rc = redisaux_command(fu.aux, 12, argv, lens, NULL, NULL);
-    if (rc < 0) {
-        fu.stream_dropped++;
-        log_warn_every(&fu.lim_stream, FOLLOWUP_LOG_EVERY,
-                       "event stream %s: %s, %lu events dropped so far", fu.stream_key,
-                       rc == -ENOTCONN ? "Redis not connected" : "too many writes in flight",
-                       fu.stream_dropped);
-    }
+    int rc = redisaux_command(fu.aux, 12, argv, lens, followup_on_xadd, NULL);
+    if (rc < 0)
+        followup_stream_dropped(rc == -ENOTCONN ? "Redis not connected"
+                                                : "too many writes in flight");
 }
 
 /* A decision's JSON record, from actions.c. */

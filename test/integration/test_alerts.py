@@ -404,6 +404,21 @@ class TrackingTest(h.SGTestCase):
         recs = json_records(self.tmp.join("events.jsonl"), "message")
         self.assertEqual([r["instance"] for r in recs], ["W.1", "W.3"])
 
+    def test_stream_events_refused_by_redis_are_counted(self):
+        # An XADD that Redis refuses (the key holds a string) lost the
+        # event without a word: its error reply was thrown away.
+        r = self.start_redis()
+        r.cmd("SET", "sg:events", "i am a string")
+        cfg = self.config(tracking={},
+                          log={"stderr": True, "level": "info",
+                               "stream": {"key": "sg:events", "maxlen": 1000}},
+                          store=h.redis_store(r.port))
+        d = self.start_daemon(cfg)
+        c = self.client(d)
+        message(c, "198.51.100.42", ["q1@example.net"], "E.1", qid="QE1")
+        d.wait_log(r"event stream sg:events: Redis said .*WRONGTYPE.*events dropped so far")
+        self.assertEqual(r.cmd("GET", "sg:events"), "i am a string")
+
     def test_stream_and_json_records_and_the_query_command(self):
         r = self.start_redis()
         cfg = self.config(tracking={},
