@@ -182,6 +182,22 @@ static int rp_hex(char c)
     return -1;
 }
 
+/* rp_hex4 - the 4 hex digits at p: their value, -1 when fewer than 4
+ * bytes are left, -2 when one is no hex digit. */
+static long rp_hex4(const char *p, const char *end)
+{
+    long v = 0;
+    if (end - p < 4)
+        return -1;
+    for (int i = 0; i < 4; i++) {
+        int h = rp_hex(p[i]);
+        if (h < 0)
+            return -2;
+        v = v * 16 + h;
+    }
+    return v;
+}
+
 /* rp_string - a JSON string, unescaped in place (never longer than its
  * source). On success *s and *n are the value, NUL-terminated. */
 static bool rp_string(struct rp *r, char **s, size_t *n)
@@ -230,20 +246,28 @@ static bool rp_string(struct rp *r, char **s, size_t *n)
             *out++ = '\t';
             break;
         case 'u': {
-            if (r->end - r->p < 4) {
-                r->why = "short \\u escape";
+            long cp = rp_hex4(r->p, r->end);
+            if (cp < 0) {
+                r->why = cp == -1 ? "short \\u escape" : "bad \\u escape";
                 return false;
             }
-            unsigned cp = 0;
-            for (int i = 0; i < 4; i++) {
-                int h = rp_hex(r->p[i]);
-                if (h < 0) {
-                    r->why = "bad \\u escape";
-                    return false;
-                }
-                cp = cp * 16 + (unsigned)h;
-            }
             r->p += 4;
+            /* A surrogate pair (what JSON tools write for characters past
+             * U+FFFF, "\ud83d\ude00") is one character: 12 source bytes
+             * make 4. A lone surrogate is kept as it came. */
+            long lo = cp >= 0xd800 && cp < 0xdc00 && r->end - r->p >= 6 && r->p[0] == '\\' &&
+                              r->p[1] == 'u'
+                          ? rp_hex4(r->p + 2, r->end)
+                          : -1;
+            if (lo >= 0xdc00 && lo < 0xe000) {
+                r->p += 6;
+                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                *out++ = (char)(0xf0 | (cp >> 18));
+                *out++ = (char)(0x80 | ((cp >> 12) & 0x3f));
+                *out++ = (char)(0x80 | ((cp >> 6) & 0x3f));
+                *out++ = (char)(0x80 | (cp & 0x3f));
+                break;
+            }
             /* 6 source bytes make at most 3: the in-place copy is safe. */
             if (cp < 0x80) {
                 *out++ = (char)cp;

@@ -115,6 +115,21 @@ static void test_record_foreign_lines(void **state)
     assert_non_null(s);
     assert_int_equal(len, 6);
     assert_memory_equal(s, "xA/y\xc3\xa9", 6);
+
+    /* A surrogate pair, as JSON tools write characters past U+FFFF, is
+     * one 4-byte character (it came back as two 3-byte halves); a lone
+     * surrogate is kept as it came. */
+    char pair[] = "{\"a\":{\"sender\":\"\\ud83d\\ude00@example.org\",\"helo_name\":\"\\ud83dx\"},\"t\":1}";
+    if (record_parse(pair, strlen(pair), &t, &r, &why) != 0)
+        fail_msg("parse: %s", why);
+    s = request_get(&r, ATTR_SENDER, &len);
+    assert_non_null(s);
+    assert_int_equal(len, 4 + 12);
+    assert_memory_equal(s, "\xf0\x9f\x98\x80@example.org", 16);
+    s = request_get(&r, ATTR_HELO_NAME, &len);
+    assert_non_null(s);
+    assert_int_equal(len, 4);
+    assert_memory_equal(s, "\xed\xa0\xbdx", 4);
     request_fini(&r);
 }
 
