@@ -158,6 +158,13 @@ static void explain_on_scores(void *arg, int status, const double *scores, size_
         memcpy(x->scores, scores, n * sizeof *scores);
 }
 
+static void explain_on_reset(void *arg, int status)
+{
+    struct explain *x = arg;
+    x->done = true;
+    x->status = status;
+}
+
 /* explain_wait - run the loop until the store answered. */
 static int explain_wait(struct explain *x)
 {
@@ -279,6 +286,33 @@ static void explain_actions(struct explain *x, const struct rules *r, struct req
     }
 }
 
+/* explain_delete - with --fresh, the decided rule's `delete` resets its
+ * counters in the explain store, as the daemon's engine_delete does in
+ * its own: the next requests see them gone. Shown, not run, against
+ * the configured store (explain never writes there). */
+static int explain_delete(struct explain *x, const struct eval *ev, const struct action_rule *ar)
+{
+    if (!ar || !ar->side_delete)
+        return 0;
+    const char *keys[RULES_MAX_COUNTERS];
+    size_t lens[RULES_MAX_COUNTERS], n = 0;
+    for (size_t i = 0; i < ar->n_delete; i++) {
+        int u = ev->slot[ar->delete_counters[i]];
+        if (u < 0)
+            continue;
+        keys[n] = ev->updates[u].key;
+        lens[n] = ev->updates[u].key_len;
+        fprintf(x->out, "  delete: key %.*s%s\n", (int)lens[n], keys[n],
+                x->fresh ? "" : " (not done: explain only reads this store)");
+        n++;
+    }
+    if (!n || !x->fresh)
+        return 0;
+    x->done = false;
+    store_reset(x->st, keys, lens, n, explain_on_reset, x);
+    return explain_wait(x);
+}
+
 /* explain_one - one request, start to finish. Returns 0 or -EIO (store). */
 static int explain_one(struct explain *x, struct request *req, unsigned no)
 {
@@ -334,6 +368,8 @@ static int explain_one(struct explain *x, struct request *req, unsigned no)
             fprintf(x->out, "  verdict: %s by %s\n", verdict_name(ar->verdict), ar->name);
         else
             fprintf(x->out, "  verdict: dunno (no action rule matched)\n");
+        if (explain_delete(x, ev, ar) < 0)
+            rc = -EIO;
     }
     fprintf(x->out, "  answer: action=%s\n\n", answer);
     free(ev);

@@ -71,6 +71,30 @@ class ExplainGoldenTest(h.SGTestCase):
         self.assertEqual(got, want)
 
 
+    def test_fresh_runs_delete_as_the_daemon_does(self):
+        # A rule that deletes its counter: the daemon starts the client
+        # over after the reject; explain --fresh kept counting, and
+        # answered the third request with a reject the daemon never gave.
+        port = h.free_port()
+        rules = ("counters:\n  ip: { key: client_address, half_life: 10m }\n"
+                 "points:\n  - { name: r, when: { protocol_state: RCPT }, add: { ip: 1 } }\n"
+                 "actions:\n  - { name: block, when: { ip: \">= 2\" }, do: [reject, delete ip],"
+                 " message: \"550 5.7.1 reset\" }\n")
+        conf = self.tmp.write("del.yaml", rules)
+        reqs = [h.policy_request(client_address="198.51.100.77") for _ in range(3)]
+        rc, out, err = explain(["-c", conf, "--fresh"], "".join(wire(r) for r in reqs),
+                               self.tmp.path)
+        self.assertEqual(rc, 0, err)
+        got = [ln.split("action=", 1)[1] for ln in out.splitlines()
+               if ln.startswith("  answer: action=")]
+        self.assertIn("  delete: key ip:198.51.100.77\n", out)
+        d = self.start_daemon('listen: ["127.0.0.1:%d"]\n' % port + rules)
+        c = self.client(d)
+        want = [c.request(r) for r in reqs]
+        self.assertEqual(want, ["DUNNO", "550 5.7.1 reset", "DUNNO"])
+        self.assertEqual(got, want)
+
+
 class ExplainStoreTest(h.SGTestCase):
 
     def test_read_only_against_redis(self):
