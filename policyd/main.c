@@ -146,8 +146,11 @@ int main(int argc, char **argv)
         return 0;
     }
 
-    /* A peer that goes away mid-answer must not kill us. */
+    /* A peer that goes away mid-answer must not kill us, nor a file
+     * size limit (ulimit -f) on the recording or the JSON log: the write
+     * fails (EFBIG) and is reported like a full disk. */
     signal(SIGPIPE, SIG_IGN);
+    signal(SIGXFSZ, SIG_IGN);
     if (server_apply_log(cfg, server_verbose) == -EINVAL) {
         fprintf(stderr, "smtpguard: cannot open syslog\n");
         config_unref(cfg);

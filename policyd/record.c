@@ -16,6 +16,7 @@
 #include <strings.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "log.h"
 #include "sha1.h"
@@ -428,6 +429,7 @@ static struct {
     FILE *fp;
     struct record_settings s;   /* copy; file owned */
     unsigned long long size;    /* bytes in the current file */
+    unsigned long dropped;      /* requests not recorded (write errors) */
     char *line;                 /* RECORD_MAX_LINE bytes, once recording */
     struct log_limiter lim;     /* write errors */
 } rec;
@@ -532,9 +534,31 @@ void record_write(struct request *req)
         if (!rec.fp)
             return;
     }
-    if (fwrite(rec.line, 1, n, rec.fp) != n || fflush(rec.fp) != 0) {
-        log_warn_every(&rec.lim, 60, "record %s: write failed: %s", rec.s.file, strerror(errno));
-        clearerr(rec.fp);
+    /* One write(2) a line (the FILE only holds the descriptor: nothing
+     * is buffered in it). A short write (a full disk, a size limit) left
+     * half a line that the next one was glued to, spoiling both for
+     * replay: the part written is cut off again, so the file keeps whole
+     * lines, and the loss is counted. */
+    int fd = fileno(rec.fp);
+    size_t done = 0;
+    int err = 0;
+    while (done < n) {
+        ssize_t w = write(fd, rec.line + done, n - done);
+        if (w < 0 && errno == EINTR)
+            continue;
+        if (w <= 0) {
+            err = w < 0 ? errno : ENOSPC;
+            break;
+        }
+        done += (size_t)w; /* a short write: the rest, or why not */
+    }
+    if (done != n) {
+        struct stat st;
+        if (done > 0 && fstat(fd, &st) == 0 && (size_t)st.st_size >= done)
+            (void)!ftruncate(fd, st.st_size - (off_t)done);
+        rec.dropped++;
+        log_warn_every(&rec.lim, 60, "record %s: write failed: %s; %lu requests not recorded so far",
+                       rec.s.file, strerror(err), rec.dropped);
         return;
     }
     rec.size += n;

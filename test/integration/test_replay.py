@@ -203,6 +203,36 @@ class RecordTest(h.SGTestCase):
                          sum(1 for a in answers if a.startswith("550 ")))
         self.assertEqual(counts.get(("trusted", "dunno")), 1)
 
+    def test_a_write_cut_short_leaves_whole_lines(self):
+        # A file size limit (or a full disk) cut a line short, and the
+        # next line was glued to the half written: both lost to replay,
+        # and the loss counted nowhere. Lines are whole, losses counted;
+        # and the limit's SIGXFSZ does not kill the daemon. (The limit is
+        # per file and the daemon's log is a file too: it is set well
+        # above the log's size, and the recording grows past it.)
+        port = h.free_port()
+        rec = self.tmp.join("rec.jsonl")
+        d = self.start_daemon(h.base_config(port, record={"file": rec}))
+        c = self.client(d)
+        c.request(h.policy_request(client_address="198.51.100.60"))
+        limit = max(os.path.getsize(rec), os.path.getsize(d.log_path)) + 4096
+        subprocess.run(["prlimit", "--pid", str(d.pid), "--fsize=%d:" % limit], check=True)
+        sent = 1
+        while sent < 40 and "write failed" not in d.log():
+            self.assertEqual(c.request(h.policy_request(client_address="198.51.100.%d" % (60 + sent))),
+                             "DUNNO")
+            sent += 1
+        d.wait_log(r"record .*: write failed: File too large; 1 requests not recorded so far")
+        subprocess.run(["prlimit", "--pid", str(d.pid), "--fsize=unlimited:"], check=True)
+        c.request(h.policy_request(client_address="198.51.100.200"))
+        d.stop()
+        with open(rec) as f:
+            lines = f.read().splitlines()
+        addrs = [json.loads(x)["a"]["client_address"] for x in lines]   # each line whole
+        self.assertLessEqual(os.path.getsize(rec) - len(lines[-1]) - 1, limit)
+        self.assertEqual(addrs[:-1], ["198.51.100.%d" % (60 + i) for i in range(sent - 1)])
+        self.assertEqual(addrs[-1], "198.51.100.200")
+
     def test_redaction_and_rotation(self):
         port = h.free_port()
         rec = self.tmp.join("rec.jsonl")
