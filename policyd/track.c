@@ -320,16 +320,39 @@ static struct track_msg *track_open(struct track *t, const struct track_event *e
     return m;
 }
 
+/*
+ * track_move_conn - m goes on with connection conn_id. Postfix's policy
+ * client reconnects in the middle of a message (its connections have a
+ * maximum idle time and age, and it retries after a timeout), and the
+ * instance names one message of one smtpd process: the record follows
+ * it to the new connection rather than be split into an "aborted" half
+ * with the recipients and a "complete" half without them. That
+ * connection's own open record, if another, ends as it would for a new
+ * instance.
+ */
+static void track_move_conn(struct track *t, struct track_msg *m, unsigned long conn_id)
+{
+    struct track_msg *cur = track_conn_current(t, conn_id);
+    if (cur && cur != m)
+        track_close(t, cur, TRACK_ABORTED);
+    struct track_msg **pp = &t->by_conn[track_conn_slot(t, m->conn_id)];
+    while (*pp && *pp != m)
+        pp = &(*pp)->cnext;
+    if (*pp)
+        *pp = m->cnext;
+    m->conn_id = conn_id;
+    size_t c = track_conn_slot(t, conn_id);
+    m->cnext = t->by_conn[c];
+    t->by_conn[c] = m;
+}
+
 bool track_note(struct track *t, const struct track_event *ev)
 {
     if (!track_state_tracked(ev->state) || !ev->instance || !*ev->instance)
         return false;
     struct track_msg *m = track_find(t, ev->instance);
-    if (m && m->conn_id != ev->conn_id) {
-        /* The same instance from another connection (a client that
-         * reuses ids): keep the records apart. */
-        m = NULL;
-    }
+    if (m && m->conn_id != ev->conn_id)
+        track_move_conn(t, m, ev->conn_id);
     if (!m)
         m = track_open(t, ev);
     else {

@@ -97,6 +97,49 @@ static void test_track_multi_recipient_one_record(void **state)
     track_free(t);
 }
 
+/* Postfix's policy client reconnects in the middle of a message: the
+ * END-OF-MESSAGE comes on a new connection with the same instance. One
+ * record, complete, with every recipient (it came out as an "aborted"
+ * half with the recipients and a "complete" half without them). */
+static void test_track_message_follows_a_reconnect(void **state)
+{
+    (void)state;
+    struct seen s = {0};
+    struct track_config cfg = {.max_open = 10, .idle = 60, .history = 10};
+    struct track *t = track_new(&cfg, on_emit, &s);
+    const char *rcpts[] = {"r1@y.org", "r2@y.org"};
+    struct track_event ev;
+    for (int i = 0; i < 2; i++) {
+        ev = ev_base(1, "RCPT", "4a3b.1.2.0", 100 + i);
+        ev.recipient = rcpts[i];
+        assert_true(track_note(t, &ev));
+    }
+    /* Connection 2 had a transaction of its own open: it ends. */
+    ev = ev_base(2, "RCPT", "other.1", 101);
+    ev.recipient = "x@z.org";
+    assert_true(track_note(t, &ev));
+    ev = ev_base(2, "END-OF-MESSAGE", "4a3b.1.2.0", 103);
+    ev.queue_id = "918F4A74051";
+    ev.size = "359";
+    ev.recipient_count = "2";
+    assert_true(track_note(t, &ev));
+    assert_int_equal(s.n, 2);
+    assert_string_equal(s.instance[0], "other.1");
+    assert_int_equal(s.status[0], TRACK_ABORTED);
+    assert_string_equal(s.instance[1], "4a3b.1.2.0");
+    assert_int_equal(s.status[1], TRACK_COMPLETE);
+    assert_non_null(strstr(s.json[1], "\"recipients\":[\"r1@y.org\",\"r2@y.org\"]"));
+    assert_non_null(strstr(s.json[1], "\"queue_id\":\"918F4A74051\""));
+    assert_int_equal(track_open_count(t), 0);
+    /* Connection 1 goes on with a new message: nothing of the old one
+     * is left on it to abort. */
+    ev = ev_base(1, "RCPT", "4a3b.1.3.0", 110);
+    ev.recipient = "r3@y.org";
+    assert_true(track_note(t, &ev));
+    assert_int_equal(s.n, 2);
+    track_free(t);
+}
+
 static void test_track_verdicts_and_refused(void **state)
 {
     (void)state;
@@ -337,6 +380,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_track_multi_recipient_one_record),
+        cmocka_unit_test(test_track_message_follows_a_reconnect),
         cmocka_unit_test(test_track_verdicts_and_refused),
         cmocka_unit_test(test_track_new_instance_aborts_previous),
         cmocka_unit_test(test_track_idle_sweep_and_cap),
