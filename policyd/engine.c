@@ -69,6 +69,11 @@ static void engine_done(struct engine_req *er)
 {
     const struct action_rule *ar = er->ev.decided;
     er->wait = ar && !er->store_failed ? ar->wait : 0;
+    /* Recorded when decided, before any wait: the recording keeps the
+     * order and the time the requests were counted in, which replay
+     * follows (recorded at the answer, a held request came after those
+     * answered meanwhile, and replay counted it late). */
+    record_write(&er->req);
     er->cb(er, er->cb_arg);
 }
 
@@ -359,7 +364,6 @@ void engine_finish(struct engine_req *er, struct store *st, unsigned long conn_i
     followup_decision(er->cfg, &d);
     actions_log(&d);
     engine_count(er, d.elapsed_ms);
-    record_write(&er->req);
     engine_delete(er, st);
     request_reset(&er->req);
     config_unref(er->cfg);

@@ -72,7 +72,8 @@ int record_parse(char *line, size_t len, double *t, struct request *req, const c
 int record_open(const struct record_settings *s);
 /* record_reopen - reopen the file (SIGUSR1, after an outside rotation). */
 int record_reopen(void);
-/* record_write - append req, answered now; no-op when not recording. */
+/* record_write - append req, decided now (an answer held by `wait` goes
+ * out later); no-op when not recording. */
 void record_write(struct request *req);
 /* record_active - whether a file is being written. */
 bool record_active(void);

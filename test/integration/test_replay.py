@@ -233,6 +233,37 @@ class RecordTest(h.SGTestCase):
         self.assertEqual(addrs[:-1], ["198.51.100.%d" % (60 + i) for i in range(sent - 1)])
         self.assertEqual(addrs[-1], "198.51.100.200")
 
+    def test_held_answers_replay_as_the_daemon_counted(self):
+        # Request a is held 2 s by wait; b, from the same client, comes a
+        # moment later and is rejected at once. The recording had b's line
+        # first and a's stamped 2 s later, and replay rejected a and
+        # tarpitted b: lines now come at the decision, in counting order.
+        port = h.free_port()
+        rec = self.tmp.join("rec.jsonl")
+        cfg = h.base_config(port, record={"file": rec})
+        cfg["points"] = [{"name": "per-rcpt", "when": {"protocol_state": "RCPT"}, "add": {"ip": 1}}]
+        cfg["actions"] = [
+            {"name": "block", "when": {"ip": ">= 2"}, "do": "reject", "message": "550 5.7.1 too many"},
+            {"name": "tarpit", "when": {"ip": ">= 1"}, "do": ["dunno", "wait 2s"]}]
+        d = self.start_daemon(cfg)
+        a, b = self.client(d), self.client(d)
+        a.send_raw(a.encode(h.policy_request(client_address="198.51.100.90")))
+        time.sleep(0.3)
+        self.assertEqual(b.request(h.policy_request(client_address="198.51.100.90")),
+                         "550 5.7.1 too many")
+        self.assertEqual(a.read_action(timeout=5 * h.SLOW), "DUNNO")
+        d.stop()
+        with open(rec) as f:
+            recs = [json.loads(x) for x in f]
+        self.assertEqual(len(recs), 2)
+        self.assertLess(recs[0]["t"], recs[1]["t"])
+        self.assertLess(recs[1]["t"] - recs[0]["t"], 1.5, "a stamped at its answer, not its decision")
+        rc, out, err = replay(["-c", d.conf_path, rec], self.tmp.path)
+        self.assertEqual(rc, 0, err)
+        counts = verdict_counts(out, d.conf_path)
+        self.assertEqual(counts.get(("tarpit", "dunno")), 1, out)
+        self.assertEqual(counts.get(("block", "reject")), 1, out)
+
     def test_redaction_and_rotation(self):
         port = h.free_port()
         rec = self.tmp.join("rec.jsonl")
