@@ -214,13 +214,13 @@ static void actions_log_line(const struct decision *d)
     const char *state = request_get(d->req, ATTR_PROTOCOL_STATE, &len);
     snprintf(head, sizeof head, "c=%lx r=%lu ", d->conn_id, d->req_no);
     out_str(&o, head);
-    out_str(&o, log_quote(state, state ? len : 0, q, sizeof q));
+    out_str(&o, log_quote_field(state, state ? len : 0, q, sizeof q));
     const char *name = request_get(d->req, ATTR_CLIENT_NAME, &len);
     const char *addr = request_get(d->req, ATTR_CLIENT_ADDRESS, &len2);
     out_str(&o, " client=");
-    out_str(&o, name ? log_quote(name, len, q, sizeof q) : "unknown");
+    out_str(&o, name ? log_quote_field(name, len, q, sizeof q) : "unknown");
     out_str(&o, "[");
-    out_str(&o, log_quote(addr, addr ? len2 : 0, q2, sizeof q2));
+    out_str(&o, log_quote_field(addr, addr ? len2 : 0, q2, sizeof q2));
     out_str(&o, "]");
     for (size_t i = 0; i < sizeof actions_fields / sizeof actions_fields[0]; i++) {
         const char *v = request_get(d->req, actions_fields[i].attr, &len);
@@ -229,7 +229,7 @@ static void actions_log_line(const struct decision *d)
         out_str(&o, " ");
         out_str(&o, actions_fields[i].label);
         out_str(&o, actions_fields[i].angle ? "=<" : "=");
-        out_str(&o, log_quote(v, len, q, sizeof q));
+        out_str(&o, log_quote_field(v, len, q, sizeof q));
         if (actions_fields[i].angle)
             out_str(&o, ">");
     }

@@ -531,8 +531,10 @@ static void alert_send_one(struct alert *a, struct alert_info *ai)
     alertmsg_expand(a->body, ai, 0, &body);
     size_t len;
     char *data = alert_compose(a, textbuf_cstr(&subj), textbuf_cstr(&body), body.len, &len);
-    char what[600];
-    snprintf(what, sizeof what, "rule=%s key=%s", ai->rule ? ai->rule : "-", ai->key ? ai->key : "-");
+    char what[600], qk[LOG_QUOTE_BUF];
+    /* The key holds a peer's value: one token in the log lines. */
+    snprintf(what, sizeof what, "rule=%s key=%s", ai->rule ? ai->rule : "-",
+             ai->key ? log_quote_field(ai->key, strlen(ai->key), qk, sizeof qk) : "-");
     alert_enqueue(a, data, len, what);
     textbuf_fini(&subj);
     textbuf_fini(&body);
@@ -596,8 +598,10 @@ static void alert_won(struct alert *a, struct alert_info *ai)
         alert_info_free(ai);
         return;
     }
+    char qk[LOG_QUOTE_BUF];
     log_info("alert rule=%s key=%s suppressed=%lu%s", ai->rule ? ai->rule : "-",
-             ai->key ? ai->key : "-", ai->suppressed, a->digest ? " (digest)" : "");
+             ai->key ? log_quote_field(ai->key, strlen(ai->key), qk, sizeof qk) : "-",
+             ai->suppressed, a->digest ? " (digest)" : "");
     if (a->digest) {
         if (a->n_digest < ALERT_DIGEST_MAX) {
             struct alert_info *copy = xmalloc(sizeof *copy);

@@ -185,7 +185,19 @@ void log_warn_every(struct log_limiter *lim, unsigned interval_s, const char *fm
     lim->suppressed = 0;
 }
 
+static const char *log_quote_as(const char *s, size_t len, char *buf, size_t cap, bool field);
+
 const char *log_quote(const char *s, size_t len, char *buf, size_t cap)
+{
+    return log_quote_as(s, len, buf, cap, false);
+}
+
+const char *log_quote_field(const char *s, size_t len, char *buf, size_t cap)
+{
+    return log_quote_as(s, len, buf, cap, true);
+}
+
+static const char *log_quote_as(const char *s, size_t len, char *buf, size_t cap, bool field)
 {
     static const char hex[] = "0123456789abcdef";
     size_t o = 0;
@@ -203,7 +215,10 @@ const char *log_quote(const char *s, size_t len, char *buf, size_t cap)
         if (ch == '"' || ch == '\\') {
             buf[o++] = '\\';
             buf[o++] = (char)ch;
-        } else if (ch >= 0x20 && ch < 0x7f) {
+        } else if (ch > 0x20 && ch < 0x7f &&
+                   !(field && (ch == '<' || ch == '>'))) {
+            buf[o++] = (char)ch;
+        } else if (ch == ' ' && !field) {
             buf[o++] = (char)ch;
         } else {
             buf[o++] = '\\';

@@ -79,6 +79,11 @@ void log_warn_every(struct log_limiter *lim, unsigned interval_s, const char *fm
  * other bytes as \xNN, cut at LOG_QUOTE_MAX input bytes with "...".
  * Returns buf. NULL prints as "-". */
 const char *log_quote(const char *s, size_t len, char *buf, size_t cap);
+/* log_quote_field - the same, for a field's value in a key=value line:
+ * spaces, '<' and '>' escaped too (as \xNN), so that a peer's value stays
+ * one token and cannot close its <...> or start a field of its own
+ * ("pc1> rule=trusted verdict=permit" in a HELO). */
+const char *log_quote_field(const char *s, size_t len, char *buf, size_t cap);
 #define LOG_QUOTE_BUF (4 * LOG_QUOTE_MAX + 8)
 
 /* log_now_ms - monotonic milliseconds (for limiters). */

@@ -57,6 +57,27 @@ class DecisionLogTest(h.SGTestCase):
         # A plain DUNNO with nothing to say is not logged.
         self.assertNotRegex(log, r"score\.ip=1\b")
 
+    def test_peer_values_cannot_forge_fields(self):
+        # A HELO (Postfix joins its words) or a SASL name with spaces wrote
+        # " rule=trusted verdict=permit" into the line, ahead of the real
+        # fields: each value is now one token, its spaces and <> escaped.
+        d = self.start_daemon(flood_config(h.free_port()))
+        c = self.client(d)
+        m = d.mark()
+        req = h.policy_request(client_address="198.51.100.10",
+                               helo_name='pc1> rule=trusted verdict=permit x=<y',
+                               sasl_username="bob rule=allow verdict=dunno")
+        answers = [c.request(req) for _ in range(3)]
+        self.assertEqual(answers[2], "450 4.7.1 198.51.100.10 slow down")
+        d.wait_log(r"verdict=defer", since=m)
+        line = [l for l in d.log_since(m).splitlines() if "verdict=defer" in l][0]
+        fields = [t.split("=", 1) for t in line.split(" ") if "=" in t]
+        rules = [v for k, v in fields if k == "rule"]
+        verdicts = [v for k, v in fields if k == "verdict"]
+        self.assertEqual((rules, verdicts), (["flood"], ["defer"]), line)
+        self.assertIn(r"helo=<pc1\x3e\x20rule=trusted\x20verdict=permit\x20x=\x3cy>", line)
+        self.assertIn(r"sasl_username=bob\x20rule=allow\x20verdict=dunno", line)
+
     def test_json_log_every_decision_and_reopen_on_usr1(self):
         port = h.free_port()
         path = self.tmp.join("decisions.jsonl")
