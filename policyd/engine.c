@@ -334,8 +334,11 @@ static void engine_count(struct engine_req *er, double elapsed_ms)
     metrics_own->requests[metrics_state_of(state, state ? len : 0)]++;
     metrics_observe(&metrics_own->answer, elapsed_ms / 1000);
     const struct eval *ev = &er->ev;
+    /* The same verdicts as the decision line's (actions_log). */
     if (er->store_failed)
         metrics_verdict(metrics_own, NULL, "on_error");
+    else if (er->dns_failed)
+        metrics_verdict(metrics_own, NULL, "dns_defer");
     else if (ev->stopped_by)
         metrics_verdict(metrics_own, ev->stopped_by->name,
                         ev->stopped_by->then == VERDICT_PERMIT ? "permit" : "dunno");

@@ -308,12 +308,19 @@ class DnsTest(h.SGTestCase):
 
     def test_on_error_defer_and_ignore(self):
         dead = self.dead_dns()
-        self.start(dead.address, dns={"timeout": "200ms"}, actions=[
+        admin = "127.0.0.1:%d" % h.free_port()
+        self.start(dead.address, dns={"timeout": "200ms"}, admin={"listen": admin}, actions=[
             {"name": "bl", "when": {"dnsbl": {"zones": ["bl.test"], "on_error": "defer"}},
              "do": "reject", "message": "550 5.7.1 bl"}])
         self.assertEqual(self.ask("198.51.100.61"),
                          "DEFER_IF_PERMIT 4.4.3 DNS lookup failed, try again later")
         self.d.wait_log(r"verdict=dns_defer")
+        # /metrics counts it under the same verdict (it said dunno).
+        import urllib.request
+        text = urllib.request.urlopen("http://%s/metrics" % admin, timeout=5).read().decode()
+        self.assertTrue('smtpguard_verdicts_total{rule="none",verdict="dns_defer"} 1' in text,
+                        [ln for ln in text.splitlines() if "verdicts_total{" in ln])
+        self.assertFalse('verdict="dunno"} 1' in text)
 
     def test_refused_counts_as_not_listed(self):
         dns = self.start_dns(RECORDS)
