@@ -264,6 +264,42 @@ class AdminTest(h.SGTestCase):
         self.assertEqual(st, 200, body)
         self.assertIsNone(self.redis.cmd("GET", "sg:ip:198.51.100.20"))
 
+    def test_ctl_token_config_and_address_edge_cases(self):
+        self.start()
+        for _ in range(3):
+            self.rcpt("198.51.100.22")
+
+        def run(args, env_token=None, cfg=None):
+            env = dict(os.environ)
+            env.pop("SMTPGUARD_ADMIN_TOKEN", None)
+            env.pop("SMTPGUARD_ADMIN", None)
+            if env_token is not None:
+                env["SMTPGUARD_ADMIN_TOKEN"] = env_token
+            cmd = [CTL] + (["-c", cfg] if cfg else ["-c", "/nonexistent"]) + args
+            p = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               stdin=subprocess.DEVNULL, timeout=20 * h.SLOW, env=env)
+            return p.returncode, p.stdout.decode(), p.stderr.decode()
+
+        # A token from the environment with a line end (echo > file; export
+        # $(cat file)) is stripped, as one from a file is; it was sent as
+        # it was, and the error quoted it in full.
+        rc, out, err = run(["-a", self.admin, "reset", "ip", "198.51.100.22"], env_token=TOKEN + "\n")
+        self.assertEqual(rc, 0, err)
+        rc, out, err = run(["-a", self.admin, "reload"], env_token="two words")
+        self.assertEqual(rc, 2)
+        self.assertNotIn("two words", err)
+        # The admin block read from a config with a blank line, a comment
+        # at column 0 and a commented-out listen in it.
+        cfg = self.tmp.write("ctl.yaml", "listen: [\"127.0.0.1:1\"]\nadmin:\n"
+                             "  # listen: \"127.0.0.1:1\"\n\n#  a note\n"
+                             "  listen: \"%s\"\n\n  token_file: %s\n" % (self.admin, self.token_file))
+        rc, out, err = run(["reload"], cfg=cfg)
+        self.assertEqual(rc, 0, err)
+        # Bad addresses are usage errors (2), not a daemon out of reach (3).
+        for bad in ("bogus", "127.0.0.1:82577"):
+            rc, out, err = run(["-a", bad, "status"])
+            self.assertEqual(rc, 2, (bad, err))
+
     def test_request_runs_once_while_its_store_call_is_out(self):
         # Bytes after a complete request, while its Redis call is out,
         # ran the request again: one reset per extra chunk.
