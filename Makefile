@@ -164,10 +164,22 @@ install: all
 	install -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/sbin/smtpguard
 	install -m 0755 scripts/smtpguardctl $(DESTDIR)$(PREFIX)/sbin/smtpguardctl
 	install -m 0644 smtpguard.yaml.example $(DESTDIR)$(SYSCONFDIR)/smtpguard/smtpguard.yaml.example
-	install -m 0644 rules.d/*.yaml $(DESTDIR)$(SYSCONFDIR)/smtpguard/rules.d/
 	install -m 0644 README.md $(DESTDIR)$(PREFIX)/share/doc/smtpguard/README.md
-	install -d $(DESTDIR)$(SYSCONFDIR)/smtpguard/rules.d/inbound
-	install -m 0644 rules.d/inbound/*.yaml $(DESTDIR)$(SYSCONFDIR)/smtpguard/rules.d/inbound/
+	# The rule sets are live configuration (rules.d/*.yaml is loaded): a
+	# first install puts the examples there; later ones leave what the
+	# operator tuned or deleted alone. The shipped sets are always in
+	# share/doc/smtpguard/rules.d, to compare with.
+	install -d $(DESTDIR)$(PREFIX)/share/doc/smtpguard/rules.d/inbound \
+	    $(DESTDIR)$(SYSCONFDIR)/smtpguard/rules.d/inbound
+	install -m 0644 rules.d/*.yaml $(DESTDIR)$(PREFIX)/share/doc/smtpguard/rules.d/
+	install -m 0644 rules.d/inbound/*.yaml $(DESTDIR)$(PREFIX)/share/doc/smtpguard/rules.d/inbound/
+	@if ls $(DESTDIR)$(SYSCONFDIR)/smtpguard/rules.d/*.yaml >/dev/null 2>&1; then \
+	    echo "install: $(SYSCONFDIR)/smtpguard/rules.d holds rules already: left as they are" \
+	        "(the shipped ones: $(PREFIX)/share/doc/smtpguard/rules.d)"; \
+	else \
+	    install -m 0644 rules.d/*.yaml $(DESTDIR)$(SYSCONFDIR)/smtpguard/rules.d/ && \
+	    install -m 0644 rules.d/inbound/*.yaml $(DESTDIR)$(SYSCONFDIR)/smtpguard/rules.d/inbound/; \
+	fi
 	cp -R contrib/. $(DESTDIR)$(PREFIX)/share/smtpguard/contrib/
 	install -d $(DESTDIR)$(PREFIX)/bin
 	install -m 0755 scripts/smtpguard-log $(DESTDIR)$(PREFIX)/bin/smtpguard-log

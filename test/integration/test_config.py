@@ -1,5 +1,6 @@
 """Config checking (-t), SIGHUP reload, SIGTERM, command-line basics."""
 
+import os
 import re
 import signal
 import subprocess
@@ -28,6 +29,32 @@ def run(args, timeout=10):
 
 
 class CommandLineTest(h.SGTestCase):
+
+    def test_install_keeps_tuned_rules(self):
+        # rules.d/*.yaml is live configuration: a second `make install`
+        # rewrote tuned files and brought back deleted ones.
+        dest = self.tmp.mkdir("dest")
+
+        def install():
+            p = subprocess.run(["make", "-s", "install", "DESTDIR=" + dest, "PREFIX=/usr",
+                                "SYSCONFDIR=/etc"], cwd=h.ROOT, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, timeout=300)
+            self.assertEqual(p.returncode, 0, p.stdout.decode(errors="replace"))
+            return p.stdout.decode(errors="replace")
+        install()
+        rules = dest + "/etc/smtpguard/rules.d"
+        with open(rules + "/00-trusted.yaml", "a") as f:
+            f.write("# tuned by the operator\n")
+        os.remove(rules + "/40-size.yaml")
+        out = install()
+        self.assertIn("left as they are", out)
+        with open(rules + "/00-trusted.yaml") as f:
+            self.assertTrue(f.read().endswith("# tuned by the operator\n"))
+        self.assertFalse(os.path.exists(rules + "/40-size.yaml"))
+        self.assertTrue(os.path.exists(dest + "/usr/share/doc/smtpguard/rules.d/40-size.yaml"))
+        # What is installed loads.
+        rc, out, err = run(["-c", dest + "/etc/smtpguard/smtpguard.yaml.example", "-t"])
+        self.assertEqual(rc, 0, err + out)
 
     def test_version_and_help(self):
         rc, out, err = run(["--version"])
