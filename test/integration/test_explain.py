@@ -95,6 +95,28 @@ class ExplainGoldenTest(h.SGTestCase):
         self.assertEqual(got, want)
 
 
+    def test_shipped_outbound_rules_count_customers_not_their_shared_address(self):
+        # 100 authenticated customers behind one carrier-NAT address, 5
+        # recipients each: counted per user, none deferred or rejected
+        # for the address they share (ip-fast deferred from the 200th
+        # recipient and ip-flood rejected from the 500th). An
+        # unauthenticated client at that rate is still stopped by address.
+        cfg = os.path.join(h.ROOT, "smtpguard.yaml.example")
+        reqs = [h.policy_request(client_address="198.51.100.10", sasl_username="user%d" % u,
+                                 recipient="r%d@dest.example" % r)
+                for u in range(100) for r in range(5)]
+        rc, out, err = explain(["-c", cfg, "--fresh"], "".join(wire(r) for r in reqs), h.ROOT)
+        self.assertEqual(rc, 0, err)
+        verdicts = [ln for ln in out.splitlines() if ln.startswith("  verdict:")]
+        self.assertEqual(len(verdicts), 500)
+        self.assertFalse([v for v in verdicts if "ip-" in v or "net-" in v], verdicts[-1])
+        reqs = [h.policy_request(client_address="198.51.100.11", recipient="r%d@dest.example" % r)
+                for r in range(250)]
+        rc, out, err = explain(["-c", cfg, "--fresh"], "".join(wire(r) for r in reqs), h.ROOT)
+        self.assertEqual(rc, 0, err)
+        self.assertIn("  verdict: defer by ip-fast", out)
+
+
 class ExplainStoreTest(h.SGTestCase):
 
     def test_read_only_against_redis(self):
