@@ -177,8 +177,8 @@ void log_warn_every(struct log_limiter *lim, unsigned interval_s, const char *fm
     vsnprintf(line, sizeof line, fmt, ap);
     va_end(ap);
     if (lim->suppressed)
-        log_write(LOG_LEVEL_WARN, "%s (%lu similar suppressed in the last %us)", line,
-                  lim->suppressed, interval_s);
+        log_write(LOG_LEVEL_WARN, "%s (%lu similar suppressed since the last one)", line,
+                  lim->suppressed);
     else
         log_write(LOG_LEVEL_WARN, "%s", line);
     lim->last_ms = now;
