@@ -404,6 +404,28 @@ class TrackingTest(h.SGTestCase):
         recs = json_records(self.tmp.join("events.jsonl"), "message")
         self.assertEqual([r["instance"] for r in recs], ["W.1", "W.3"])
 
+    def test_smtpguard_log_takes_odd_lines_and_arguments(self):
+        # Lines that are JSON but no record, a time that is no number, and
+        # arguments out of range gave tracebacks (exit 1).
+        path = self.tmp.write("odd.jsonl", "[1,2]\n\"x\"\n"
+                              '{"time":"yesterday","rule":"r1","client_address":"192.0.2.1"}\n'
+                              '{"time":1796000000,"rule":"r2","client_address":"192.0.2.2"}\n')
+
+        def run(*args):
+            p = subprocess.run([sys.executable, QUERY] + list(args), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, timeout=20)
+            return p.returncode, p.stdout.decode(), p.stderr.decode()
+        rc, out, err = run("--file", path, "--json")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual([r.get("rule") for r in json.loads(out)], ["r2", "r1"])
+        rc, out, err = run("--file", path, "--since", "1d", "--json")
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(json.loads(out), [])
+        for bad in (["--limit", "0"], ["--redis", "127.0.0.1:abc"]):
+            rc, out, err = run(*(["--file", path] if bad[0] == "--limit" else []) + bad)
+            self.assertEqual(rc, 2, (bad, err))
+            self.assertNotIn("Traceback", err)
+
     def test_stream_events_refused_by_redis_are_counted(self):
         # An XADD that Redis refuses (the key holds a string) lost the
         # event without a word: its error reply was thrown away.
