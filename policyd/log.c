@@ -110,11 +110,15 @@ static int log_priority(enum log_level level)
 __attribute__((format(printf, 2, 0))) static void log_vwrite(enum log_level level, const char *fmt,
                                                          va_list ap)
 {
-    char line[2048];
+    /* A decision line is built in up to 3 kB (actions.c): room for it,
+     * and a line cut anyway says so. */
+    char line[4096];
     size_t off = 0;
     if (log_worker >= 0)
         off = (size_t)snprintf(line, sizeof line, "w=%d ", log_worker);
-    vsnprintf(line + off, sizeof line - off, fmt, ap);
+    int n = vsnprintf(line + off, sizeof line - off, fmt, ap);
+    if (n >= 0 && (size_t)n >= sizeof line - off)
+        memcpy(line + sizeof line - 5, "...", 4); /* the cut is marked */
     if (log_to_stderr) {
         struct timespec ts;
         struct tm tm;
