@@ -2454,7 +2454,10 @@ static void config_parse_points_rule(struct loader *ld, yaml_node_t *n, const ch
         ok = false;
     }
     for (size_t i = 0; ok && i < pr.n_adds; i++) {
-        if (pr.adds[i].kind == ADD_WEIGHT && !config_cond_has_dnslist(pr.when)) {
+        if (pr.adds[i].kind != ADD_WEIGHT)
+            continue;
+        pr.adds_weight = true;
+        if (!config_cond_has_dnslist(pr.when)) {
             config_err(ld, n, path, "add: weight needs a dnsbl:, rhsbl: or dnswl: condition in when:");
             ok = false;
         }

@@ -146,7 +146,8 @@ static bool rules_part_folds(const struct key_part *p)
 }
 
 /* rules_counter_key_hashed - "NAME:#" + the SHA-1 of the values joined
- * by '|' (folded as the plain key would be), for a key too long. */
+ * by sep (folded as the plain key would be): '|' for a key too long, a
+ * NUL for one that would be ambiguous (see rules_counter_key). */
 static const char *rules_counter_key_hashed(const struct counter *c, const char *const *vals,
                                             const size_t *lens, char sep, struct request *req,
                                             size_t *len)
@@ -611,6 +612,13 @@ static enum rules_tri rules_cond_tri(const struct rules *r, const struct cond *c
     }
 }
 
+/* rules_need_list - mark the questions of DNS list c's zones. */
+static void rules_need_list(const struct cond *c, struct eval *ev)
+{
+    for (size_t i = 0; i < c->n_members; i++)
+        ev->dns_need[c->members[i].dnsq] = true;
+}
+
 /* rules_cond_collect_lists - mark the questions of every DNS list under
  * c, decided or not: "add: weight" sums the weights of all the listing
  * zones of its rule, and a zone not asked would count 0, or count
@@ -618,21 +626,11 @@ static enum rules_tri rules_cond_tri(const struct rules *r, const struct cond *c
 static void rules_cond_collect_lists(const struct cond *c, struct eval *ev)
 {
     if (c->kind == COND_DNSLIST) {
-        for (size_t i = 0; i < c->n_members; i++)
-            ev->dns_need[c->members[i].dnsq] = true;
+        rules_need_list(c, ev);
         return;
     }
     for (size_t i = 0; i < c->n_children; i++)
         rules_cond_collect_lists(c->children[i], ev);
-}
-
-/* rules_adds_weight - pr adds the weights of its DNS lists. */
-static bool rules_adds_weight(const struct points_rule *pr)
-{
-    for (size_t i = 0; i < pr->n_adds; i++)
-        if (pr->adds[i].kind == ADD_WEIGHT)
-            return true;
-    return false;
 }
 
 /* rules_cond_collect - mark the questions of the DNS leaves that can
@@ -643,8 +641,7 @@ static void rules_cond_collect(const struct rules *r, const struct cond *c, stru
     if (rules_cond_tri(r, c, req) != TRI_UNKNOWN)
         return;
     if (c->kind == COND_DNSLIST) {
-        for (size_t i = 0; i < c->n_members; i++)
-            ev->dns_need[c->members[i].dnsq] = true;
+        rules_need_list(c, ev);
         return;
     }
     if (rules_cond_is_dns(c)) {
@@ -666,7 +663,7 @@ size_t rules_dns_needed(const struct rules *r, struct request *req, struct eval 
     for (size_t i = 0; i < r->n_points && !stopped; i++) {
         const struct points_rule *pr = &r->points[i];
         enum rules_tri t = pr->when ? rules_cond_tri(r, pr->when, req) : TRI_TRUE;
-        if (t != TRI_FALSE && pr->when && rules_adds_weight(pr))
+        if (t != TRI_FALSE && pr->when && pr->adds_weight)
             rules_cond_collect_lists(pr->when, ev);
         if (t == TRI_UNKNOWN)
             rules_cond_collect(r, pr->when, req, ev);

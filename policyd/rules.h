@@ -195,6 +195,7 @@ struct points_rule {
     enum verdict then;          /* DUNNO = no `then`; see then_set */
     bool then_set;              /* `then: ok` (DUNNO) or `then: permit` stops counting */
     bool log_only;              /* mode: log */
+    bool adds_weight;           /* an add: is `weight` (its DNS lists are all asked) */
 };
 
 struct action_rule {

@@ -551,9 +551,9 @@ static void mem_sweep(struct store *st, double now, size_t max_buckets)
  * no chain started past MEM_SWEEP_ENTRIES entries): batches of new
  * clients that large outrun it, the array may then grow with expired
  * keys in it, and its resize steps free them as they move the chains.
- * With no new keys it looks at 8 a step (it was
- * 32 for any apply): still round a 32,768-bucket array every 4,096
- * applies, and a quarter of the sequential reads.
+ * With no new keys it looks at 8 a step (it was 32 for any apply): still
+ * round a 32,768-bucket array every 4,096 applies, and a quarter of the
+ * sequential reads.
  */
 static void mem_housekeep(struct store *st, double now)
 {
@@ -588,10 +588,11 @@ static void mem_evict(struct store *st, double now)
     if (!victim) {
         /* Every probe hit an empty bucket: with the table at least as
          * big as the cap that takes bad luck; walk to the next entry. */
-        for (struct mem_table *t = &st->tab; t && !victim; t = t == &st->tab ? &st->next : NULL)
-            for (size_t b = 0; b < t->n && !victim; b++)
-                if (t->buckets[b])
-                    victim = &t->buckets[b];
+        struct mem_table *tabs[] = {&st->tab, &st->next}; /* next: empty unless resizing */
+        for (size_t k = 0; k < 2 && !victim; k++)
+            for (size_t b = 0; b < tabs[k]->n && !victim; b++)
+                if (tabs[k]->buckets[b])
+                    victim = &tabs[k]->buckets[b];
         if (!victim)
             return;
     }
@@ -999,11 +1000,12 @@ static bool mem_is_up(const struct store *st)
 /* mem_free - everything, once the handles are closed and the queue ran. */
 static void mem_free(struct store *st)
 {
-    for (struct mem_table *t = &st->tab; t; t = t == &st->tab ? &st->next : NULL) {
-        for (size_t b = 0; b < t->n; b++)
-            while (t->buckets[b])
-                mem_unlink_free(st, &t->buckets[b]);
-        mem_table_free(t);
+    struct mem_table *tabs[] = {&st->tab, &st->next}; /* next: empty unless resizing */
+    for (size_t k = 0; k < 2; k++) {
+        for (size_t b = 0; b < tabs[k]->n; b++)
+            while (tabs[k]->buckets[b])
+                mem_unlink_free(st, &tabs[k]->buckets[b]);
+        mem_table_free(tabs[k]);
     }
     free(st->top);
     while (st->free_slots) {
