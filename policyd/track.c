@@ -167,6 +167,25 @@ static void track_lru_append(struct track *t, struct track_msg *m)
     t->lru_tail = m;
 }
 
+/* track_conn_link / track_conn_unlink - an open record in or out of
+ * the by-connection table, under m->conn_id. */
+static void track_conn_link(struct track *t, struct track_msg *m)
+{
+    size_t c = track_conn_slot(t, m->conn_id);
+    m->cnext = t->by_conn[c];
+    t->by_conn[c] = m;
+}
+
+static void track_conn_unlink(struct track *t, struct track_msg *m)
+{
+    struct track_msg **pp = &t->by_conn[track_conn_slot(t, m->conn_id)];
+    while (*pp && *pp != m)
+        pp = &(*pp)->cnext;
+    if (*pp)
+        *pp = m->cnext;
+    m->cnext = NULL;
+}
+
 /* track_unlink - take an open record out of both tables and the list. */
 static void track_unlink(struct track *t, struct track_msg *m)
 {
@@ -175,12 +194,8 @@ static void track_unlink(struct track *t, struct track_msg *m)
         pp = &(*pp)->inext;
     if (*pp)
         *pp = m->inext;
-    pp = &t->by_conn[track_conn_slot(t, m->conn_id)];
-    while (*pp && *pp != m)
-        pp = &(*pp)->cnext;
-    if (*pp)
-        *pp = m->cnext;
-    m->inext = m->cnext = NULL;
+    m->inext = NULL;
+    track_conn_unlink(t, m);
     track_lru_unlink(t, m);
     t->n_open--;
 }
@@ -312,9 +327,7 @@ static struct track_msg *track_open(struct track *t, const struct track_event *e
     size_t i = track_hash(m->instance) & (t->n_buckets - 1);
     m->inext = t->by_inst[i];
     t->by_inst[i] = m;
-    size_t c = track_conn_slot(t, m->conn_id);
-    m->cnext = t->by_conn[c];
-    t->by_conn[c] = m;
+    track_conn_link(t, m);
     track_lru_append(t, m);
     t->n_open++;
     return m;
@@ -335,15 +348,9 @@ static void track_move_conn(struct track *t, struct track_msg *m, unsigned long 
     struct track_msg *cur = track_conn_current(t, conn_id);
     if (cur && cur != m)
         track_close(t, cur, TRACK_ABORTED);
-    struct track_msg **pp = &t->by_conn[track_conn_slot(t, m->conn_id)];
-    while (*pp && *pp != m)
-        pp = &(*pp)->cnext;
-    if (*pp)
-        *pp = m->cnext;
+    track_conn_unlink(t, m);
     m->conn_id = conn_id;
-    size_t c = track_conn_slot(t, conn_id);
-    m->cnext = t->by_conn[c];
-    t->by_conn[c] = m;
+    track_conn_link(t, m);
 }
 
 bool track_note(struct track *t, const struct track_event *ev)
