@@ -20,6 +20,16 @@ def wait_config(port, hold="2s", **extra):
     return cfg
 
 
+def read_to_eof(s):
+    """Everything the peer sends until it closes."""
+    data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk:
+            return data
+        data += chunk
+
+
 class RobustnessTest(h.SGTestCase):
 
     def test_client_that_writes_without_reading(self):
@@ -145,12 +155,7 @@ class RobustnessTest(h.SGTestCase):
         one = b"request=smtpd_access_policy\nprotocol_state=CONNECT\nclient_address=198.51.100.8\n\n"
         s.sendall(one * 40)
         s.shutdown(socket.SHUT_WR)
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_to_eof(s)
         self.assertEqual(data, b"action=DUNNO\n\n" * 40)
 
     def test_half_closed_client_gets_its_held_answer(self):
@@ -162,12 +167,7 @@ class RobustnessTest(h.SGTestCase):
         s.sendall(c)
         s.shutdown(socket.SHUT_WR)
         t0 = time.monotonic()
-        data = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            data += chunk
+        data = read_to_eof(s)
         self.assertEqual(data, b"action=450 4.7.1 held\n\n")
         self.assertGreaterEqual(time.monotonic() - t0, 0.9)
 

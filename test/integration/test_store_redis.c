@@ -1118,6 +1118,26 @@ static void test_store_redis_latency(void **state)
 
 /* --- peek and the top set ---------------------------------------------- */
 
+/* open_top_store - a store under prefix with a top set (floor 3, size
+ * keys a counter), up. */
+static struct store *open_top_store(struct fixture *f, const char *prefix, unsigned size)
+{
+    struct store_config cfg = {
+        .backend = STORE_BACKEND_REDIS,
+        .redis_address = getenv("SMTPGUARD_TEST_REDIS"),
+        .prefix = (char *)prefix,
+        .timeout_ms = TEST_TIMEOUT_MS,
+        .top_floor = 3,
+        .top_size = size,
+    };
+    struct store *st;
+    char err[256];
+    if (store_open(&st, &cfg, &f->loop, err, sizeof err) != 0)
+        fail_msg("store_open: %s", err);
+    wait_up(f, st);
+    return st;
+}
+
 struct top_result {
     int calls;                  /* times the callback ran */
     int status;                 /* last status */
@@ -1258,19 +1278,7 @@ static void test_store_redis_peek_and_top(void **state)
                                 "sgtest:top:ip:c sgtest:top:ip:d sgtest:top:user:x"));
     for (int i = 0; i < 128; i++)
         freeReplyObject(sync_cmd(c, "DEL sgtest:top:ip:f%d", i));
-    struct store_config cfg = {
-        .backend = STORE_BACKEND_REDIS,
-        .redis_address = getenv("SMTPGUARD_TEST_REDIS"),
-        .prefix = (char *)"sgtest:top:",
-        .timeout_ms = TEST_TIMEOUT_MS,
-        .top_floor = 3,
-        .top_size = 2,
-    };
-    struct store *st;
-    char err[256];
-    if (store_open(&st, &cfg, &f.loop, err, sizeof err) != 0)
-        fail_msg("store_open: %s", err);
-    wait_up(&f, st);
+    struct store *st = open_top_store(&f, "sgtest:top:", 2);
 
     /* a: 5, b: 4, c: 2 (below the floor), d: 6, user x: 9 */
     struct store_update u[5] = {upd("ip:a", hl.kind, hl.param, 5), upd("ip:b", hl.kind, hl.param, 4),
@@ -1391,19 +1399,7 @@ static void test_store_redis_top_refresh(void **state)
     (void)state;
     fixture_init(&f);
     redisContext *c = sync_connect();
-    struct store_config cfg = {
-        .backend = STORE_BACKEND_REDIS,
-        .redis_address = getenv("SMTPGUARD_TEST_REDIS"),
-        .prefix = (char *)"sgtest:tref:",
-        .timeout_ms = TEST_TIMEOUT_MS,
-        .top_floor = 3,
-        .top_size = 100,
-    };
-    struct store *st;
-    char err[256];
-    if (store_open(&st, &cfg, &f.loop, err, sizeof err) != 0)
-        fail_msg("store_open: %s", err);
-    wait_up(&f, st);
+    struct store *st = open_top_store(&f, "sgtest:tref:", 100);
 
     /* The steps below must fall in one window: start over (at most
      * twice) if a window began between the first and the last. */
@@ -1477,19 +1473,7 @@ static void test_store_redis_top_set_follows_short_members(void **state)
     fixture_init(&f);
     redisContext *c = sync_connect();
     freeReplyObject(sync_cmd(c, "DEL %s %s", z, m));
-    struct store_config cfg = {
-        .backend = STORE_BACKEND_REDIS,
-        .redis_address = getenv("SMTPGUARD_TEST_REDIS"),
-        .prefix = (char *)"sgtest:tshort:",
-        .timeout_ms = TEST_TIMEOUT_MS,
-        .top_floor = 3,
-        .top_size = 100,
-    };
-    struct store *st;
-    char err[256];
-    if (store_open(&st, &cfg, &f.loop, err, sizeof err) != 0)
-        fail_msg("store_open: %s", err);
-    wait_up(&f, st);
+    struct store *st = open_top_store(&f, "sgtest:tshort:", 100);
 
     struct store_update u = upd("ip:s", DECAY_LEAK, 2, 12);
     apply_wait(&f, st, &u, 1, &r);
