@@ -339,7 +339,8 @@ static void config_check_size(struct loader *ld, struct config_file *f)
     if (config_expanded(&f->doc, 1, limit, 0) > limit)
         config_error_add(ld->errs,
                          xasprintf("%s: too large once its aliases are expanded (more than %zu "
-                                   "nodes, or nested more than %d deep)",
+                                   "nodes, or nested more than %d deep): refer to a list by "
+                                   "name (lists:) rather than repeat it through aliases",
                                    f->name, limit, CONFIG_MAX_NESTING));
 }
 
