@@ -332,8 +332,8 @@ static void admin_metrics(struct admin_conn *c)
     if (followup_alert_stats(&alerts))
         g.alerts = &alerts;
     /* Every worker's counters (one part without workers). */
-    const struct metrics *parts[CONFIG_MAX_WORKERS];
-    size_t n = metrics_parts(parts, CONFIG_MAX_WORKERS);
+    const struct metrics *parts[CONFIG_MAX_WORKERS + 1];
+    size_t n = metrics_parts(parts, CONFIG_MAX_WORKERS + 1);
     admin_respond(c, 200, "text/plain; version=0.0.4; charset=utf-8",
                   metrics_format(parts, n, &g), NULL);
 }
@@ -533,8 +533,9 @@ static void admin_reload(struct admin_conn *c)
     if (log_worker >= 0) {
         /* workers: N: every worker must reload, so the parent does it
          * (SIGHUP: it checks the config and passes the signal on); here
-         * the config is only checked, for the answer. XXX: the answer
-         * comes before the workers have reloaded. */
+         * the config is only checked, for the answer, which therefore
+         * comes before the workers have reloaded. A refusal here never
+         * reaches the supervisor, so it is counted here. */
         struct config_errors errs = {0};
         struct config *cfg = config_load(srv->cfg->path, &errs);
         rc = cfg ? 0 : -EINVAL;
@@ -542,13 +543,15 @@ static void admin_reload(struct admin_conn *c)
             rc = -EINVAL;
         if (cfg)
             config_unref(cfg);
+        if (rc == 0) {
+            kill(getppid(), SIGHUP);
+        } else {
+            log_error("admin: reload refused: the new configuration has errors or changes workers:");
+            metrics_own->reload_refusals++;
+        }
         for (size_t i = 0; i < errs.n; i++)
             log_error("%s", errs.msgs[i]);
         config_errors_fini(&errs);
-        if (rc == 0)
-            kill(getppid(), SIGHUP);
-        else
-            log_error("admin: reload refused: the new configuration has errors or changes workers:");
         struct textbuf b;
         textbuf_init(&b, ADMIN_MAX_BODY);
         textbuf_printf(&b, "{\"reloaded\":%s,\"generation\":%u", rc == 0 ? "true" : "false",

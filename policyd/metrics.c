@@ -33,18 +33,19 @@ int metrics_share(size_t n)
 {
     if (metrics_slots || n == 0)
         return 0;
-    void *p = mmap(NULL, n * sizeof *metrics_slots, PROT_READ | PROT_WRITE,
+    void *p = mmap(NULL, (n + 1) * sizeof *metrics_slots, PROT_READ | PROT_WRITE,
                    MAP_SHARED | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED)
         return -errno;
     metrics_slots = p; /* anonymous maps come zeroed */
-    metrics_n_slots = n;
+    metrics_n_slots = n + 1;
+    metrics_own = &metrics_slots[n];
     return 0;
 }
 
 void metrics_use_slot(size_t i)
 {
-    if (!metrics_slots || i >= metrics_n_slots)
+    if (!metrics_slots || i + 1 >= metrics_n_slots)
         return;
     metrics_own = &metrics_slots[i];
     metrics_own->connections_closed = metrics_own->connections_accepted;
@@ -327,9 +328,12 @@ char *metrics_format(const struct metrics *const *parts, size_t n, const struct 
     mb_plain(&b, "smtpguard_config_reloads_total", "counter",
              "Configuration reloads that took effect.",
              metrics_max(parts, n, offsetof(struct metrics, reloads)));
+    /* Likewise a reload every worker refused is one failure; one refused
+     * before it reached the workers was counted once, where it was. */
     mb_plain(&b, "smtpguard_config_reload_failures_total", "counter",
              "Configuration reloads refused (the old configuration kept serving).",
-             metrics_max(parts, n, offsetof(struct metrics, reload_failures)));
+             metrics_max(parts, n, offsetof(struct metrics, reload_failures)) +
+                 metrics_sum(parts, n, offsetof(struct metrics, reload_refusals)));
     mb_counter(&b, "smtpguard_admin_requests_total", "HTTP requests to the admin listener.",
                parts, n, offsetof(struct metrics, admin_requests));
 

@@ -69,7 +69,9 @@ struct metrics {
     uint64_t script_calls;                   /* Redis script calls carrying applies */
     uint64_t script_requests;                /* applies those calls carried */
     uint64_t reloads;                        /* successful config reloads */
-    uint64_t reload_failures;                /* refused config reloads */
+    uint64_t reload_failures;                /* config reloads a process refused itself */
+    uint64_t reload_refusals;                /* refused before any worker saw them (workers: N):
+                                              * by the supervisor, or by worker 0 for the admin API */
     uint64_t admin_requests;                 /* HTTP requests to the admin listener */
     uint64_t connections_accepted;           /* policy connections accepted */
     uint64_t connections_closed;             /* ... and closed (or lost with their worker) */
@@ -100,7 +102,9 @@ struct alert_stats;
 extern struct metrics *metrics_own;
 
 /* metrics_share - in the supervisor of workers: N, before the first fork:
- * map n zeroed slots shared with the children. 0, or -errno. */
+ * map n + 1 zeroed slots shared with the children, one per worker and
+ * the last the supervisor's own (its refused reloads), which it counts
+ * into from now on. 0, or -errno. */
 int metrics_share(size_t n);
 
 /* metrics_use_slot - in worker i, right after the fork: count into slot
@@ -108,8 +112,8 @@ int metrics_share(size_t n);
  * died with it and are counted closed. */
 void metrics_use_slot(size_t i);
 
-/* metrics_parts - what a scrape sums: every worker's slot when shared,
- * else metrics_own. Returns how many pointers it set (at most max). */
+/* metrics_parts - what a scrape sums: every worker's slot and the
+ * supervisor's when shared, else metrics_own. Returns how many pointers it set (at most max). */
 size_t metrics_parts(const struct metrics **parts, size_t max);
 
 /* metrics_state_of - the label index for a protocol_state value. */

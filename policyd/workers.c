@@ -212,6 +212,7 @@ static void workers_reload(struct config **cfgp, struct worker *ws, unsigned n)
         for (size_t i = 0; i < errs.n; i++)
             log_error("%s", errs.msgs[i]);
         config_errors_fini(&errs);
+        metrics_own->reload_refusals++;
         return;
     }
     if (cfg->workers != old->workers) {
@@ -220,6 +221,7 @@ static void workers_reload(struct config **cfgp, struct worker *ws, unsigned n)
         log_error("reload refused, workers keep generation %u: workers: changed from %u to %u, "
                   "which needs a restart", old->generation, old->workers, cfg->workers);
         config_unref(cfg);
+        metrics_own->reload_refusals++;
         return;
     }
     cfg->generation = old->generation + 1;

@@ -217,6 +217,45 @@ class WorkersTest(h.SGTestCase):
         acts = [c.request(h.policy_request(client_address="198.51.100.9")) for c in conns]
         self.assertEqual(acts, ["DUNNO"] * 4 + [FLOOD % "198.51.100.9"] * (N_CONNS - 4))
 
+    def test_refused_reloads_are_counted_once(self):
+        # A reload the supervisor refuses never reaches a worker, nor does
+        # one the admin API refuses: /metrics counted neither before.
+        from test_admin import http, parse_metrics, sample
+        admin = "127.0.0.1:%d" % h.free_port()
+        token = self.tmp.write("admin.token", "workers-test-token\n", mode=0o600)
+        cfg = self.config(admin={"listen": admin, "token_file": token})
+        d = self.start_workers(cfg)
+
+        def failures():
+            st, _, body = http(admin, "GET", "/metrics")
+            self.assertEqual(st, 200)
+            return sample(parse_metrics(body), "smtpguard_config_reload_failures_total")
+
+        self.assertEqual(failures(), 0)
+        mark = d.mark()
+        d.write_config("listen: [oops\n")
+        d.signal(signal.SIGHUP)
+        h.wait_until(lambda: "reload failed" in d.log()[mark:], 10, what="failure logged")
+        self.assertEqual(failures(), 1)
+        mark = d.mark()
+        d.write_config(dict(cfg, workers=3))
+        d.signal(signal.SIGHUP)
+        h.wait_until(lambda: "reload refused" in d.log()[mark:], 10, what="refusal logged")
+        self.assertEqual(failures(), 2)
+        d.write_config("listen: [oops\n")
+        st, _, _ = http(admin, "POST", "/reload",
+                        headers={"Authorization": "Bearer workers-test-token"})
+        self.assertEqual(st, 500)
+        self.assertEqual(failures(), 3)
+        # A good one: every worker reloads, and nothing more failed.
+        mark = d.mark()
+        d.write_config(cfg)
+        d.signal(signal.SIGHUP)
+        h.wait_until(lambda: len(re.findall(r"w=\d config reloaded generation=2",
+                                            d.log()[mark:])) == 2,
+                     10, what="both workers reloaded")
+        self.assertEqual(failures(), 3)
+
     def test_admin_in_worker_zero_only(self):
         admin = "127.0.0.1:%d" % h.free_port()
         token = self.tmp.write("admin.token", "workers-test-token\n", mode=0o600)

@@ -149,14 +149,19 @@ static void test_metrics_format(void **state)
 }
 
 /* Slots shared with forked children: what a child counts, the parent's
- * metrics_parts sees (as worker 0's scrape sees the other workers'). */
+ * metrics_parts sees (as worker 0's scrape sees the other workers'), and
+ * the parent (the supervisor) counts into a slot of its own. */
 static void test_metrics_shared_slots(void **state)
 {
     (void)state;
     const struct metrics *parts[4];
     assert_int_equal(metrics_parts(parts, 4), 1);
     assert_ptr_equal(parts[0], metrics_own);
+    const struct metrics *single = metrics_own;
     assert_int_equal(metrics_share(3), 0);
+    assert_ptr_not_equal(metrics_own, single);
+    /* The supervisor refused one reload before any worker saw it. */
+    metrics_own->reload_refusals++;
     for (size_t i = 0; i < 3; i++) {
         pid_t pid = fork();
         assert_true(pid >= 0);
@@ -165,16 +170,20 @@ static void test_metrics_shared_slots(void **state)
             metrics_own->requests[METRICS_STATE_RCPT] += 10 * (i + 1);
             metrics_own->connections_accepted += 2;
             metrics_verdict(metrics_own, "flood", "defer");
+            metrics_own->reload_failures++; /* all three refused the same one */
             _exit(0);
         }
         int status;
         assert_int_equal(waitpid(pid, &status, 0), pid);
         assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
     }
-    assert_int_equal(metrics_parts(parts, 4), 3);
+    assert_int_equal(metrics_parts(parts, 4), 4);
+    assert_ptr_equal(parts[3], metrics_own);
     struct metrics_gauges g = {.config_generation = 1, .store_backend = "memory", .store_keys = 4,
                                .store_evictions = 2};
-    char *text = metrics_format(parts, 3, &g);
+    char *text = metrics_format(parts, 4, &g);
+    /* The workers' one failure, and the supervisor's refusal. */
+    assert_contains(text, "\nsmtpguard_config_reload_failures_total 2\n");
     assert_contains(text, "smtpguard_requests_total{protocol_state=\"RCPT\"} 60\n");
     assert_contains(text, "smtpguard_verdicts_total{rule=\"flood\",verdict=\"defer\"} 3\n");
     assert_contains(text, "smtpguard_connections 6\n");
@@ -193,7 +202,7 @@ static void test_metrics_shared_slots(void **state)
     int status;
     assert_int_equal(waitpid(pid, &status, 0), pid);
     assert_true(WIFEXITED(status) && WEXITSTATUS(status) == 0);
-    text = metrics_format(parts, 3, &g);
+    text = metrics_format(parts, 4, &g);
     assert_contains(text, "smtpguard_requests_total{protocol_state=\"RCPT\"} 60\n");
     assert_contains(text, "smtpguard_connections 5\n");
     assert_contains(text, "smtpguard_connections_total 7\n");
