@@ -58,6 +58,44 @@ static void out_str(struct outbuf *o, const char *s)
     out_add(o, s, strlen(s));
 }
 
+/* coded_text_blank - a coded message ("550 ...") whose text after the
+ * code and an optional enhanced code ("5.7.1") came out empty: Postfix
+ * would take "550" for the name of a restriction, log a configuration
+ * error and answer 451. */
+static bool coded_text_blank(const char *t, size_t n)
+{
+    size_t i = 4; /* "NNN " */
+    while (i < n && t[i] == ' ')
+        i++;
+    size_t e = i;
+    while (e < n && ((t[e] >= '0' && t[e] <= '9') || t[e] == '.'))
+        e++;
+    if (e > i && memchr(t + i, '.', e - i) && (e == n || t[e] == ' '))
+        i = e; /* an enhanced status code */
+    while (i < n && t[i] == ' ')
+        i++;
+    return i >= n;
+}
+
+/* arg_usable - a redirect, filter or prepend argument, as expanded, that
+ * Postfix will act on: it ignores (with a warning) a redirect without
+ * '@', a filter without ':' and a prepend that is no "Name: value". */
+static bool arg_usable(enum verdict v, const char *a, size_t n)
+{
+    if (v == VERDICT_REDIRECT)
+        return memchr(a, '@', n) != NULL;
+    if (v == VERDICT_FILTER)
+        return memchr(a, ':', n) != NULL;
+    size_t i = 0;
+    while (i < n && a[i] > ' ' && a[i] < 0x7f && a[i] != ':')
+        i++;
+    if (i == 0)
+        return false;
+    while (i < n && (a[i] == ' ' || a[i] == '\t'))
+        i++;
+    return i < n && a[i] == ':';
+}
+
 size_t actions_format(const struct rules *r, const struct action_rule *ar, struct request *req,
                       const struct eval *ev, char *out, size_t cap)
 {
@@ -88,6 +126,8 @@ size_t actions_format(const struct rules *r, const struct action_rule *ar, struc
     case VERDICT_DEFER:
         if (tlen && ar->message_coded) {
             out_add(&o, text, tlen);
+            if (coded_text_blank(text, tlen))
+                out_str(&o, o.len && o.p[o.len - 1] == ' ' ? "try again later" : " try again later");
             return o.len;
         }
         out_str(&o, "DEFER");
@@ -97,6 +137,8 @@ size_t actions_format(const struct rules *r, const struct action_rule *ar, struc
     case VERDICT_REJECT:
         if (tlen && ar->message_coded) {
             out_add(&o, text, tlen);
+            if (coded_text_blank(text, tlen))
+                out_str(&o, o.len && o.p[o.len - 1] == ' ' ? "rejected by policy" : " rejected by policy");
             return o.len;
         }
         out_str(&o, "REJECT");
@@ -113,20 +155,23 @@ size_t actions_format(const struct rules *r, const struct action_rule *ar, struc
         out_str(&o, "WARN");
         break;
     case VERDICT_REDIRECT:
-        out_str(&o, "REDIRECT ");
-        out_add(&o, arg, alen);
-        return o.len;
     case VERDICT_FILTER:
-        out_str(&o, "FILTER ");
-        out_add(&o, arg, alen);
+    case VERDICT_PREPEND: {
+        /* A prepend's header is its argument, or else its message. */
+        const char *a = ar->verdict == VERDICT_PREPEND && !alen ? text : arg;
+        size_t n = ar->verdict == VERDICT_PREPEND && !alen ? tlen : alen;
+        if (!arg_usable(ar->verdict, a, n)) {
+            /* Expanded to something Postfix ignores (an empty %{...}):
+             * say DUNNO, which is what it would do, so the log shows it. */
+            out_str(&o, "DUNNO");
+            return o.len;
+        }
+        out_str(&o, ar->verdict == VERDICT_REDIRECT ? "REDIRECT "
+                    : ar->verdict == VERDICT_FILTER ? "FILTER "
+                                                    : "PREPEND ");
+        out_add(&o, a, n);
         return o.len;
-    case VERDICT_PREPEND:
-        out_str(&o, "PREPEND ");
-        if (alen)
-            out_add(&o, arg, alen);
-        else
-            out_add(&o, text, tlen);
-        return o.len;
+    }
     case VERDICT_SLEEP: {
         char num[32];
         snprintf(num, sizeof num, "SLEEP %u", ar->sleep);

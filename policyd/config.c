@@ -1211,14 +1211,14 @@ static bool config_parse_key_part(struct loader *ld, yaml_node_t *n, const char 
     char *end;
     long v4 = strtol(slash + 1, &end, 10);
     long v6 = 64;
-    if (end == slash + 1 || v4 < 0 || v4 > 32) {
+    if (slash[1] < '0' || slash[1] > '9' || v4 > 32) {
         config_err(ld, n, path, "expected client_address/N with N from 0 to 32 (IPv4), optionally /M (IPv6, default 64)");
         return false;
     }
     if (*end == '/') {
         const char *p6 = end + 1;
         v6 = strtol(p6, &end, 10);
-        if (end == p6 || v6 < 0 || v6 > 128) {
+        if (*p6 < '0' || *p6 > '9' || v6 > 128) {
             config_err(ld, n, path, "IPv6 prefix must be from 0 to 128");
             return false;
         }
@@ -1414,10 +1414,18 @@ static void config_parse_list(struct loader *ld, const char *name, yaml_node_t *
             }
             int rc = list_load_file(l.file, &d, err, sizeof err);
             if (rc < 0) {
+                /* One error per bad line, each with its own prefix; the
+                 * list stays defined (empty: the config is refused
+                 * anyway) so that its uses are not reported as well. */
                 char *kpath = config_path(path, "file");
-                config_err(ld, file, kpath, "%s", err);
+                for (char *line = err, *nl; line && *line; line = nl ? nl + 1 : NULL) {
+                    nl = strchr(line, '\n');
+                    if (nl)
+                        *nl = '\0';
+                    config_err(ld, file, kpath, "%s", line);
+                }
                 free(kpath);
-                d = NULL;
+                d = list_data_new();
             }
         } else if (entries) {
             d = list_data_new();
@@ -1481,6 +1489,32 @@ static void config_cond_free(struct cond *c)
     rules_cond_free(c);
 }
 
+/* config_decimal - s as a plain decimal number: an optional '-', digits,
+ * optionally '.' and digits; nothing else. strtod() alone would also take
+ * "0x10", "1e3", "+5", " 5" and "infinity", which in a rule are typos or
+ * surprises (the durations of decay.c are as strict). Returns true and
+ * *out. */
+static bool config_decimal(const char *s, double *out)
+{
+    const char *p = s + (*s == '-');
+    const char *digits = p;
+    while (*p >= '0' && *p <= '9')
+        p++;
+    if (p == digits)
+        return false;
+    if (*p == '.') {
+        const char *frac = ++p;
+        while (*p >= '0' && *p <= '9')
+            p++;
+        if (p == frac)
+            return false;
+    }
+    if (*p || p - s > 40)
+        return false;
+    *out = strtod(s, NULL);
+    return isfinite(*out);
+}
+
 /* ">= 5", "<10", "== 0": returns true and fills op/number. */
 static bool config_parse_comparison(const char *s, enum cmp_op *op, double *number)
 {
@@ -1495,12 +1529,16 @@ static bool config_parse_comparison(const char *s, enum cmp_op *op, double *numb
             const char *p = s + n;
             while (*p == ' ')
                 p++;
-            char *end;
-            errno = 0;
-            double v = strtod(p, &end);
-            while (*end == ' ')
-                end++;
-            if (p == end || *end || errno || !isfinite(v))
+            char num[48];
+            size_t len = strlen(p);
+            while (len > 0 && p[len - 1] == ' ')
+                len--;
+            if (len >= sizeof num)
+                return false;
+            memcpy(num, p, len);
+            num[len] = '\0';
+            double v;
+            if (!config_decimal(num, &v))
                 return false;
             *op = ops[i].op;
             *number = v;
@@ -1543,6 +1581,15 @@ static struct cond *config_parse_scalar_matcher(struct loader *ld, struct subjec
         c->op = op;
         c->number = number;
         return c;
+    }
+    if (len > 0 && strchr("<>=!", s[0])) {
+        /* ">= 10M", "=> 5": a comparison mistyped would otherwise be
+         * compared as text, and never match. */
+        config_err(ld, n, path,
+                   "\"%s\" is no comparison: write \">= N\", \"> N\", \"<= N\", \"< N\", \"== N\" or "
+                   "\"!= N\" with N a plain number (text that starts with '%c': { re: ... })",
+                   s, s[0]);
+        return NULL;
     }
     if (config_is_null(n) || len == 0)
         return config_cond_new(COND_EMPTY, subj);
@@ -1833,9 +1880,7 @@ static bool config_dns_member(struct loader *ld, struct cond *c, yaml_node_t *zn
     bool ok = true;
     if (spec && config_is_scalar(spec)) {
         /* zone: WEIGHT */
-        char *end;
-        weight = strtod(config_scalar(spec), &end);
-        if (!*config_scalar(spec) || *end || !isfinite(weight)) {
+        if (!config_decimal(config_scalar(spec), &weight)) {
             config_err(ld, spec, path, "expected a weight (a number) or { weight: N, codes: [...] }");
             ok = false;
         }
@@ -1850,9 +1895,7 @@ static bool config_dns_member(struct loader *ld, struct cond *c, yaml_node_t *zn
             yaml_node_t *v = config_node(ld, pair->value);
             char *kpath = config_path(path, key);
             if (!strcmp(key, "weight")) {
-                char *end;
-                weight = config_is_scalar(v) ? strtod(config_scalar(v), &end) : NAN;
-                if (!config_is_scalar(v) || !*config_scalar(v) || *end || !isfinite(weight)) {
+                if (!config_is_scalar(v) || !config_decimal(config_scalar(v), &weight)) {
                     config_err(ld, v, kpath, "expected a number");
                     ok = false;
                 }
@@ -2311,9 +2354,8 @@ static bool config_parse_add(struct loader *ld, yaml_node_t *n, const char *path
             ok = false;
         } else if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
             const char *s = config_scalar(v);
-            char *end;
-            double num = strtod(s, &end);
-            if (*s && !*end && isfinite(num)) {
+            double num;
+            if (config_decimal(s, &num)) {
                 a.kind = ADD_CONST;
                 a.value = num;
             } else if (!strcmp(s, "weight")) {
@@ -2335,8 +2377,7 @@ static bool config_parse_add(struct loader *ld, yaml_node_t *n, const char *path
                 } else {
                     a.attr = (enum attr)ai;
                     if (slash) {
-                        a.value = strtod(slash + 1, &end);
-                        if (slash[1] == '\0' || *end || !(a.value > 0) || !isfinite(a.value)) {
+                        if (!config_decimal(slash + 1, &a.value) || !(a.value > 0)) {
                             config_err(ld, v, kpath, "the unit after '/' must be a positive number");
                             ok = false;
                         }
@@ -2487,6 +2528,45 @@ static struct template *config_compile_template(struct loader *ld, yaml_node_t *
     return t;
 }
 
+/* A header as Postfix's PREPEND wants it: a name of printable
+ * characters other than ':', optional blanks, then ':'. */
+static bool config_is_header(const char *s)
+{
+    const char *p = s;
+    while (*p > ' ' && *p < 0x7f && *p != ':')
+        p++;
+    if (p == s)
+        return false;
+    while (*p == ' ' || *p == '\t')
+        p++;
+    return *p == ':';
+}
+
+/* config_verdict_arg_problem - why Postfix would ignore this verdict's
+ * literal argument (it logs a warning and goes on as with DUNNO), or
+ * NULL. An argument with %{...} is checked when it is expanded
+ * (actions_format) as far as its literal start cannot tell. */
+static const char *config_verdict_arg_problem(enum verdict v, const char *arg)
+{
+    const char *var = strstr(arg, "%{");
+    size_t lit = var ? (size_t)(var - arg) : strlen(arg);
+    if (v == VERDICT_REDIRECT && !var && !strchr(arg, '@'))
+        return "redirect needs an address (user@domain): Postfix ignores any other target";
+    if (v == VERDICT_FILTER && !var && !strchr(arg, ':'))
+        return "filter needs transport:destination (e.g. smtp:[127.0.0.1]:10025): Postfix "
+               "ignores any other target";
+    if (v == VERDICT_PREPEND) {
+        /* With %{...}, what comes before it must still fit a header. */
+        bool blank_first = false;
+        for (size_t i = 0; i < lit && arg[i] != ':'; i++)
+            blank_first |= arg[i] <= ' ' || arg[i] == 0x7f;
+        if (var ? blank_first : !config_is_header(arg))
+            return "prepend needs a header, \"Name: value\" (in do: or message:): Postfix "
+                   "ignores any other text";
+    }
+    return NULL;
+}
+
 /* One item of do:. Returns false on error. */
 static bool config_parse_do_item(struct loader *ld, yaml_node_t *item, const char *path,
                                  struct action_rule *ar, bool *have_verdict)
@@ -2591,12 +2671,19 @@ static bool config_parse_do_item(struct loader *ld, yaml_node_t *item, const cha
     }
     if (v == VERDICT_SLEEP) {
         double d;
-        if (decay_parse_duration(arg, &d) < 0 || d < 1 || d > CONFIG_MAX_HOLD) {
-            config_err(ld, item, path, "sleep needs a duration from 1s to %ds", CONFIG_MAX_HOLD);
+        if (decay_parse_duration(arg, &d) < 0 || d < 1 || d > CONFIG_MAX_HOLD || d != floor(d)) {
+            /* Postfix's SLEEP takes whole seconds. */
+            config_err(ld, item, path, "sleep needs whole seconds from 1s to %ds", CONFIG_MAX_HOLD);
             return false;
         }
         ar->sleep = (unsigned)d;
         return true;
+    }
+    /* A prepend's header may come from message:, checked with the rule. */
+    const char *why = v == VERDICT_PREPEND ? NULL : config_verdict_arg_problem(v, arg);
+    if (why) {
+        config_err(ld, item, path, "%s", why);
+        return false;
     }
     if (*arg) {
         ar->arg = config_compile_template(ld, item, arg, path);
@@ -2705,6 +2792,15 @@ static void config_parse_action_rule(struct loader *ld, yaml_node_t *n, const ch
         ar.message = config_compile_template(ld, message, config_scalar(message), mpath);
         if (!ar.message)
             ok = false;
+    }
+    if (ok && ar.verdict == VERDICT_PREPEND) {
+        yaml_node_t *at = message ? message : n;
+        const char *header = ar.arg ? template_source(ar.arg) : message ? config_scalar(message) : "";
+        const char *why = config_verdict_arg_problem(VERDICT_PREPEND, header);
+        if (why) {
+            config_err(ld, at, message ? mpath : path, "%s", why);
+            ok = false;
+        }
     }
     free(mpath);
     if (ok && ar.side_mail && ar.mail_counter < 0)
@@ -3106,8 +3202,18 @@ static void config_rule_pass(struct loader *ld, bool definitions)
     for (size_t i = 0; i < ld->n_files; i++) {
         ld->cur = &ld->files[i];
         yaml_node_t *root = config_root(ld);
-        if (!root)
+        if (!root) {
+            /* An included file that parsed to nothing (empty, or only
+             * comments) would drop its rules without a word; the main
+             * file gets the same error in config_run. */
+            yaml_node_t *top = yaml_document_get_root_node(&ld->cur->doc);
+            if (definitions && i > 0 && ld->cur->loaded && (!top || config_is_null(top)))
+                config_error_add(ld->errs,
+                                 xasprintf("%s:1:1: the file is empty (a truncated copy?); an "
+                                           "included file needs rules (remove it if it has none)",
+                                           ld->cur->name));
             continue;
+        }
         CONFIG_FOR_PAIRS(ld, root, pair) {
             yaml_node_t *k = config_node(ld, pair->key);
             if (!config_is_scalar(k))

@@ -219,11 +219,12 @@ static const char *list_memrchr(const char *s, int c, size_t len)
 /*
  * list_check_numeric - why an entry that looks like an address or a
  * network but did not parse as one is wrong, or NULL if it does not look
- * like one. "1.2.3", "10.0.0.0/33" and "::g" are typos, and silently
+ * like one. "1.2.3", "10.0.0.0/33" and "fe80:::1" are typos, and silently
  * storing them as strings would hide the mistake ("192.168.1", a /24 in
  * a Postfix access table, would never match). Text with more than 8
  * colons is no IPv6 address, typo or not: certificate fingerprints
- * ("68:B3:29:...", ccert_fingerprint) are strings.
+ * ("68:B3:29:...", ccert_fingerprint) are strings; so is text with a
+ * letter past 'f' ("relay:out:mx1", a policy_context).
  */
 static const char *list_check_numeric(const char *s, size_t len)
 {
@@ -236,14 +237,14 @@ static const char *list_check_numeric(const char *s, size_t len)
     for (size_t i = 0; i < alen; i++) {
         char c = s[i];
         bool digit = c >= '0' && c <= '9';
-        bool alnum = digit || (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z');
+        bool hex = digit || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F');
 
         dots += c == '.';
         digits += digit;
         colons += c == ':';
         if (!digit && c != '.')
             v4ish = false;
-        if (!alnum && c != ':' && c != '.' && c != '[' && c != ']')
+        if (!hex && c != ':' && c != '.' && c != '[' && c != ']')
             v6ish = false;
     }
     v4ish = v4ish && dots > 0 && digits > 0;

@@ -183,6 +183,7 @@ bool attr_is_case_insensitive(enum attr a)
     case ATTR_RECIPIENT_DOMAIN:
     case ATTR_RECIPIENT_LOCALPART:
     case ATTR_SASL_DOMAIN:
+    case ATTR_ETRN_DOMAIN:
         return true;
     case ATTR_REQUEST:
     case ATTR_PROTOCOL_STATE:
@@ -200,7 +201,6 @@ bool attr_is_case_insensitive(enum attr a)
     case ATTR_ENCRYPTION_PROTOCOL:
     case ATTR_ENCRYPTION_CIPHER:
     case ATTR_ENCRYPTION_KEYSIZE:
-    case ATTR_ETRN_DOMAIN:
     case ATTR_STRESS:
     case ATTR_CLIENT_PORT:
     case ATTR_POLICY_CONTEXT:

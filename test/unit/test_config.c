@@ -140,6 +140,34 @@ static const struct error_case error_cases[] = {
     {"a zone twice in one check",
      "actions:\n  - { name: a, when: { dnsbl: { zones: [bl.example.org, BL.example.org.], min: 2 } }, do: reject }\n",
      "zone \"bl.example.org\" is listed twice in this check"},
+    {"a comparison mistyped on an attribute",
+     "points:\n  - { name: a, when: { size: \">= 10M\" }, then: ok }\n", "\">= 10M\" is no comparison"},
+    {"=> for >=", "points:\n  - { name: a, when: { recipient_count: \"=> 5\" }, then: ok }\n",
+     "is no comparison"},
+    {"a hex number in a comparison",
+     "counters: { ip: { key: client_address, half_life: 1m } }\nactions:\n  - { name: a, when: { ip: \">= 0x10\" }, do: reject }\n",
+     "compare a counter with"},
+    {"a hex number in add",
+     "counters: { ip: { key: client_address, half_life: 1m } }\npoints:\n  - { name: a, add: { ip: 0x10 } }\n",
+     "expected a number"},
+    {"an exponent in a size unit",
+     "counters: { mb: { key: sasl_username, half_life: 1m } }\npoints:\n  - { name: a, add: { mb: size/1e6 } }\n",
+     "the unit after '/' must be a positive number"},
+    {"a signed prefix length",
+     "counters: { net: { key: \"client_address/+24\", half_life: 1m } }\n", "expected client_address/N"},
+    {"prepend without a header", "actions:\n  - { name: a, do: prepend }\n", "prepend needs a header"},
+    {"prepend of no header", "actions:\n  - { name: a, do: \"prepend no colon here\" }\n",
+     "prepend needs a header"},
+    {"prepend message of no header", "actions:\n  - { name: a, do: prepend, message: \"just text\" }\n",
+     "prepend needs a header"},
+    {"prepend template after a blank", "actions:\n  - { name: a, do: \"prepend X Bad %{sender}\" }\n",
+     "prepend needs a header"},
+    {"redirect without @", "actions:\n  - { name: a, do: \"redirect abuse\" }\n",
+     "redirect needs an address"},
+    {"filter without :", "actions:\n  - { name: a, do: \"filter smtp\" }\n",
+     "filter needs transport:destination"},
+    {"sleep of a fraction", "actions:\n  - { name: a, do: \"sleep 1.9s\" }\n",
+     "sleep needs whole seconds"},
     {"bracketed IPv4 DNS server", "dns: { servers: [\"[127.0.0.1]:5353\"] }\n", "expected \"IP\""},
     {"a key with a NUL", "dns: { timeout: 500ms, \"timeout\\0x\": 20s }\n", "a key with a NUL byte"},
     {"aliases expanding to a million nodes",
@@ -275,6 +303,19 @@ static void test_config_includes(void **state)
     assert_non_null(strstr(errs.msgs[0], "an included file may hold only"));
     config_errors_fini(&errs);
 
+    /* An included file that is empty, or only comments, would drop its
+     * rules silently (a truncated copy): refused, naming it. */
+    static const char *const empties[] = {"", "# truncated\n"};
+    for (size_t e = 0; e < 2; e++) {
+        write_file(f1, empties[e]);
+        cfg = config_load(mainf, &errs);
+        assert_null(cfg);
+        assert_int_equal(errs.n, 1);
+        snprintf(path, sizeof path, "%s:1:1: the file is empty", f1);
+        assert_non_null(strstr(errs.msgs[0], path));
+        config_errors_fini(&errs);
+    }
+
     unlink(f1);
     unlink(f2);
     unlink(mainf);
@@ -328,6 +369,36 @@ static void test_config_shipped_example_loads(void **state)
     config_unref(cfg);
 }
 
+/* A list file with bad lines: one error per line, each with the
+ * config's file:line:col and path, and no second error at every rule
+ * that uses the list. */
+static void test_config_bad_list_file(void **state)
+{
+    (void)state;
+    char dir[] = "/tmp/sglistXXXXXX";
+    assert_non_null(mkdtemp(dir));
+    char lf[256], mainf[256];
+    snprintf(lf, sizeof lf, "%s/bad.list", dir);
+    snprintf(mainf, sizeof mainf, "%s/main.yaml", dir);
+    write_file(lf, "example.com\n192.168.1\n10.0.0.0/8 OK\n");
+    write_file(mainf, "lists: { L: { file: bad.list } }\n"
+                      "points:\n  - { name: p, when: { sender_domain: { in: L } }, then: ok }\n");
+    struct config_errors errs = {0};
+    struct config *cfg = config_load(mainf, &errs);
+    assert_null(cfg);
+    assert_int_equal(errs.n, 2);
+    for (size_t k = 0; k < errs.n; k++) {
+        assert_non_null(strstr(errs.msgs[k], "main.yaml:1:21: lists.L.file: "));
+        assert_null(strchr(errs.msgs[k], '\n'));
+    }
+    assert_non_null(strstr(errs.msgs[0], "bad.list:2: bad IPv4 address"));
+    assert_non_null(strstr(errs.msgs[1], "bad.list:3: more than one entry on the line"));
+    config_errors_fini(&errs);
+    unlink(lf);
+    unlink(mainf);
+    rmdir(dir);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -338,6 +409,7 @@ int main(void)
         cmocka_unit_test(test_config_includes),
         cmocka_unit_test(test_config_password_file),
         cmocka_unit_test(test_config_shipped_example_loads),
+        cmocka_unit_test(test_config_bad_list_file),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

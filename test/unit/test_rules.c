@@ -580,6 +580,67 @@ static void test_rules_cond_plan(void **state)
     config_unref(c2);
 }
 
+/* Answers Postfix would not act on: a coded message whose text came
+ * out empty ("550 " is read as a restriction named "550": a 451 and a
+ * configuration error in Postfix's log) gets a default text; a
+ * redirect, filter or prepend whose argument came out unusable answers
+ * DUNNO, what Postfix would do with it, so the log says so. */
+static void test_rules_answers_postfix_acts_on(void **state)
+{
+    (void)state;
+    static const char yaml[] =
+        "actions:\n"
+        "  - { name: rej, when: { recipient: rej@x.example }, do: reject, message: \"550 %{sasl_username}\" }\n"
+        "  - { name: rej2, when: { recipient: rej2@x.example }, do: reject, message: \"550 5.7.1 %{sasl_username}\" }\n"
+        "  - { name: def, when: { recipient: def@x.example }, do: defer, message: \"450 %{sasl_username}\" }\n"
+        "  - { name: red, when: { recipient: red@x.example }, do: \"redirect %{sasl_username}\" }\n"
+        "  - { name: pre, when: { recipient: pre@x.example }, do: prepend, message: \"%{sasl_username}\" }\n"
+        "  - { name: pre2, when: { recipient: pre2@x.example }, do: \"prepend X-User: %{sasl_username}\" }\n"
+        "  - { name: etrn, when: { etrn_domain: example.com }, do: reject }\n";
+    struct config *c = load_yaml("answers.yaml", yaml);
+    static const struct {
+        const char *rcpt, *user, *want;
+    } cases[] = {
+        {"rej@x.example", "", "550 rejected by policy"},
+        {"rej@x.example", "carol", "550 carol"},
+        {"rej2@x.example", "", "550 5.7.1 rejected by policy"},
+        {"def@x.example", "", "450 try again later"},
+        {"red@x.example", "", "DUNNO"},
+        {"red@x.example", "carol", "DUNNO"}, /* no '@' */
+        {"red@x.example", "carol@example.net", "REDIRECT carol@example.net"},
+        {"pre@x.example", "", "DUNNO"},
+        {"pre@x.example", "carol", "DUNNO"}, /* no "Name:" */
+        {"pre2@x.example", "", "PREPEND X-User: "},
+    };
+    struct request req;
+    struct eval ev;
+    char answer[ACTIONS_MAX_ANSWER];
+    request_init(&req);
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        rcpt_request(&req, "192.0.2.9", cases[i].user);
+        set(&req, ATTR_RECIPIENT, cases[i].rcpt);
+        rules_eval_points(c->rules, &req, &ev);
+        rules_set_scores(c->rules, &ev, NULL, 0);
+        rules_decide(c->rules, &req, &ev);
+        assert_non_null(ev.decided);
+        actions_format(c->rules, ev.decided, &req, &ev, answer, sizeof answer);
+        if (strcmp(answer, cases[i].want) != 0)
+            fail_msg("%s with user \"%s\": got \"%s\", want \"%s\"", cases[i].rcpt,
+                     cases[i].user, answer, cases[i].want);
+    }
+    /* etrn_domain is a domain: compared without regard to case. */
+    request_reset(&req);
+    set(&req, ATTR_PROTOCOL_STATE, "ETRN");
+    set(&req, ATTR_ETRN_DOMAIN, "EXAMPLE.COM");
+    rules_eval_points(c->rules, &req, &ev);
+    rules_set_scores(c->rules, &ev, NULL, 0);
+    rules_decide(c->rules, &req, &ev);
+    assert_non_null(ev.decided);
+    assert_string_equal(ev.decided->name, "etrn");
+    request_fini(&req);
+    config_unref(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -594,6 +655,7 @@ int main(void)
         cmocka_unit_test(test_rules_keys_unambiguous),
         cmocka_unit_test(test_rules_long_keys_are_hashed),
         cmocka_unit_test(test_rules_cond_plan),
+        cmocka_unit_test(test_rules_answers_postfix_acts_on),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
