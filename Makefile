@@ -70,6 +70,7 @@ SRCS += policyd/respconn.c
 SRCS += policyd/counter_wire.c
 SRCS += policyd/store_redis.c
 SRCS += policyd/conn.c
+SRCS += policyd/unixsock.c
 SRCS += policyd/listener.c
 SRCS += policyd/server.c
 SRCS += policyd/workers.c

@@ -33,6 +33,7 @@
 #include "followup.h"
 #include "log.h"
 #include "metrics.h"
+#include "unixsock.h"
 #include "record.h"
 #include "server.h"
 #include "textbuf.h"
@@ -56,6 +57,7 @@ struct admin {
     struct server *srv;
     char *address;              /* as configured */
     bool is_pipe;
+    struct unixsock_id sock;    /* the socket file made (is_pipe) */
     bool closing;
     struct admin_conn *conns;   /* open connections */
     unsigned n_conns;           /* how many */
@@ -480,11 +482,12 @@ static void admin_top(struct admin_conn *c, const char *params, size_t plen)
     char num[16];
     unsigned long n = ADMIN_TOP_DEFAULT;
     /* Absent: the default; present, it must be good (n=%zz, or 17
-     * digits, answered the default as if absent). */
-    if (admin_query_get(params, plen, "n", num, sizeof num) != -1) {
-        char *end;
-        n = strtoul(num, &end, 10);
-        if (!num[0] || *end || n < 1 || n > STORE_MAX_TOP) {
+     * digits, answered the default as if absent). -2 leaves num unset. */
+    int got = admin_query_get(params, plen, "n", num, sizeof num);
+    if (got != -1) {
+        char *end = num;
+        n = got >= 0 ? strtoul(num, &end, 10) : 0;
+        if (got <= 0 || *end || n < 1 || n > STORE_MAX_TOP) {
             admin_error(c, 400, "n= must be a number from 1 to %d", STORE_MAX_TOP);
             return;
         }
@@ -793,7 +796,9 @@ static void admin_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf)
         return;
     c->len += (size_t)nread;
     admin_try(c);
-    if (!c->answered && c->len >= ADMIN_MAX_REQUEST)
+    /* Full and still no whole request. One that was whole is being
+     * carried out (score, top and reset answer later): no 413 then. */
+    if (!c->answered && !c->dispatched && c->len >= ADMIN_MAX_REQUEST)
         admin_error(c, 413, "request too large (at most %d bytes)", ADMIN_MAX_REQUEST);
 }
 
@@ -872,14 +877,18 @@ static int admin_bind(struct admin *ad, uv_loop_t *loop, const char *address)
 {
     if (ad->is_pipe) {
         const char *path = address + 5;
-        struct stat st;
-        if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
-            unlink(path);
         uv_pipe_init(loop, &ad->h.pipe, 0);
         /* The socket file's mode is the guard: owner and group only. */
         mode_t old = umask(0117);
-        int rc = uv_pipe_bind(&ad->h.pipe, path);
+        int fd = unixsock_bind(path, &ad->sock);
         umask(old);
+        if (fd < 0)
+            return fd;
+        int rc = uv_pipe_open(&ad->h.pipe, fd);
+        if (rc < 0) {
+            close(fd);
+            unixsock_remove(path, &ad->sock);
+        }
         return rc;
     }
     uv_tcp_init(loop, &ad->h.tcp);
@@ -931,7 +940,7 @@ void admin_close(struct admin *ad)
         return;
     ad->closing = true;
     if (ad->is_pipe)
-        unlink(ad->address + 5);
+        unixsock_remove(ad->address + 5, &ad->sock);
     for (struct admin_conn *c = ad->conns; c; c = c->next)
         admin_conn_close(c);
     uv_close(&ad->h.handle, admin_on_close);

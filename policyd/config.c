@@ -1083,8 +1083,26 @@ static void config_parse_admin(struct loader *ld, yaml_node_t *n, const char *pa
         } else if (!strcmp(key, "token_file")) {
             if (config_expect(ld, v, YAML_SCALAR_NODE, kpath)) {
                 char *tok = config_read_password(ld, v, kpath);
+                /* HTTP drops the blanks around a header's value, and a
+                 * Bearer token is printable ASCII without blanks: a token
+                 * that is not could never be sent, and would lock every
+                 * change out. */
+                size_t tlen = tok ? strlen(tok) : 0;
+                while (tlen > 0 && (tok[tlen - 1] == ' ' || tok[tlen - 1] == '\t'))
+                    tok[--tlen] = '\0';
+                size_t lead = tok ? strspn(tok, " \t") : 0;
+                if (tok && lead)
+                    memmove(tok, tok + lead, tlen - lead + 1);
+                bool printable = true;
+                for (const char *q = tok; q && *q; q++)
+                    printable &= *q > ' ' && *q < 0x7f;
                 if (tok && !*tok) {
                     config_err(ld, v, kpath, "the token file is empty");
+                    free(tok);
+                } else if (tok && !printable) {
+                    config_err(ld, v, kpath,
+                               "the token must be printable ASCII without blanks (as a Bearer "
+                               "token in an HTTP header)");
                     free(tok);
                 } else if (tok) {
                     free(ad->token);

@@ -151,16 +151,18 @@ static int listener_bind_tcp(struct listener *l, const char *address)
 
 static int listener_bind_pipe(struct listener *l, const char *path)
 {
-    struct stat st;
-    /* A socket left by a previous run would make bind fail; remove it,
-     * but never anything that is not a socket. */
-    if (lstat(path, &st) == 0 && S_ISSOCK(st.st_mode))
-        unlink(path);
     uv_pipe_init(l->srv->loop, &l->h.pipe, 0);
-    int rc = uv_pipe_bind(&l->h.pipe, path);
-    if (rc == 0)
-        chmod(path, 0666); /* access is controlled by the directory (Postfix private/) */
-    return rc;
+    int fd = unixsock_bind(path, &l->sock);
+    if (fd < 0)
+        return fd;
+    int rc = uv_pipe_open(&l->h.pipe, fd);
+    if (rc < 0) {
+        close(fd);
+        unixsock_remove(path, &l->sock);
+        return rc;
+    }
+    chmod(path, 0666); /* access is controlled by the directory (Postfix private/) */
+    return 0;
 }
 
 static void listener_on_close(uv_handle_t *h)
@@ -181,7 +183,10 @@ int listener_open(struct server *srv, const char *address)
     if (rc == 0)
         rc = uv_listen(&l->h.stream, 511, listener_on_connection);
     if (rc < 0) {
-        log_error("cannot listen on %s: %s", address, uv_strerror(rc));
+        log_error("cannot listen on %s: %s", address,
+                  l->is_pipe && rc == UV_EADDRINUSE
+                      ? "a running process listens on that socket (another smtpguard?)"
+                      : uv_strerror(rc));
         uv_close(&l->h.handle, listener_on_close);
         return rc;
     }
@@ -198,7 +203,7 @@ void listener_close_all(struct server *srv)
     while (l) {
         struct listener *next = l->next;
         if (l->is_pipe)
-            unlink(l->address + 5);
+            unixsock_remove(l->address + 5, &l->sock);
         uv_close(&l->h.handle, listener_on_close);
         l = next;
     }

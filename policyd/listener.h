@@ -12,6 +12,8 @@
 #include <stdbool.h>
 #include <uv.h>
 
+#include "unixsock.h"
+
 struct server;
 
 struct listener {
@@ -25,6 +27,7 @@ struct listener {
     struct listener *next;
     char *address;              /* as configured */
     bool is_pipe;
+    struct unixsock_id sock;    /* the socket file made (is_pipe) */
 };
 
 /* listener_open - bind and listen on address ("IP:PORT", "[v6]:PORT",

@@ -8,6 +8,7 @@ import json
 import math
 import os
 import re
+import signal
 import socket
 import subprocess
 
@@ -227,6 +228,62 @@ class AdminTest(h.SGTestCase):
         self.assertIsNone(self.redis.cmd("GET", "sg:ip:192.0.2.200"))
         self.ctl("score", "ip", "192.0.2.200")
         self.assertIsNone(self.redis.cmd("GET", "sg:ip:192.0.2.200"))
+
+    def test_request_at_the_size_cap_is_answered_as_carried_out(self):
+        # A request of exactly 8192 bytes was carried out (the reset
+        # happened) and then answered 413, as if refused.
+        self.start()
+        for _ in range(3):
+            self.rcpt("198.51.100.21")
+            self.rcpt("198.51.100.22")
+
+        def reset_of_size(ip, total):
+            head = ("POST /reset HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer %s\r\n"
+                    "Content-Type: application/x-www-form-urlencoded\r\n"
+                    "Content-Length: %%05d\r\n\r\n" % TOKEN)
+            body = "counter=ip&key=%s&pad=" % ip
+            body += "x" * (total - len(head % 0) - len(body))
+            raw = (head % len(body) + body).encode()
+            self.assertEqual(len(raw), total)
+            host, port = self.admin.rsplit(":", 1)
+            s = socket.create_connection((host, int(port)), timeout=5)
+            s.sendall(raw)
+            st, _, body = read_response(s)
+            s.close()
+            return st, body
+
+        st, body = reset_of_size("198.51.100.21", 8192)
+        self.assertEqual(st, 200, body)
+        self.assertIsNone(self.redis.cmd("GET", "sg:ip:198.51.100.21"))
+        st, body = reset_of_size("198.51.100.22", 8193)
+        self.assertEqual(st, 413, body)
+        self.assertIsNotNone(self.redis.cmd("GET", "sg:ip:198.51.100.22"))
+        # n= that does not decode is a 400, not a read of whatever the
+        # buffer held.
+        for bad in ("%zz", "12345678901234567", "%3", ""):
+            st, _, _ = http(self.admin, "GET", "/top?counter=ip&n=" + bad)
+            self.assertEqual(st, 400, "n=" + bad)
+
+    def test_token_file_blanks_and_bytes(self):
+        # A blank after the token in its file locked every change out
+        # (HTTP drops it from the header); bytes no header can carry are
+        # refused at the config check.
+        self.start()
+        for _ in range(2):
+            self.rcpt("198.51.100.23")
+        with open(self.token_file, "w") as f:
+            f.write("  " + TOKEN + " \t\n")
+        mark = self.d.mark()
+        self.d.signal(signal.SIGHUP)
+        h.wait_until(lambda: "config reloaded" in self.d.log()[mark:], 10, what="reload")
+        rc, out, err = self.ctl("reset", "ip", "198.51.100.23")
+        self.assertEqual(rc, 0, err)
+        self.assertIsNone(self.redis.cmd("GET", "sg:ip:198.51.100.23"))
+        with open(self.token_file, "wb") as f:
+            f.write(b"\xfftoken\n")
+        rc, err, _ = self.d.check_config()
+        self.assertEqual(rc, 1, err)
+        self.assertIn("the token must be printable ASCII without blanks", err)
 
     def test_state_changes_need_the_token(self):
         self.start()

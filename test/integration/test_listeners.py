@@ -74,6 +74,40 @@ class ListenerTest(h.SGTestCase):
         with d.client() as c:
             self.assertEqual(c.request(h.policy_request(client_address="198.51.100.9")), "DUNNO")
 
+    def test_live_unix_socket_not_taken_over(self):
+        # A second daemon on the socket of a running one (a test run next
+        # to the service) took the path over: the running one could no
+        # longer be reached, and the file vanished when either stopped.
+        sock = self.tmp.join("live.sock")
+        admin = self.tmp.join("admin.sock")
+        cfg = h.base_config(0, listen=["unix:" + sock], admin={"listen": "unix:" + admin})
+        first = self.start_daemon(cfg)
+        second = self.start_daemon(cfg, name="second", wait_ready=False)
+        rc = second.wait_exit(10)
+        self.assertIsNotNone(rc, "a second daemon started on a live socket")
+        self.assertNotEqual(rc, 0)
+        self.assertIn("a running process listens on that socket", second.log())
+        for path in (sock, admin):
+            self.assertTrue(os.path.exists(path), "%s removed by the second daemon" % path)
+        with first.client() as c:
+            self.assertEqual(c.request(h.policy_request(client_address="198.51.100.11")), "DUNNO")
+        # The admin socket was refused as well, and still answers the first.
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(5)
+        s.connect(admin)
+        s.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        self.assertIn(b" 200 ", s.recv(4096))
+        s.close()
+        # A file that replaced ours (another daemon's, once we had gone)
+        # is not ours to remove at stop.
+        os.unlink(sock)
+        other = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        other.bind(sock)
+        other.listen(1)
+        first.stop()
+        self.assertTrue(os.path.exists(sock), "the stop removed a socket file it had not made")
+        other.close()
+
     def test_client_outside_acl_refused(self):
         port = h.free_port()
         d = self.start_daemon(h.base_config(port, clients=["127.0.0.2/32", "::1"]))
