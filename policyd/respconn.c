@@ -63,6 +63,8 @@ struct respconn {
     int handles;                /* of h and later, not closed yet */
     uv_getaddrinfo_t gai;       /* resolving a host name */
     bool gai_active;            /* gai is running */
+    unsigned pick;              /* which of the name's addresses to try */
+    uint64_t connect_started;   /* uv_now() when connecting began; 0 before */
     uv_connect_t creq;          /* the connect request */
     uv_write_t wreq;            /* the write in flight */
     bool writing;               /* wreq is in flight */
@@ -372,6 +374,7 @@ static void rc_connect_addr(struct respconn *rc, const struct sockaddr *sa)
         uv_tcp_nodelay(&rc->h.tcp, 1);
         uv_tcp_keepalive(&rc->h.tcp, 1, 60);
         rc->state = RC_CONNECTING;
+        rc->connect_started = uv_now(rc->loop);
         err = uv_tcp_connect(&rc->creq, &rc->h.tcp, sa, rc_on_connect);
     }
     if (err < 0)
@@ -398,18 +401,30 @@ static void rc_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *r
         rc_teardown(rc, status < 0 ? status : -ENOENT, why);
         return;
     }
-    rc_connect_addr(rc, res->ai_addr);
+    size_t n = 0;
+    for (const struct addrinfo *a = res; a; a = a->ai_next)
+        n++;
+    const struct addrinfo *a = res;
+    for (size_t i = rc->pick % n; i > 0; i--)
+        a = a->ai_next;
+    rc_connect_addr(rc, a->ai_addr);
     uv_freeaddrinfo(res);
 }
 
+uint64_t respconn_connect_started(const struct respconn *rc)
+{
+    return rc->connect_started;
+}
+
 struct respconn *respconn_open(uv_loop_t *loop, const char *host, int port, const char *unix_path,
-                               respconn_event_cb on_event, void *arg)
+                               unsigned pick, respconn_event_cb on_event, void *arg)
 {
     struct respconn *rc = xcalloc(1, sizeof *rc);
 
     rc->loop = loop;
     rc->on_event = on_event;
     rc->arg = arg;
+    rc->pick = pick;
     rc->wreq.data = rc;
     rc->creq.data = rc;
     rc->gai.data = rc;
@@ -432,6 +447,7 @@ struct respconn *respconn_open(uv_loop_t *loop, const char *host, int port, cons
             rc->handle_open = true;
             rc->handles++;
             rc->state = RC_CONNECTING;
+            rc->connect_started = uv_now(loop);
             uv_pipe_connect(&rc->creq, &rc->h.pipe, unix_path, rc_on_connect);
         } else {
             rc_fail_later(rc, "connect", err);

@@ -35,6 +35,7 @@
 #include <stddef.h>
 
 #include <hiredis/read.h>
+#include <stdint.h>
 #include <uv.h>
 
 struct respconn;
@@ -46,9 +47,18 @@ typedef void (*respconn_reply_cb)(struct respconn *rc, const struct redisReply *
 typedef void (*respconn_event_cb)(struct respconn *rc, int status, const char *why, void *arg);
 
 /* respconn_open - start connecting to host:port (an IP address or a name)
- * or, when unix_path is set, to that socket. Never NULL. */
+ * or, when unix_path is set, to that socket. Of the addresses a name
+ * resolves to, the one at pick (modulo their count) is tried: a caller
+ * moves pick on after a failed attempt, so that a name with an address
+ * nobody listens on (localhost as ::1 first, Redis on 127.0.0.1 only)
+ * still reaches the one that works. Never NULL. */
 struct respconn *respconn_open(uv_loop_t *loop, const char *host, int port, const char *unix_path,
-                               respconn_event_cb on_event, void *arg);
+                               unsigned pick, respconn_event_cb on_event, void *arg);
+
+/* respconn_connect_started - uv_now() when connecting to an address
+ * began, or 0 while a name is still being resolved: a caller's connect
+ * timeout does not count the resolver's time. */
+uint64_t respconn_connect_started(const struct respconn *rc);
 
 /* respconn_send - queue one command. Returns 0, or -EIO when the
  * connection is closed or has failed (cb is then not called). */

@@ -80,6 +80,7 @@
 #define REDIS_MAX_INFLIGHT 1024 /* request records in flight or queued, at most */
 #define REDIS_BACKOFF_MIN_MS 100
 #define REDIS_BACKOFF_MAX_MS 5000
+#define REDIS_RESOLVE_MAX_MS 10000  /* a host name's resolution, on top of the connect timeout */
 #define REDIS_DEFAULT_PORT 6379
 #define REDIS_DEFAULT_TIMEOUT_MS 1000
 /* EVALSHA sha numkeys key... now "kind param points"... */
@@ -212,6 +213,8 @@ struct store {
     struct redis_fail *free_fails; /* reusable */
 
     bool quiet_loss;            /* the last loss was not logged: nor is its recovery */
+    unsigned addr_pick;         /* which of the name's addresses to try next */
+    uint64_t attempt_ms;        /* uv_now() when this connection attempt began */
     struct log_limiter lim_lost;    /* connection losses (a flapping link) */
     struct log_limiter lim_connect; /* connect failures */
     struct log_limiter lim_timeout; /* request deadlines */
@@ -598,9 +601,16 @@ static void redis_conn_down(struct store *st, const char *why)
         log_warn_every(&st->lim_lost, REDIS_LOG_EVERY, "redis %s: connection lost: %s",
                        st->address, why);
         st->quiet_loss = st->lim_lost.last_ms == before;
-    } else
+    } else {
+        /* The next attempt tries the name's next address. */
+        st->addr_pick++;
+        uint64_t before = st->lim_connect.last_ms;
         log_warn_every(&st->lim_connect, REDIS_LOG_EVERY, "redis %s: cannot connect: %s",
                        st->address, why);
+        /* The outage is in the log after all: so will its end be. */
+        if (st->lim_connect.last_ms != before)
+            st->quiet_loss = false;
+    }
     uv_timer_start(&st->conn_timer, redis_on_backoff, st->backoff_ms, 0);
     st->backoff_ms = st->backoff_ms * 2 > REDIS_BACKOFF_MAX_MS ? REDIS_BACKOFF_MAX_MS
                                                                : st->backoff_ms * 2;
@@ -669,7 +679,9 @@ static void redis_on_select(struct respconn *rc, const redisReply *reply, void *
     uv_timer_stop(&st->conn_timer);
     st->state = REDIS_STATE_UP;
     st->first_done = true;
-    st->backoff_ms = REDIS_BACKOFF_MIN_MS;
+    /* The backoff starts over at the first good reply to a call, not
+     * here: a Redis that takes connections and answers SELECT but never
+     * a call must not be reconnected to at the shortest delay forever. */
     st->owing_since_ms = uv_now(st->loop);
     if (!st->quiet_loss)
         log_info("redis %s: connected", st->address);
@@ -684,9 +696,27 @@ static void redis_on_backoff(uv_timer_t *t)
 static void redis_on_connect_timeout(uv_timer_t *t)
 {
     struct store *st = t->data;
-    char why[64];
+    uint64_t now = uv_now(st->loop);
+    uint64_t started = st->conn ? respconn_connect_started(st->conn) : 0;
+    char why[96];
 
-    snprintf(why, sizeof why, "no connection within %u ms", st->timeout_ms);
+    /* The timeout is the connect's: a name's resolution (the system's
+     * resolver, on its own timeouts) gets up to REDIS_RESOLVE_MAX_MS
+     * besides, so that a slow DNS server does not keep the store down. */
+    if (st->conn && !started && now - st->attempt_ms < REDIS_RESOLVE_MAX_MS) {
+        uv_timer_start(&st->conn_timer, redis_on_connect_timeout, st->timeout_ms, 0);
+        return;
+    }
+    if (started && now - started < st->timeout_ms) {
+        uv_timer_start(&st->conn_timer, redis_on_connect_timeout, st->timeout_ms - (now - started),
+                       0);
+        return;
+    }
+    if (!started)
+        snprintf(why, sizeof why, "%s not resolved within %u ms", st->host ? st->host : "",
+                 REDIS_RESOLVE_MAX_MS);
+    else
+        snprintf(why, sizeof why, "no connection within %u ms", st->timeout_ms);
     redis_drop(st, why);
 }
 
@@ -697,7 +727,9 @@ static void redis_connect_start(struct store *st)
     if (st->closing)
         return;
     st->state = REDIS_STATE_CONNECTING;
-    st->conn = respconn_open(st->loop, st->host, st->port, st->unix_path, redis_on_event, st);
+    st->attempt_ms = uv_now(st->loop);
+    st->conn = respconn_open(st->loop, st->host, st->port, st->unix_path, st->addr_pick,
+                             redis_on_event, st);
     if (!st->conn)
         return;     /* failed at once: redis_on_event has backed off */
     if (st->password) {
@@ -788,6 +820,8 @@ static void redis_on_reply(struct respconn *rc, const redisReply *reply, void *p
     st->in_flight--;
     if (reply)
         st->owing_since_ms = uv_now(st->loop);
+    if (reply && reply->type != REDIS_REPLY_ERROR)
+        st->backoff_ms = REDIS_BACKOFF_MIN_MS;
 
     if (reply && reply->type == REDIS_REPLY_ERROR && c->kind != REDIS_KIND_RESET &&
         strncmp(reply->str, "NOSCRIPT", 8) == 0 && !c->retried && c->waiting && st->conn == rc) {
@@ -865,6 +899,8 @@ static void redis_on_batch_reply(struct respconn *rc, const redisReply *reply, v
 
     if (reply)
         st->owing_since_ms = uv_now(st->loop);
+    if (reply && reply->type != REDIS_REPLY_ERROR)
+        st->backoff_ms = REDIS_BACKOFF_MIN_MS;
     if (reply && reply->type == REDIS_REPLY_ERROR && strncmp(reply->str, "NOSCRIPT", 8) == 0 &&
         !b->retried && st->conn == rc && redis_batch_waiting(b)) {
         /* The script is not loaded: EVAL loads it and runs this batch. */

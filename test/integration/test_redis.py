@@ -1,7 +1,11 @@
 """The Redis store against a real redis-server: shared scores, key layout,
 decay, fail-open when Redis is down or frozen, recovery."""
 
+import os
 import re
+import socket
+import subprocess
+import threading
 import time
 
 import harness as h
@@ -185,6 +189,71 @@ class RedisStoreTest(h.SGTestCase):
         acts = [c.request(h.policy_request(client_address="198.51.100.52")) for _ in range(5)]
         self.assertEqual(acts, ["DUNNO"] * 4 + [FLOOD % "198.51.100.52"])
 
+    def test_recovery_logged_once_the_outage_was(self):
+        # A second outage within a minute has its loss line suppressed; its
+        # "cannot connect" lines were printed all the same, and then the
+        # recovery was not: the log ended on the outage.
+        d = self.start_daemon(self.config())
+        c = self.client(d)
+        self.assertEqual(c.request(h.policy_request(client_address="198.51.100.80")), "DUNNO")
+        self.redis.restart()
+        h.wait_until(lambda: d.log().count("connected") >= 2, 10 * h.SLOW,
+                     what="the reconnection after a restart")
+        mark = d.mark()
+        self.redis.stop()
+        h.wait_until(lambda: "cannot connect" in d.log()[mark:], 10 * h.SLOW,
+                     what="a failed reconnection logged")
+        self.redis.start()
+
+        def counting():
+            c.request(h.policy_request(client_address="198.51.100.81"), timeout=5)
+            return self.redis.cmd("GET", "sg:ip:198.51.100.81") is not None
+        h.wait_until(counting, 15 * h.SLOW, interval=0.25, what="smtpguard to reconnect")
+        self.assertRegex(d.log()[mark:], r"cannot connect[^\n]*\n(.*\n)*.*redis \S+: connected")
+
+    def test_backoff_grows_while_calls_fail(self):
+        # A server that answers SELECT and then hangs up: the backoff was
+        # reset by every SELECT, so it was reconnected to at the shortest
+        # delay forever (a connection every ~100 ms).
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(16)
+        srv.settimeout(0.2)
+        self.addCleanup(srv.close)
+        accepted = [0]
+        stop = threading.Event()
+
+        def serve():
+            while not stop.is_set():
+                try:
+                    conn, _ = srv.accept()
+                except OSError:
+                    continue
+                accepted[0] += 1
+                conn.settimeout(1)
+                try:
+                    conn.recv(4096)
+                    conn.sendall(b"+OK\r\n")
+                    time.sleep(0.05)
+                except OSError:
+                    pass
+                conn.close()
+        t = threading.Thread(target=serve, daemon=True)
+        t.start()
+        self.addCleanup(lambda: (stop.set(), t.join(2)))
+        store = h.redis_store(self.redis.port)
+        store["redis"]["address"] = "127.0.0.1:%d" % srv.getsockname()[1]
+        d = self.start_daemon(h.base_config(h.free_port(), store=store))
+        c = self.client(d)
+        t0 = time.time()
+        while time.time() - t0 < 3:
+            self.assertEqual(c.request(h.policy_request(client_address="198.51.100.82"),
+                                       timeout=5), "DUNNO")
+            time.sleep(0.05)
+        # 100, 200, 400, 800, 1600 ms apart: at most ~6 in 3 s (30 before).
+        self.assertLessEqual(accepted[0], 7, "%d connections in 3 s" % accepted[0])
+        self.assertGreaterEqual(accepted[0], 2)
+
     def test_start_with_redis_down(self):
         port = self.redis.port
         self.redis.stop()
@@ -198,3 +267,109 @@ class RedisStoreTest(h.SGTestCase):
             c.request(h.policy_request(client_address="198.51.100.61"), timeout=5)
             return self.redis.cmd("GET", "sg:ip:198.51.100.61") is not None
         h.wait_until(counting, 15 * h.SLOW, interval=0.25, what="smtpguard to connect to Redis")
+
+
+class RedisByNameTest(h.SGTestCase):
+    """A Redis given by host name. The daemon runs in a mount namespace of
+    its own (unshare -m) where /etc/hosts or /etc/resolv.conf is a file of
+    the test's: nothing of the machine's is changed."""
+
+    def setUp(self):
+        super().setUp()
+        if os.geteuid() != 0 or not h.find_tool("unshare"):
+            self.skipTest("needs root and unshare(1) for a private /etc/hosts")
+        probe = subprocess.run(["unshare", "-m", "true"], stdout=subprocess.DEVNULL,
+                               stderr=subprocess.DEVNULL)
+        if probe.returncode != 0:
+            self.skipTest("unshare -m is not permitted here")
+        self.redis = self.start_redis()    # listens on 127.0.0.1 only
+
+    def daemon_with(self, etc_file, text, address):
+        """The daemon, with /etc/ETC_FILE replaced by text in its namespace."""
+        mine = self.tmp.write(etc_file + ".test", text)
+        wrapper = self.tmp.write(
+            "in-namespace.sh",
+            "#!/bin/sh\nexec unshare -m sh -c 'mount --bind \"$0\" /etc/%s && exec \"$@\"' "
+            "%s %s \"$@\"\n" % (etc_file, mine, h.daemon_bin()), mode=0o755)
+        store = h.redis_store(self.redis.port)
+        store["redis"]["address"] = address
+        d = h.Daemon(self.tmp, h.base_config(h.free_port(), store=store), binary=wrapper)
+        self._daemons.append(d)
+        d.start()
+        return d
+
+    def wait_counting(self, d, ip):
+        c = self.client(d)
+
+        def counting():
+            c.request(h.policy_request(client_address=ip), timeout=5)
+            return self.redis.cmd("GET", "sg:ip:" + ip) is not None
+        h.wait_until(counting, 10 * h.SLOW, interval=0.2, what="smtpguard to reach Redis")
+
+    def test_every_address_of_a_name_is_tried(self):
+        # The name's first address (::1) has no Redis; only the first was
+        # ever tried, so the store stayed down for good.
+        d = self.daemon_with("hosts", "::1 dual.test\n127.0.0.1 dual.test\n",
+                             "dual.test:%d" % self.redis.port)
+        self.wait_counting(d, "198.51.100.70")
+        self.assertIn("redis dual.test:%d: connected" % self.redis.port, d.log())
+
+    def test_slow_resolver_does_not_keep_the_store_down(self):
+        # A DNS answer slower than the 100 ms timeout counted against the
+        # connect: every attempt timed out before connecting.
+        dns = SlowA(("127.0.0.2", 53), 0.3)
+        self.addCleanup(dns.close)
+        d = self.daemon_with("resolv.conf", "nameserver 127.0.0.2\noptions timeout:2 attempts:1\n",
+                             "slow-redis.test:%d" % self.redis.port)
+        self.wait_counting(d, "198.51.100.71")
+        self.assertGreater(dns.queries, 0)
+
+
+class SlowA:
+    """A UDP DNS server answering every A question with 127.0.0.1 (and
+    every other question with no record), each after `delay` seconds."""
+
+    def __init__(self, addr, delay):
+        self.delay = delay
+        self.queries = 0
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(addr)
+        self.sock.settimeout(0.2)
+        self._stop = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _answer(self, q, peer):
+        time.sleep(self.delay)
+        end = 12
+        while end < len(q) and q[end] != 0:
+            end += q[end] + 1
+        qtype = q[end + 1:end + 3]
+        question = q[12:end + 5]
+        if qtype == b"\x00\x01":
+            answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x7f\x00\x00\x01"
+            head = q[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00"
+        else:
+            answer = b""
+            head = q[:2] + b"\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00"
+        try:
+            self.sock.sendto(head + question + answer, peer)
+        except OSError:
+            pass
+
+    def _serve(self):
+        while not self._stop:
+            try:
+                q, peer = self.sock.recvfrom(2048)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if len(q) > 12:
+                self.queries += 1
+                threading.Thread(target=self._answer, args=(q, peer), daemon=True).start()
+
+    def close(self):
+        self._stop = True
+        self._thread.join(2)
+        self.sock.close()

@@ -1652,7 +1652,7 @@ static void test_respconn_pipeline(void **state)
     (void)state;
     fixture_init(&f);
 
-    struct respconn *rc = respconn_open(&f.loop, "localhost", redis_port, NULL, rc_event, &l);
+    struct respconn *rc = respconn_open(&f.loop, "localhost", redis_port, NULL, 0, rc_event, &l);
     for (long long i = 0; i < N; i++)
         rc_send_echo(rc, &l, i);
     assert_int_equal(l.replies, 0);     /* never from inside send */
@@ -1694,7 +1694,7 @@ static void test_respconn_close_in_callback(void **state)
     (void)state;
     fixture_init(&f);
 
-    struct respconn *rc = respconn_open(&f.loop, redis_host, redis_port, NULL, rc_event, &l);
+    struct respconn *rc = respconn_open(&f.loop, redis_host, redis_port, NULL, 0, rc_event, &l);
     l.close_in = rc;
     for (long long i = 0; i < 10; i++)
         rc_send_echo(rc, &l, i);
@@ -1716,7 +1716,7 @@ static void test_respconn_refused(void **state)
     (void)state;
     fixture_init(&f);
 
-    struct respconn *rc = respconn_open(&f.loop, "127.0.0.1", 1, NULL, rc_event, &l);
+    struct respconn *rc = respconn_open(&f.loop, "127.0.0.1", 1, NULL, 0, rc_event, &l);
     rc_send_echo(rc, &l, 0);
     assert_int_equal(l.nulls, 0);
     if (!run_until(&f, &l.events, NULL, NULL, 3000))
