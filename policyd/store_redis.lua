@@ -433,9 +433,19 @@ for _, z in ipairs(top_order) do
     end
     -- ZADD answers how many members are new: only then can the set have
     -- grown past its bound. (No members: only expiries were renewed.)
-    if tz.n > 0 and rcall('ZADD', z, unpack(args)) > 0 and
-        rcall('ZCARD', z) > top_size + TOP_SLACK then
-        rcall('ZREMRANGEBYRANK', z, 0, -(top_size + 1))
+    if tz.n > 0 then
+        local added = redis.pcall('ZADD', z, unpack(args))
+        if type(added) == 'table' and added.err then
+            -- Not a sorted set (damaged, or written by hand): it starts
+            -- over, as a damaged counter key does, rather than fail every
+            -- call that carries a member of it (the counts above are
+            -- written already).
+            rcall('DEL', z)
+            added = rcall('ZADD', z, unpack(args))
+        end
+        if added > 0 and rcall('ZCARD', z) > top_size + TOP_SLACK then
+            rcall('ZREMRANGEBYRANK', z, 0, -(top_size + 1))
+        end
     end
     if rcall('PTTL', z) < tz.ms then
         rcall('PEXPIRE', z, tz.ms)

@@ -254,6 +254,20 @@ class RedisStoreTest(h.SGTestCase):
         self.assertLessEqual(accepted[0], 7, "%d connections in 3 s" % accepted[0])
         self.assertGreaterEqual(accepted[0], 2)
 
+    def test_damaged_top_set_starts_over(self):
+        # A key that is no sorted set where a counter's top set lives made
+        # the script fail after the counts were written: the flooder's
+        # request that crossed the threshold got on_error (DUNNO), and so
+        # did every request batched with it.
+        self.redis.cmd("SET", "sg:@top:ip", "not a sorted set")
+        d = self.start_daemon(self.config())
+        c = self.client(d)
+        acts = [c.request(h.policy_request(client_address="198.51.100.90")) for _ in range(14)]
+        self.assertEqual(acts, ["DUNNO"] * 4 + [FLOOD % "198.51.100.90"] * 10)
+        self.assertNotIn("on_error", d.log())
+        self.assertEqual(self.redis.cmd("TYPE", "sg:@top:ip"), "zset")
+        self.assertIn("sg:ip:198.51.100.90", self.redis.cmd("ZRANGE", "sg:@top:ip", 0, -1))
+
     def test_start_with_redis_down(self):
         port = self.redis.port
         self.redis.stop()
