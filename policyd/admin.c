@@ -449,6 +449,31 @@ static void admin_score(struct admin_conn *c, const char *params, size_t plen)
     store_peek(c->ad->srv->store, &u, 1, admin_on_score, c);
 }
 
+/* admin_key_escaped - a key with bytes JSON text cannot carry as they
+ * are (controls, invalid UTF-8: "key" shows them as '?') or a backslash,
+ * as "key_escaped": printable ASCII kept, every other byte and '\\' as
+ * \xNN, the form the log uses; the bytes themselves can then be passed
+ * back, e.g. with the shell's $'...' quoting. Nothing for a plain key. */
+static void admin_key_escaped(struct textbuf *b, const char *key, size_t len)
+{
+    bool plain = true;
+    for (size_t i = 0; i < len && plain; i++)
+        plain = key[i] >= 0x20 && key[i] < 0x7f && key[i] != '\\';
+    if (plain)
+        return;
+    char esc[4 * RULES_MAX_KEY + 1];
+    size_t o = 0;
+    for (size_t i = 0; i < len && o + 5 < sizeof esc; i++) {
+        unsigned char ch = (unsigned char)key[i];
+        if (ch >= 0x20 && ch < 0x7f && ch != '\\')
+            esc[o++] = (char)ch;
+        else
+            o += (size_t)snprintf(esc + o, sizeof esc - o, "\\x%02x", ch);
+    }
+    textbuf_printf(b, ",\"key_escaped\":");
+    textbuf_json_str(b, esc, o);
+}
+
 static void admin_on_top(void *arg, int status, const struct store_top_entry *e, size_t n)
 {
     struct admin_conn *c = arg;
@@ -465,6 +490,7 @@ static void admin_on_top(void *arg, int status, const struct store_top_entry *e,
             size_t skip = e[i].key_len > clen ? clen + 1 : 0;
             textbuf_printf(&b, "%s{\"key\":", i ? "," : "");
             textbuf_json_str(&b, e[i].key + skip, e[i].key_len - skip);
+            admin_key_escaped(&b, e[i].key + skip, e[i].key_len - skip);
             textbuf_printf(&b, ",\"score\":%.*f,\"exact\":%.6f}", c->precision,
                       decay_round(e[i].score, c->precision), e[i].score);
         }

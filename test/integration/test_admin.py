@@ -264,6 +264,27 @@ class AdminTest(h.SGTestCase):
             st, _, _ = http(self.admin, "GET", "/top?counter=ip&n=" + bad)
             self.assertEqual(st, 400, "n=" + bad)
 
+    def test_key_with_odd_bytes_listed_escaped_and_reset(self):
+        # A SASL name with a control byte and one that is not UTF-8: /top
+        # showed it as "mal??[31m", which reset nothing, and the bytes
+        # themselves made smtpguardctl fail as "cannot reach" (exit 3).
+        self.start()
+        user = b"mal\xff\x1b[31m"
+        for _ in range(3):
+            self.c.send_raw(b"request=smtpd_access_policy\nprotocol_state=RCPT\n"
+                            b"client_address=198.51.100.24\nsasl_username=" + user + b"\n\n")
+            self.assertIn("action=", self.c.read_answer())
+        self.assertEqual(self.redis.cmd("EXISTS", b"sg:user:" + user), 1)
+        rc, out, err = self.ctl("--json", "top", "user")
+        self.assertEqual(rc, 0, err)
+        keys = json.loads(out)["keys"]
+        self.assertEqual([k.get("key_escaped") for k in keys], ["mal\\xff\\x1b[31m"])
+        rc, out, err = self.ctl("top", "user")
+        self.assertIn("mal\\xff\\x1b[31m", out)
+        rc, out, err = self.ctl("reset", "user", os.fsdecode(user))
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(self.redis.cmd("EXISTS", b"sg:user:" + user), 0)
+
     def test_token_file_blanks_and_bytes(self):
         # A blank after the token in its file locked every change out
         # (HTTP drops it from the header); bytes no header can carry are
@@ -356,6 +377,19 @@ class AdminTest(h.SGTestCase):
         for bad in ("bogus", "127.0.0.1:82577"):
             rc, out, err = run(["-a", bad, "status"])
             self.assertEqual(rc, 2, (bad, err))
+        # A config that is not UTF-8 (a Latin-1 comment) and a token file
+        # of bytes no header can carry: tracebacks before.
+        latin1 = self.tmp.join("latin1.yaml")
+        with open(latin1, "wb") as f:
+            f.write(b"# M\xfcller\nadmin: { listen: \"%s\" }\n" % self.admin.encode())
+        rc, out, err = run(["health"], cfg=latin1)
+        self.assertEqual(rc, 0, err)
+        badtok = self.tmp.join("bad.token")
+        with open(badtok, "wb") as f:
+            f.write(b"\xffbinarytoken\n")
+        rc, out, err = run(["-a", self.admin, "--token-file", badtok, "reload"])
+        self.assertEqual(rc, 2, err)
+        self.assertNotIn("Traceback", err)
 
     def test_request_runs_once_while_its_store_call_is_out(self):
         # Bytes after a complete request, while its Redis call is out,

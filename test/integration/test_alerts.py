@@ -425,6 +425,19 @@ class TrackingTest(h.SGTestCase):
             rc, out, err = run(*(["--file", path] if bad[0] == "--limit" else []) + bad)
             self.assertEqual(rc, 2, (bad, err))
             self.assertNotIn("Traceback", err)
+        # Records of ours in shape, with fields of other types: a time out
+        # of range, recipients that are no list, a sender that is a number.
+        odd = self.tmp.write("odd2.jsonl",
+                             '{"time":1e20,"client_address":"192.0.2.3"}\n'
+                             '{"type":"message","recipients":"abc","recipients_total":"9"}\n'
+                             '{"sender":5,"verdicts":[1]}\n'
+                             '{"type":"message","recipients":[1,"a@x"],"verdicts":[1,{"rule":2}]}\n')
+        for args in ([], ["--sender", "x"], ["--user", "u"], ["--ip", "192.0.2.3"]):
+            rc, out, err = run("--file", odd, *args)
+            self.assertEqual(rc, 0, (args, err))
+            self.assertNotIn("Traceback", err)
+        rc, out, err = run("--file", odd, "--ip", "192.0.2.3")
+        self.assertIn("192.0.2.3", out)
 
     def test_stream_events_refused_by_redis_are_counted(self):
         # An XADD that Redis refuses (the key holds a string) lost the
