@@ -317,7 +317,7 @@ static void admin_gauges(struct server *srv, struct metrics_gauges *g)
         unsigned long long evictions;
         store_memory_stats(srv->store, &keys, &evictions);
         g->store_keys = (long long)keys;
-        g->store_evictions = (long long)evictions;
+        g->store_evictions = (long long)(evictions + srv->evictions_before);
     }
 }
 

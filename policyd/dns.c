@@ -478,20 +478,44 @@ void dns_job_stop(struct dns *d, struct dns_job *job)
 
 /* ---- stats ---- */
 
-void dns_zone_hit(struct dns *d, const char *zone)
+/* dns_zone_stat - zone's entry, made (0 hits) if there is room; or NULL. */
+static struct dns_zone_stat *dns_zone_stat(struct dns *d, const char *zone)
 {
-    for (size_t i = 0; i < d->stats.n_zones; i++) {
-        if (strcmp(d->stats.zones[i].zone, zone) == 0) {
-            d->stats.zones[i].hits++;
-            return;
-        }
-    }
+    for (size_t i = 0; i < d->stats.n_zones; i++)
+        if (strcmp(d->stats.zones[i].zone, zone) == 0)
+            return &d->stats.zones[i];
     if (d->stats.n_zones >= DNS_MAX_ZONE_STATS)
-        return;
+        return NULL;
     size_t i = d->stats.n_zones++;
     d->zone_names[i] = xstrdup(zone);
     d->stats.zones[i].zone = d->zone_names[i];
-    d->stats.zones[i].hits = 1;
+    d->stats.zones[i].hits = 0;
+    return &d->stats.zones[i];
+}
+
+void dns_zone_hit(struct dns *d, const char *zone)
+{
+    struct dns_zone_stat *z = dns_zone_stat(d, zone);
+    if (z)
+        z->hits++;
+}
+
+void dns_stats_carry(struct dns *into, const struct dns *from)
+{
+    const struct dns_stats *f = &from->stats;
+    struct dns_stats *t = &into->stats;
+    t->queries += f->queries;
+    t->answers += f->answers;
+    t->errors += f->errors;
+    t->cache_hits += f->cache_hits;
+    t->coalesced += f->coalesced;
+    t->timeouts += f->timeouts;
+    t->dropped += f->dropped;
+    for (size_t i = 0; i < f->n_zones; i++) {
+        struct dns_zone_stat *z = dns_zone_stat(into, f->zones[i].zone);
+        if (z)
+            z->hits += f->zones[i].hits;
+    }
 }
 
 void dns_timeout_note(struct dns *d, const char *what)

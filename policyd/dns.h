@@ -94,6 +94,10 @@ struct dns_stats {
     struct dns_zone_stat zones[DNS_MAX_ZONE_STATS];
 };
 
+/* dns_stats_carry - a reload's new resolver takes over the old one's
+ * counters (and zone hits), so that /metrics counters never go down. */
+void dns_stats_carry(struct dns *into, const struct dns *from);
+
 /* dns_open - a resolver on loop. Returns 0 or a negative errno with err. */
 int dns_open(struct dns **out, const struct dns_config *cfg, uv_loop_t *loop, char *err,
              size_t errlen);

@@ -194,7 +194,14 @@ int server_reload(struct server *srv)
             metrics_own->reload_failures++;
             return -EINVAL;
         }
-        /* Requests waiting on the old store get TEMPFAIL (on_error). */
+        /* Requests waiting on the old store get TEMPFAIL (on_error). The
+         * keys the old memory store evicted stay counted. */
+        if (old->store.backend == STORE_BACKEND_MEMORY) {
+            size_t keys;
+            unsigned long long evicted;
+            store_memory_stats(srv->store, &keys, &evicted);
+            srv->evictions_before += evicted;
+        }
         store_close(srv->store);
         srv->store = st;
         log_info("store changed to %s", store_name(st));
@@ -209,6 +216,7 @@ int server_reload(struct server *srv)
         } else {
             /* Requests waiting on the old one get their answers now
              * (missing ones count as failed). */
+            dns_stats_carry(d, srv->dns);
             dns_close(srv->dns);
             srv->dns = d;
             log_info("dns resolver settings changed");

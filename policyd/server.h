@@ -44,6 +44,7 @@ struct server {
     bool stopping;
     struct admin *admin;        /* HTTP admin API, or NULL when not configured */
     double start_time;          /* seconds since the epoch, for uptime and metrics */
+    unsigned long long evictions_before; /* by memory stores a reload replaced */
     struct log_limiter store_limiter;  /* "store failed" warnings */
     struct log_limiter refuse_limiter; /* refused clients */
     struct log_limiter limit_limiter;  /* connection cap */

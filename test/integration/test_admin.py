@@ -599,6 +599,47 @@ class MetricsTest(h.SGTestCase):
         self.assertEqual(sample(m, "smtpguard_store_keys"), 100)
         self.assertEqual(sample(m, "smtpguard_store_evictions_total"), 2 * 80 - 100)
 
+    def test_counters_survive_a_reload_that_replaces_store_and_resolver(self):
+        # A reload that changed store: or dns: replaced the memory store or
+        # the resolver, and their counters in /metrics started over at 0.
+        port, aport = h.free_port(), h.free_port()
+        admin = "127.0.0.1:%d" % aport
+        dead = self.dead_dns()
+        cfg = h.base_config(port, admin={"listen": admin},
+                            dns={"servers": [dead.address], "timeout": "200ms"})
+        cfg["store"] = {"backend": "memory", "memory": {"max_keys": 100}}
+        cfg["actions"] = [{"name": "bl", "when": {"dnsbl": ["bl.test"]}, "do": "reject"}] + \
+            cfg["actions"]
+        d = self.start_daemon(cfg)
+        c = self.client(d)
+
+        def scrape():
+            st, _, body = http(admin, "GET", "/metrics")
+            self.assertEqual(st, 200)
+            return parse_metrics(body)
+
+        for i in range(80):
+            c.request(h.policy_request(client_address="198.51.100.%d" % (i + 1),
+                                       sasl_username="u%d" % i), timeout=5)
+        before = scrape()
+        evicted = sample(before, "smtpguard_store_evictions_total")
+        queries = sample(before, "smtpguard_dns_queries_total")
+        errors = sample(before, "smtpguard_dns_timeouts_total")
+        self.assertEqual(evicted, 2 * 80 - 100)
+        self.assertGreater(queries, 0)
+        cfg["store"]["memory"]["max_keys"] = 200
+        cfg["dns"]["timeout"] = "300ms"
+        d.write_config(cfg)
+        mark = d.mark()
+        d.signal(signal.SIGHUP)
+        d.wait_log("config reloaded", since=mark)
+        self.assertIn("store changed", d.log()[mark:])
+        self.assertIn("dns resolver settings changed", d.log()[mark:])
+        after = scrape()
+        self.assertEqual(sample(after, "smtpguard_store_evictions_total"), evicted)
+        self.assertGreaterEqual(sample(after, "smtpguard_dns_queries_total"), queries)
+        self.assertGreaterEqual(sample(after, "smtpguard_dns_timeouts_total"), errors)
+
     def test_strict_parser_rejects(self):
         # The parser used above must fail on what Prometheus refuses.
         bad = [
