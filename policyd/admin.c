@@ -278,6 +278,10 @@ static void admin_json(struct admin_conn *c, int code, struct textbuf *b)
 __attribute__((format(printf, 3, 4))) static void admin_error(struct admin_conn *c, int code,
                                                               const char *fmt, ...)
 {
+    /* A request refused before it was read whole (too large, malformed)
+     * is an admin request too; dispatched ones were counted there. */
+    if (!c->dispatched)
+        metrics_own->admin_requests++;
     char msg[512];
     va_list ap;
     va_start(ap, fmt);

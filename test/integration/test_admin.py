@@ -255,9 +255,16 @@ class AdminTest(h.SGTestCase):
         st, body = reset_of_size("198.51.100.21", 8192)
         self.assertEqual(st, 200, body)
         self.assertIsNone(self.redis.cmd("GET", "sg:ip:198.51.100.21"))
+        def admin_requests():
+            st, _, body = http(self.admin, "GET", "/metrics")
+            return sample(parse_metrics(body), "smtpguard_admin_requests_total")
+        seen = admin_requests()
         st, body = reset_of_size("198.51.100.22", 8193)
         self.assertEqual(st, 413, body)
         self.assertIsNotNone(self.redis.cmd("GET", "sg:ip:198.51.100.22"))
+        # Refused before it was read whole, and counted all the same (+1
+        # for the scrape).
+        self.assertEqual(admin_requests(), seen + 2)
         # n= that does not decode is a 400, not a read of whatever the
         # buffer held.
         for bad in ("%zz", "12345678901234567", "%3", ""):
