@@ -80,6 +80,7 @@
 #define REDIS_MAX_INFLIGHT 1024 /* request records in flight or queued, at most */
 #define REDIS_BACKOFF_MIN_MS 100
 #define REDIS_BACKOFF_MAX_MS 5000
+#define REDIS_IDLE_PING_MS 1000     /* an idle connection is PINGed this often */
 #define REDIS_RESOLVE_MAX_MS 10000  /* a host name's resolution, on top of the connect timeout */
 #define REDIS_DEFAULT_PORT 6379
 #define REDIS_DEFAULT_TIMEOUT_MS 1000
@@ -192,6 +193,8 @@ struct store {
     unsigned backoff_ms;        /* next reconnection delay */
     uv_timer_t conn_timer;      /* backoff wait, or connect deadline */
     uv_timer_t deadline_timer;  /* armed for dl_head */
+    uv_timer_t ping_timer;      /* an idle connection's PING: is Redis still there? */
+    bool pinging;               /* a PING is out */
     uv_check_t check;           /* reports queued failures */
     uv_idle_t idle;             /* keeps poll from blocking while some are queued */
     uv_prepare_t flush;         /* sends the pending batch before the loop polls */
@@ -419,6 +422,42 @@ static void redis_held(struct store *st, size_t n)
     if (st->in_flight == 0)
         st->owing_since_ms = uv_now(st->loop);
     st->in_flight += n;
+}
+
+/*
+ * An idle connection is asked PING once a second: without calls out, a
+ * Redis that froze or whose host went away would never be noticed, and
+ * smtpguard_store_up would say 1 until the next request failed. The PING
+ * is owed like a call, so redis_deadline_cb drops the connection when it
+ * goes unanswered for two timeouts.
+ */
+static void redis_on_ping(struct respconn *rc, const redisReply *reply, void *privdata)
+{
+    struct store *st = privdata;
+
+    (void)rc;
+    st->pinging = false;
+    st->in_flight--;
+    if (reply)
+        st->owing_since_ms = uv_now(st->loop);
+    if (st->state != REDIS_STATE_CLOSED)
+        redis_deadline_arm(st);
+}
+
+static void redis_on_ping_timer(uv_timer_t *t)
+{
+    struct store *st = t->data;
+    static const char *const argv[1] = {"PING"};
+    static const size_t len[1] = {4};
+
+    if (st->state != REDIS_STATE_UP || st->pinging || st->in_flight > 0 ||
+        uv_now(st->loop) - st->owing_since_ms < REDIS_IDLE_PING_MS)
+        return;
+    if (redis_send(st, redis_on_ping, st, 1, (const char **)argv, len) == 0) {
+        st->pinging = true;
+        redis_held(st, 1);
+        redis_deadline_arm(st);
+    }
 }
 
 /* redis_cmd_send - send c on its own. Returns 0 or -EIO. */
@@ -1121,12 +1160,15 @@ static int redis_open(struct store **out, const struct store_config *cfg, uv_loo
 
     uv_timer_init(loop, &st->conn_timer);
     uv_timer_init(loop, &st->deadline_timer);
+    uv_timer_init(loop, &st->ping_timer);
+    uv_timer_start(&st->ping_timer, redis_on_ping_timer, REDIS_IDLE_PING_MS, REDIS_IDLE_PING_MS);
+    uv_unref((uv_handle_t *)&st->ping_timer);
     uv_check_init(loop, &st->check);
     uv_idle_init(loop, &st->idle);
     uv_prepare_init(loop, &st->flush);
-    st->conn_timer.data = st->deadline_timer.data = st;
+    st->conn_timer.data = st->deadline_timer.data = st->ping_timer.data = st;
     st->check.data = st->idle.data = st->flush.data = st;
-    st->handles_open = 5;
+    st->handles_open = 6;
     st->state = REDIS_STATE_WAITING;
     redis_connect_start(st);
     *out = st;
@@ -1440,6 +1482,7 @@ static void redis_close(struct store *st)
     st->state = REDIS_STATE_CLOSED;
     uv_close((uv_handle_t *)&st->conn_timer, redis_close_cb);
     uv_close((uv_handle_t *)&st->deadline_timer, redis_close_cb);
+    uv_close((uv_handle_t *)&st->ping_timer, redis_close_cb);
     uv_close((uv_handle_t *)&st->check, redis_close_cb);
     uv_close((uv_handle_t *)&st->idle, redis_close_cb);
     uv_close((uv_handle_t *)&st->flush, redis_close_cb);

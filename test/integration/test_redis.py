@@ -268,6 +268,27 @@ class RedisStoreTest(h.SGTestCase):
         self.assertEqual(self.redis.cmd("TYPE", "sg:@top:ip"), "zset")
         self.assertIn("sg:ip:198.51.100.90", self.redis.cmd("ZRANGE", "sg:@top:ip", 0, -1))
 
+    def test_store_up_follows_a_frozen_redis_without_traffic(self):
+        # With no calls out nothing noticed a Redis that stopped answering:
+        # smtpguard_store_up said 1 for as long as no request came.
+        from test_admin import http, parse_metrics, sample
+        admin = "127.0.0.1:%d" % h.free_port()
+        d = self.start_daemon(self.config(admin={"listen": admin}))
+        c = self.client(d)
+        self.assertEqual(c.request(h.policy_request(client_address="198.51.100.95")), "DUNNO")
+
+        def up():
+            st, _, body = http(admin, "GET", "/metrics")
+            return sample(parse_metrics(body), "smtpguard_store_up", backend="redis")
+        self.assertEqual(up(), 1)
+        self.redis.pause()
+        try:
+            h.wait_until(lambda: up() == 0, 5 * h.SLOW, interval=0.2,
+                         what="store_up to fall with Redis frozen and no traffic")
+        finally:
+            self.redis.resume()
+        h.wait_until(lambda: up() == 1, 10 * h.SLOW, interval=0.2, what="store_up back")
+
     def test_start_with_redis_down(self):
         port = self.redis.port
         self.redis.stop()
