@@ -910,15 +910,8 @@ static int admin_bind(struct admin *ad, uv_loop_t *loop, const char *address)
         uv_pipe_init(loop, &ad->h.pipe, 0);
         /* The socket file's mode is the guard: owner and group only. */
         mode_t old = umask(0117);
-        int fd = unixsock_bind(path, &ad->sock);
+        int rc = unixsock_pipe_open(&ad->h.pipe, path, &ad->sock);
         umask(old);
-        if (fd < 0)
-            return fd;
-        int rc = uv_pipe_open(&ad->h.pipe, fd);
-        if (rc < 0) {
-            close(fd);
-            unixsock_remove(path, &ad->sock);
-        }
         return rc;
     }
     uv_tcp_init(loop, &ad->h.tcp);

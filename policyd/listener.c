@@ -152,17 +152,10 @@ static int listener_bind_tcp(struct listener *l, const char *address)
 static int listener_bind_pipe(struct listener *l, const char *path)
 {
     uv_pipe_init(l->srv->loop, &l->h.pipe, 0);
-    int fd = unixsock_bind(path, &l->sock);
-    if (fd < 0)
-        return fd;
-    int rc = uv_pipe_open(&l->h.pipe, fd);
-    if (rc < 0) {
-        close(fd);
-        unixsock_remove(path, &l->sock);
-        return rc;
-    }
-    chmod(path, 0666); /* access is controlled by the directory (Postfix private/) */
-    return 0;
+    int rc = unixsock_pipe_open(&l->h.pipe, path, &l->sock);
+    if (rc == 0)
+        chmod(path, 0666); /* access is controlled by the directory (Postfix private/) */
+    return rc;
 }
 
 static void listener_on_close(uv_handle_t *h)

@@ -62,6 +62,19 @@ int unixsock_bind(const char *path, struct unixsock_id *id)
     return fd;
 }
 
+int unixsock_pipe_open(uv_pipe_t *pipe, const char *path, struct unixsock_id *id)
+{
+    int fd = unixsock_bind(path, id);
+    if (fd < 0)
+        return fd;
+    int rc = uv_pipe_open(pipe, fd);
+    if (rc < 0) {
+        close(fd);
+        unixsock_remove(path, id);
+    }
+    return rc;
+}
+
 void unixsock_remove(const char *path, const struct unixsock_id *id)
 {
     struct stat st;

@@ -14,6 +14,7 @@
 
 #include <stdbool.h>
 #include <sys/types.h>
+#include <uv.h>
 
 /* Which file a listener made: device and inode, taken after bind. */
 struct unixsock_id {
@@ -33,6 +34,11 @@ int unixsock_clear(const char *path);
  * by uv_pipe_bind, because libuv unlinks a path it bound when the handle
  * closes, whoever's file is there by then. */
 int unixsock_bind(const char *path, struct unixsock_id *id);
+
+/* unixsock_pipe_open - pipe (uv_pipe_init'ed by the caller) on a socket
+ * bound to path by unixsock_bind, ready for uv_listen. 0, or -errno with
+ * nothing left behind (no fd, no file). */
+int unixsock_pipe_open(uv_pipe_t *pipe, const char *path, struct unixsock_id *id);
 
 /* unixsock_remove - at stop: unlink path if it is still the file noted. */
 void unixsock_remove(const char *path, const struct unixsock_id *id);

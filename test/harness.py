@@ -546,12 +546,15 @@ class DeadDns:
 
 class SlowDns:
     """A UDP DNS server on loopback that answers every query NXDOMAIN,
-    each after `delay` seconds (a thread per query)."""
+    each after `delay` seconds (a thread per query); with a_record, every
+    A question with that IPv4 address instead (and any other question
+    with no record)."""
 
-    def __init__(self, delay):
+    def __init__(self, delay, bind=("127.0.0.1", 0), a_record=None):
         self.delay = delay
+        self.a_record = socket.inet_aton(a_record) if a_record else None
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(("127.0.0.1", 0))
+        self.sock.bind(bind)
         self.port = self.sock.getsockname()[1]
         self.queries = 0
         self._stop = False
@@ -566,6 +569,16 @@ class SlowDns:
         time.sleep(self.delay)
         # Same id and question; QR, RD, RA; rcode 3 (NXDOMAIN); no records.
         reply = q[:2] + bytes([0x81, 0x83]) + q[4:6] + b"\0\0\0\0\0\0" + q[12:]
+        if self.a_record:
+            end = 12
+            while end < len(q) and q[end] != 0:
+                end += q[end] + 1
+            question = q[12:end + 5]
+            if question[-4:-2] == b"\0\1":   # A: one record, the name by pointer
+                reply = (q[:2] + b"\x81\x80\0\1\0\1\0\0\0\0" + question +
+                         b"\xc0\x0c\0\1\0\1\0\0\0\x3c\0\4" + self.a_record)
+            else:                             # anything else: NOERROR, no record
+                reply = q[:2] + b"\x81\x80\0\1\0\0\0\0\0\0" + question
         try:
             self.sock.sendto(reply, addr)
         except OSError:

@@ -148,6 +148,15 @@ def parse_metrics(text):
     return fams
 
 
+def scrape(admin):
+    """The parsed /metrics of the admin listener at admin (a 200 or an
+    AssertionError)."""
+    st, _, body = http(admin, "GET", "/metrics")
+    if st != 200:
+        raise AssertionError("GET /metrics: HTTP %d: %s" % (st, body[:200]))
+    return parse_metrics(body)
+
+
 def sample(fams, family, suffix="", **labels):
     for name, lb, v in fams[family]["samples"]:
         if name == family + suffix and all(lb.get(k) == str(x) for k, x in labels.items()):
@@ -256,8 +265,7 @@ class AdminTest(h.SGTestCase):
         self.assertEqual(st, 200, body)
         self.assertIsNone(self.redis.cmd("GET", "sg:ip:198.51.100.21"))
         def admin_requests():
-            st, _, body = http(self.admin, "GET", "/metrics")
-            return sample(parse_metrics(body), "smtpguard_admin_requests_total")
+            return sample(scrape(self.admin), "smtpguard_admin_requests_total")
         seen = admin_requests()
         st, body = reset_of_size("198.51.100.22", 8193)
         self.assertEqual(st, 413, body)
@@ -517,7 +525,7 @@ class MetricsTest(h.SGTestCase):
                                             store=h.redis_store(r.port)))
         c = self.client(d)
 
-        def scrape():
+        def checked_scrape():
             st, hd, body = http(admin, "GET", "/metrics")
             self.assertEqual(st, 200)
             self.assertTrue(hd["content-type"].startswith("text/plain; version=0.0.4"))
@@ -530,12 +538,12 @@ class MetricsTest(h.SGTestCase):
                 raise AssertionError("promtool missing (CI=true; scripts/install-deps installs it)")
             return parse_metrics(body)
 
-        m0 = scrape()
+        m0 = checked_scrape()
         for i in range(6):
             c.request(h.policy_request(client_address="198.51.100.60"))
         c.request(h.policy_request(state="END-OF-MESSAGE", client_address="198.51.100.61"))
         c.request(h.policy_request(client_address="10.0.0.1"))
-        m1 = scrape()
+        m1 = checked_scrape()
         delta = lambda fam, suffix="", **lb: sample(m1, fam, suffix, **lb) - sample(m0, fam, suffix, **lb)  # noqa: E731
         self.assertEqual(delta("smtpguard_requests_total", protocol_state="RCPT"), 7)
         self.assertEqual(delta("smtpguard_requests_total", protocol_state="END-OF-MESSAGE"), 1)
@@ -553,9 +561,9 @@ class MetricsTest(h.SGTestCase):
         r.stop()
         for _ in range(3):
             self.assertEqual(c.request(h.policy_request(client_address="198.51.100.62")), "DUNNO")
-        h.wait_until(lambda: sample(scrape(), "smtpguard_store_up", backend="redis") == 0, 5,
+        h.wait_until(lambda: sample(checked_scrape(), "smtpguard_store_up", backend="redis") == 0, 5,
                      what="store_up 0")
-        m2 = scrape()
+        m2 = checked_scrape()
         self.assertEqual(sample(m2, "smtpguard_store_errors_total")
                          - sample(m1, "smtpguard_store_errors_total"), 3)
         self.assertEqual(sample(m2, "smtpguard_verdicts_total", rule="none", verdict="on_error")
@@ -567,7 +575,7 @@ class MetricsTest(h.SGTestCase):
         d.write_config("counters: {ip: {key: nothing}}\n")
         ok, _ = d.reload()
         self.assertFalse(ok)
-        m3 = scrape()
+        m3 = checked_scrape()
         self.assertEqual(sample(m3, "smtpguard_config_reloads_total"), 1)
         self.assertEqual(sample(m3, "smtpguard_config_reload_failures_total"), 1)
         self.assertEqual(sample(m3, "smtpguard_config_generation"), 2)
@@ -593,16 +601,11 @@ class MetricsTest(h.SGTestCase):
         d = self.start_daemon(cfg)
         c = self.client(d)
 
-        def scrape():
-            st, _, body = http(admin, "GET", "/metrics")
-            self.assertEqual(st, 200)
-            return parse_metrics(body)
-
-        self.assertEqual(sample(scrape(), "smtpguard_store_evictions_total"), 0)
+        self.assertEqual(sample(scrape(admin), "smtpguard_store_evictions_total"), 0)
         for i in range(80):
             c.request(h.policy_request(client_address="198.51.100.%d" % (i + 1),
                                        sasl_username="u%d" % i))
-        m = scrape()
+        m = scrape(admin)
         self.assertEqual(sample(m, "smtpguard_store_keys"), 100)
         self.assertEqual(sample(m, "smtpguard_store_evictions_total"), 2 * 80 - 100)
 
@@ -620,15 +623,10 @@ class MetricsTest(h.SGTestCase):
         d = self.start_daemon(cfg)
         c = self.client(d)
 
-        def scrape():
-            st, _, body = http(admin, "GET", "/metrics")
-            self.assertEqual(st, 200)
-            return parse_metrics(body)
-
         for i in range(80):
             c.request(h.policy_request(client_address="198.51.100.%d" % (i + 1),
                                        sasl_username="u%d" % i), timeout=5)
-        before = scrape()
+        before = scrape(admin)
         evicted = sample(before, "smtpguard_store_evictions_total")
         queries = sample(before, "smtpguard_dns_queries_total")
         errors = sample(before, "smtpguard_dns_timeouts_total")
@@ -642,7 +640,7 @@ class MetricsTest(h.SGTestCase):
         d.wait_log("config reloaded", since=mark)
         self.assertIn("store changed", d.log()[mark:])
         self.assertIn("dns resolver settings changed", d.log()[mark:])
-        after = scrape()
+        after = scrape(admin)
         self.assertEqual(sample(after, "smtpguard_store_evictions_total"), evicted)
         self.assertGreaterEqual(sample(after, "smtpguard_dns_queries_total"), queries)
         self.assertGreaterEqual(sample(after, "smtpguard_dns_timeouts_total"), errors)

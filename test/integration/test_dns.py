@@ -445,17 +445,12 @@ class DnsMetricsTest(h.SGTestCase):
             {"name": "bl", "when": {"dnsbl": ["bl.test"]}, "do": "reject",
              "message": "550 5.7.1 listed"}])
 
-        def scrape():
-            st, _, body = ta.http(admin, "GET", "/metrics")
-            self.assertEqual(st, 200)
-            return ta.parse_metrics(body)
-
         self.assertEqual(self.ask("198.51.100.10"), "550 5.7.1 listed")
-        first = scrape()
+        first = ta.scrape(admin)
         self.assertEqual(ta.sample(first, "smtpguard_dns_queries_total"), 1)
         self.assertEqual(ta.sample(first, "smtpguard_dns_zone_hits_total", zone="bl.test"), 1)
         self.assertEqual(self.ask("198.51.100.10"), "550 5.7.1 listed")
-        second = scrape()
+        second = ta.scrape(admin)
         self.assertEqual(ta.sample(second, "smtpguard_dns_queries_total"), 1, "asked again, not cached")
         self.assertGreaterEqual(ta.sample(second, "smtpguard_dns_cache_hits_total"), 1)
         self.assertEqual(ta.sample(second, "smtpguard_dns_zone_hits_total", zone="bl.test"), 2)

@@ -271,15 +271,14 @@ class RedisStoreTest(h.SGTestCase):
     def test_store_up_follows_a_frozen_redis_without_traffic(self):
         # With no calls out nothing noticed a Redis that stopped answering:
         # smtpguard_store_up said 1 for as long as no request came.
-        from test_admin import http, parse_metrics, sample
+        from test_admin import sample, scrape
         admin = "127.0.0.1:%d" % h.free_port()
         d = self.start_daemon(self.config(admin={"listen": admin}))
         c = self.client(d)
         self.assertEqual(c.request(h.policy_request(client_address="198.51.100.95")), "DUNNO")
 
         def up():
-            st, _, body = http(admin, "GET", "/metrics")
-            return sample(parse_metrics(body), "smtpguard_store_up", backend="redis")
+            return sample(scrape(admin), "smtpguard_store_up", backend="redis")
         self.assertEqual(up(), 1)
         self.redis.pause()
         try:
@@ -352,59 +351,10 @@ class RedisByNameTest(h.SGTestCase):
     def test_slow_resolver_does_not_keep_the_store_down(self):
         # A DNS answer slower than the 100 ms timeout counted against the
         # connect: every attempt timed out before connecting.
-        dns = SlowA(("127.0.0.2", 53), 0.3)
+        dns = h.SlowDns(0.3, bind=("127.0.0.2", 53), a_record="127.0.0.1")
         self.addCleanup(dns.close)
         d = self.daemon_with("resolv.conf", "nameserver 127.0.0.2\noptions timeout:2 attempts:1\n",
                              "slow-redis.test:%d" % self.redis.port)
         self.wait_counting(d, "198.51.100.71")
         self.assertGreater(dns.queries, 0)
 
-
-class SlowA:
-    """A UDP DNS server answering every A question with 127.0.0.1 (and
-    every other question with no record), each after `delay` seconds."""
-
-    def __init__(self, addr, delay):
-        self.delay = delay
-        self.queries = 0
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.sock.bind(addr)
-        self.sock.settimeout(0.2)
-        self._stop = False
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
-
-    def _answer(self, q, peer):
-        time.sleep(self.delay)
-        end = 12
-        while end < len(q) and q[end] != 0:
-            end += q[end] + 1
-        qtype = q[end + 1:end + 3]
-        question = q[12:end + 5]
-        if qtype == b"\x00\x01":
-            answer = b"\xc0\x0c\x00\x01\x00\x01\x00\x00\x00\x3c\x00\x04\x7f\x00\x00\x01"
-            head = q[:2] + b"\x81\x80\x00\x01\x00\x01\x00\x00\x00\x00"
-        else:
-            answer = b""
-            head = q[:2] + b"\x81\x80\x00\x01\x00\x00\x00\x00\x00\x00"
-        try:
-            self.sock.sendto(head + question + answer, peer)
-        except OSError:
-            pass
-
-    def _serve(self):
-        while not self._stop:
-            try:
-                q, peer = self.sock.recvfrom(2048)
-            except socket.timeout:
-                continue
-            except OSError:
-                return
-            if len(q) > 12:
-                self.queries += 1
-                threading.Thread(target=self._answer, args=(q, peer), daemon=True).start()
-
-    def close(self):
-        self._stop = True
-        self._thread.join(2)
-        self.sock.close()

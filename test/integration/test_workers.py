@@ -51,6 +51,17 @@ class WorkersTest(h.SGTestCase):
                     and len(set(re.findall(r"worker (\d+) started: pid=", log))) == n)
         h.wait_until(ready, 10, what="%d workers ready" % n)
 
+    def reload_all(self, d, cfg=None):
+        """SIGHUP (with cfg written first, if given), and wait until both
+        workers have reloaded to generation 2."""
+        mark = d.mark()
+        if cfg is not None:
+            d.write_config(cfg)
+        d.signal(signal.SIGHUP)
+        h.wait_until(lambda: len(re.findall(r"w=\d config reloaded generation=2",
+                                            d.log()[mark:])) == 2,
+                     10, what="both workers reloaded")
+
     def worker_pids(self, d):
         """{worker number: pid} of the latest start of each worker."""
         pids = {}
@@ -91,21 +102,16 @@ class WorkersTest(h.SGTestCase):
 
     def test_metrics_sum_every_worker(self):
         # /metrics is served by worker 0 and counts what both answered.
-        from test_admin import http, parse_metrics, sample
+        from test_admin import http, sample, scrape
         admin = "127.0.0.1:%d" % h.free_port()
         cfg = self.config(admin={"listen": admin})
         d = self.start_workers(cfg)
-
-        def scrape():
-            st, _, body = http(admin, "GET", "/metrics")
-            self.assertEqual(st, 200)
-            return parse_metrics(body)
 
         conns = self.connect_all(d)
         self.assertEqual(self.served_by(d), {"0", "1"})
         acts = [c.request(h.policy_request(client_address="198.51.100.9")) for c in conns]
         self.assertEqual(acts.count("DUNNO"), 4)
-        m = scrape()
+        m = scrape(admin)
         self.assertEqual(sample(m, "smtpguard_requests_total", protocol_state="HELO"), N_CONNS)
         self.assertEqual(sample(m, "smtpguard_requests_total", protocol_state="RCPT"), N_CONNS)
         self.assertEqual(sample(m, "smtpguard_verdicts_total", rule="flood", verdict="reject"),
@@ -114,23 +120,19 @@ class WorkersTest(h.SGTestCase):
         self.assertEqual(sample(m, "smtpguard_connections"), N_CONNS)
         self.assertEqual(sample(m, "smtpguard_connections_total"), N_CONNS)
         # One SIGHUP: every worker reloads, and that is one reload.
-        mark = d.mark()
-        d.signal(signal.SIGHUP)
-        h.wait_until(lambda: len(re.findall(r"w=\d config reloaded generation=2",
-                                            d.log()[mark:])) == 2,
-                     10, what="both workers reloaded")
-        self.assertEqual(sample(scrape(), "smtpguard_config_reloads_total"), 1)
+        self.reload_all(d)
+        self.assertEqual(sample(scrape(admin), "smtpguard_config_reloads_total"), 1)
         # A killed worker's connections are gone; what it counted stays.
         victim = self.worker_pids(d)[1]
         mark = d.mark()
         os.kill(victim, signal.SIGKILL)
         self.wait_workers_ready(d, mark, n=1)
-        m = scrape()
+        m = scrape(admin)
         self.assertLess(sample(m, "smtpguard_connections"), N_CONNS)
         self.assertEqual(sample(m, "smtpguard_requests_total", protocol_state="RCPT"), N_CONNS)
         for c in conns:
             c.close()
-        h.wait_until(lambda: sample(scrape(), "smtpguard_connections") == 0, 5,
+        h.wait_until(lambda: sample(scrape(admin), "smtpguard_connections") == 0, 5,
                      what="connections closed")
 
     def test_sighup_reaches_every_worker(self):
@@ -140,12 +142,7 @@ class WorkersTest(h.SGTestCase):
         self.assertEqual(self.served_by(d), {"0", "1"})
         cfg["actions"][0]["when"] = {"ip": ">= 1"}
         cfg["actions"][0]["message"] = "550 5.7.1 reloaded %{client_address}"
-        mark = d.mark()
-        d.write_config(cfg)
-        d.signal(signal.SIGHUP)
-        h.wait_until(lambda: len(re.findall(r"w=\d config reloaded generation=2",
-                                            d.log()[mark:])) == 2,
-                     10, what="both workers reloaded")
+        self.reload_all(d, cfg)
         for i, c in enumerate(conns):
             ip = "203.0.113.%d" % (i + 1)
             self.assertEqual(c.request(h.policy_request(client_address=ip)),
@@ -220,16 +217,14 @@ class WorkersTest(h.SGTestCase):
     def test_refused_reloads_are_counted_once(self):
         # A reload the supervisor refuses never reaches a worker, nor does
         # one the admin API refuses: /metrics counted neither before.
-        from test_admin import http, parse_metrics, sample
+        from test_admin import http, sample, scrape
         admin = "127.0.0.1:%d" % h.free_port()
         token = self.tmp.write("admin.token", "workers-test-token\n", mode=0o600)
         cfg = self.config(admin={"listen": admin, "token_file": token})
         d = self.start_workers(cfg)
 
         def failures():
-            st, _, body = http(admin, "GET", "/metrics")
-            self.assertEqual(st, 200)
-            return sample(parse_metrics(body), "smtpguard_config_reload_failures_total")
+            return sample(scrape(admin), "smtpguard_config_reload_failures_total")
 
         self.assertEqual(failures(), 0)
         mark = d.mark()
@@ -248,12 +243,7 @@ class WorkersTest(h.SGTestCase):
         self.assertEqual(st, 500)
         self.assertEqual(failures(), 3)
         # A good one: every worker reloads, and nothing more failed.
-        mark = d.mark()
-        d.write_config(cfg)
-        d.signal(signal.SIGHUP)
-        h.wait_until(lambda: len(re.findall(r"w=\d config reloaded generation=2",
-                                            d.log()[mark:])) == 2,
-                     10, what="both workers reloaded")
+        self.reload_all(d, cfg)
         self.assertEqual(failures(), 3)
 
     def test_admin_in_worker_zero_only(self):
