@@ -93,7 +93,7 @@ struct alert_proc {
 
 /* A question out to Redis. */
 struct alert_ask {
-    struct alert *a;
+    struct alert *a;            /* NULL once the alerts closed: the answer is dropped */
     struct alert_ask *prev, *next; /* in a->asks */
     char *id;                   /* rule NUL key */
     size_t id_len;
@@ -627,10 +627,23 @@ static void alert_ask_unlink(struct alert_ask *q)
         q->next->prev = q->prev;
 }
 
+static void alert_ask_free(struct alert_ask *q)
+{
+    alert_info_free(&q->ai);
+    free(q->id);
+    free(q);
+}
+
 static void alert_on_ask(void *arg, const struct redisReply *r)
 {
     struct alert_ask *q = arg;
     struct alert *a = q->a;
+    if (!a) {
+        /* The alerts were switched off while this was out (a reload;
+         * the Redis connection stayed for the event stream). */
+        alert_ask_free(q);
+        return;
+    }
     alert_ask_unlink(q);
     double now = (double)time(NULL);
     const redisReply *reply = (const redisReply *)r;
@@ -771,14 +784,14 @@ void alert_close(struct alert *a)
         if (a->q_len || a->sending || a->n_digest)
             log_warn("alerts off: %u mails waiting, %d being sent and %zu digest entries dropped",
                      a->q_len, a->sending ? 1 : 0, a->n_digest);
-        /* Questions still out: their answers will not come (the caller
-         * closed the redisaux first), or are dropped. */
+        /* Questions still out: the connection answers each exactly once
+         * (NULL when it closes), maybe after we are gone (a reload that
+         * switches alerts off keeps it for the event stream): they are
+         * left to that answer, which frees them. */
         while (a->asks) {
             struct alert_ask *q = a->asks;
             alert_ask_unlink(q);
-            alert_info_free(&q->ai);
-            free(q->id);
-            free(q);
+            q->a = NULL;
         }
         for (struct alert_mail *m = a->q_head, *next; m; m = next) {
             next = m->next;

@@ -559,3 +559,93 @@ class AlertConfigTest(h.SGTestCase):
             "counters:\n  ip: { key: client_address, half_life: 10m }\n"
             "actions:\n  - { name: flood, when: { ip: \">= 5\" }, do: [reject, mail ip] }\n")
         self.assertEqual(rc, 0, err)
+
+
+class HoldingProxy:
+    """A TCP proxy on loopback in front of a Redis that holds back, for
+    `delay` seconds, every client chunk that contains `match` (and what
+    follows it on that connection): one command made slow, the rest not."""
+
+    def __init__(self, target_port, match, delay):
+        import socket
+        import threading
+        self.target_port, self.match, self.delay = target_port, match, delay
+        self.srv = socket.socket()
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.srv.settimeout(0.2)
+        self.port = self.srv.getsockname()[1]
+        self.held = 0
+        self._stop = False
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _pipe(self, src, dst, upstream):
+        while not self._stop:
+            try:
+                data = src.recv(65536)
+            except OSError:
+                break
+            if not data:
+                break
+            if upstream and self.match in data:
+                self.held += 1
+                time.sleep(self.delay)
+            try:
+                dst.sendall(data)
+            except OSError:
+                break
+        for s in (src, dst):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+    def _accept(self):
+        import socket
+        import threading
+        while not self._stop:
+            try:
+                c, _ = self.srv.accept()
+            except OSError:
+                continue
+            c.settimeout(None)
+            up = socket.create_connection(("127.0.0.1", self.target_port))
+            for a, b, u in ((c, up, True), (up, c, False)):
+                t = threading.Thread(target=self._pipe, args=(a, b, u), daemon=True)
+                t.start()
+                self._threads.append(t)
+
+    def close(self):
+        self._stop = True
+        self.srv.close()
+
+
+class AlertReloadTest(h.SGTestCase):
+
+    def test_alerts_switched_off_while_a_dedup_question_is_out(self):
+        # The event stream keeps the side Redis connection across a reload
+        # that switches alerts off; the de-dup question still out then got
+        # its answer into freed memory (a crash).
+        catcher = h.SMTPCatcher()
+        self.addCleanup(catcher.stop)
+        redis = self.start_redis()
+        proxy = HoldingProxy(redis.port, b"alert-suppressed", 2.0 * h.SLOW)
+        self.addCleanup(proxy.close)
+        store = h.redis_store(proxy.port)
+        store["redis"]["timeout"] = "1s"
+        cfg = alert_config(h.free_port(), catcher.port, store=store)
+        cfg["log"] = {"stderr": True, "level": "info", "stream": {"key": "sg:events"}}
+        d = self.start_daemon(cfg)
+        c = self.client(d)
+        for _ in range(5):
+            c.request(h.policy_request(client_address="198.51.100.66"))
+        h.wait_until(lambda: proxy.held > 0, 5, what="the de-dup question held by the proxy")
+        cfg.pop("alerts")
+        cfg["actions"][0]["do"] = "reject"
+        ok, _ = d.reload(cfg)
+        self.assertTrue(ok)
+        time.sleep(2.5 * h.SLOW)    # the held question is answered now
+        self.assertTrue(d.running(), "the daemon died: %s" % d.log_tail())
+        self.assertEqual(c.request(h.policy_request(client_address="198.51.100.66")),
+                         "550 5.7.1 198.51.100.66 sent too much")
