@@ -355,8 +355,10 @@ static void alert_on_proc_timeout(uv_timer_t *t)
     if (p->exited)
         return;
     p->timed_out = true;
-    /* Our own child, by its handle; its exit callback closes the rest. */
-    uv_process_kill(&p->proc, SIGKILL);
+    /* Our own child and whatever it started (a real sendmail leaves its
+     * postdrop behind), by the process group it leads; its exit callback
+     * closes the rest. */
+    kill(-p->proc.pid, SIGKILL);
 }
 
 static void alert_on_shutdown(uv_shutdown_t *req, int status)
@@ -409,6 +411,9 @@ static void alert_start_sendmail(struct alert *a, struct alert_mail *m)
         .args = args,
         .stdio_count = 3,
         .stdio = stdio,
+        /* A session and process group of its own (setsid), so that a
+         * timeout ends its children too, not only the process we ran. */
+        .flags = UV_PROCESS_DETACHED,
     };
     a->proc = p;
     p->handles = 2;
@@ -809,7 +814,7 @@ void alert_close(struct alert *a)
         if (a->proc && !a->proc->exited) {
             /* Our own child, by its handle, and only while it runs. */
             a->proc->timed_out = true;
-            uv_process_kill(&a->proc->proc, SIGKILL);
+            kill(-a->proc->proc.pid, SIGKILL);
         }
     }
     /* Back here from the delivery's callback once it has ended. */

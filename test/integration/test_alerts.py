@@ -221,6 +221,33 @@ class AlertTest(h.SGTestCase):
         mails = ok.wait_mails(1, timeout=10)
         self.assertIn("ip:198.51.100.44", mails[0].message()["Subject"])
 
+    def test_hung_sendmail_killed_with_its_children(self):
+        # A sendmail that hangs was killed alone: what it had started (a
+        # real one's postdrop) was left running, one more at every retry.
+        pids = self.tmp.join("children")
+        fake = self.tmp.write("hung-sendmail", "#!/bin/sh\n"
+                              "sleep 100 &\n"
+                              "echo $! >> %s\n"
+                              "cat > /dev/null\n"
+                              "wait\n" % pids, mode=0o755)
+        d = self.start_daemon(alert_config(h.free_port(), sendmail=fake, timeout="1s",
+                                           retries=1, retry_delay="200ms"))
+        c = self.client(d)
+        for _ in range(5):
+            c.request(h.policy_request(client_address="198.51.100.67"))
+        d.wait_log("given up", timeout=10 * h.SLOW)
+
+        def gone(pid):
+            try:
+                with open("/proc/%d/stat" % pid) as f:
+                    return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+            except FileNotFoundError:
+                return True
+        with open(pids) as f:
+            children = [int(x) for x in f.read().split()]
+        self.assertEqual(len(children), 2)     # the try and its retry
+        h.wait_until(lambda: all(gone(p) for p in children), 5, what="the children killed")
+
     def test_sendmail_and_digest(self):
         spool = self.tmp.mkdir("spool")
         fake = self.tmp.write("fake-sendmail", "#!/bin/sh\n"
