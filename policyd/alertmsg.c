@@ -239,8 +239,12 @@ static void alertmsg_subject(struct textbuf *out, const char *s)
     textbuf_str(out, "Subject:");
     size_t i = 0;
     while (i < n) {
-        /* 45 bytes make 60 base64 characters: 72 with the wrapper. */
-        size_t j = i + 45 < n ? i + 45 : n;
+        /* 45 bytes make 60 base64 characters, 72 with the wrapper: 73
+         * with a continuation line's blank, but the first line has
+         * "Subject: " before it, so its word takes 39 bytes (52 + 12 + 9
+         * = 73): every line within RFC 2047's 76 characters. */
+        size_t chunk = i ? 45 : 39;
+        size_t j = i + chunk < n ? i + chunk : n;
         while (j < n && j > i + 1 && ((unsigned char)s[j] & 0xc0) == 0x80)
             j--;
         textbuf_str(out, i ? "\r\n =?UTF-8?B?" : " =?UTF-8?B?");

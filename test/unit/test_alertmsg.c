@@ -233,6 +233,18 @@ static void test_alertmsg_long_subject_cut_between_characters(void **state)
     }
     assert_true(words > 10);
     assert_true(total <= 900 && total >= 898);
+    /* RFC 2047: a header line with encoded words is at most 76
+     * characters, the first ("Subject: ...") too. */
+    const char *subj = strstr(m, "Subject:");
+    const char *hend = strstr(subj, "\r\n\r\n");
+    for (const char *l = subj; l && l < hend;) {
+        const char *e = strstr(l, "\r\n");
+        if ((size_t)(e - l) > 76)
+            fail_msg("a Subject line of %zu characters", (size_t)(e - l));
+        l = e + 2;
+        if (*l != ' ')
+            break; /* the next header */
+    }
     textbuf_fini(&b);
 }
 
