@@ -20,6 +20,8 @@
 #include "log.h"
 #include "xalloc.h"
 
+#define SMTPC_DOT_TIMEOUT_MS 600000u /* the final dot's reply: RFC 5321's 10 minutes */
+
 enum smtpc_state {
     SMTPC_CONNECT,
     SMTPC_GREETING,
@@ -190,17 +192,28 @@ static void smtpc_fail(struct smtpc *c, int status, const char *why)
     smtpc_close(c);
 }
 
+/* smtpc_step_ms - the wait for the reply now owed. The reply to the
+ * data's final dot gets at least RFC 5321's 10 minutes (4.5.3.2.6): the
+ * relay may be busy with the message it has, and giving up then sends
+ * it again when the relay did take it (a copy per retry). */
+static unsigned smtpc_step_ms(const struct smtpc *c)
+{
+    if (c->state == SMTPC_DOT && c->timeout_ms < SMTPC_DOT_TIMEOUT_MS)
+        return SMTPC_DOT_TIMEOUT_MS;
+    return c->timeout_ms;
+}
+
 static void smtpc_on_timeout(uv_timer_t *t)
 {
     struct smtpc *c = t->data;
     char why[96];
-    snprintf(why, sizeof why, "no answer within %u ms", c->timeout_ms);
+    snprintf(why, sizeof why, "no answer within %u ms", smtpc_step_ms(c));
     smtpc_fail(c, -EAGAIN, why);
 }
 
 static void smtpc_arm(struct smtpc *c)
 {
-    uv_timer_start(&c->timer, smtpc_on_timeout, c->timeout_ms, 0);
+    uv_timer_start(&c->timer, smtpc_on_timeout, smtpc_step_ms(c), 0);
 }
 
 static void smtpc_on_write(uv_write_t *req, int status)

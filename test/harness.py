@@ -1349,12 +1349,14 @@ class SMTPCatcher:
     """An SMTP server thread on 127.0.0.1:PORT that stores what it receives.
 
     mode: "accept" (250 to everything), "tempfail" (451 at MAIL FROM),
-    "hang" (accepts the connection, never says a word). Every session has
-    a deadline; stop() closes the socket and joins the threads."""
+    "hang" (accepts the connection, never says a word). dot_delay: seconds
+    before the reply to the data's final dot. Every session has a
+    deadline; stop() closes the socket and joins the threads."""
 
-    def __init__(self, mode="accept", port=None):
+    def __init__(self, mode="accept", port=None, dot_delay=0):
         import threading
         self.mode = mode
+        self.dot_delay = dot_delay
         self.port = port or free_port()
         self.mails = []
         self.sessions = 0
@@ -1425,6 +1427,7 @@ class SMTPCatcher:
                         lines.append(l)
                     with self.lock:
                         self.mails.append(CaughtMail(mail_from, rcpts, b"".join(lines)))
+                    time.sleep(self.dot_delay)
                     conn.sendall(b"250 2.0.0 queued as CATCHED\r\n")
                 elif verb == "QUIT":
                     conn.sendall(b"221 bye\r\n")

@@ -221,6 +221,21 @@ class AlertTest(h.SGTestCase):
         mails = ok.wait_mails(1, timeout=10)
         self.assertIn("ip:198.51.100.44", mails[0].message()["Subject"])
 
+    def test_slow_final_dot_reply_is_waited_for(self):
+        # The step timeout covered the reply to the data's final dot too: a
+        # relay that took 3 s to queue the mail got it three times.
+        slow = h.SMTPCatcher(dot_delay=3)
+        self.addCleanup(slow.stop)
+        d = self.start_daemon(alert_config(h.free_port(), slow.port, timeout="1s", retries=2))
+        c = self.client(d)
+        for _ in range(5):
+            c.request(h.policy_request(client_address="198.51.100.68"))
+        d.wait_log(r"alert rule=flood key=\S+ (sent to|[^\n]*given up)", timeout=15 * h.SLOW)
+        self.assertRegex(d.log(), r"alert rule=flood key=\S+ sent to abuse@isp.example")
+        self.assertNotIn("failed (try", d.log())
+        self.assertEqual(len(slow.mails), 1)
+        self.assertEqual(slow.sessions, 1)
+
     def test_hung_sendmail_killed_with_its_children(self):
         # A sendmail that hangs was killed alone: what it had started (a
         # real one's postdrop) was left running, one more at every retry.
