@@ -2202,7 +2202,10 @@ static struct cond *config_parse_dns_check(struct loader *ld, const char *key, y
                     ok = false;
                     continue;
                 }
-                char *code = xstrdup(s);
+                /* Numeric codes as three digits ("36" and "036" are
+                 * Australia), as the answer is written (dnsname.c). */
+                char *code = country_kind == DNSQ_COUNTRY_TXT ? xstrdup(s)
+                                                              : xasprintf("%03u", (unsigned)atoi(s));
                 for (char *p = code; *p; p++)
                     *p = (char)toupper((unsigned char)*p);
                 c->countries = xreallocarray(c->countries, c->n_countries + 1, sizeof *c->countries);

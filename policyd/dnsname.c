@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/socket.h>
 
 const char *dns_status_name(enum dns_status s)
@@ -203,8 +204,12 @@ bool dnscode_match(const struct dnscode *codes, size_t n, uint32_t addr)
 {
     if (n == 0)
         return (addr >> 24) == 127 && (addr >> 8) != 0x7fffffu;
+    /* A bit mask tests the bits of a listing, which is a 127.x answer
+     * other than 127.255.255.x (a list's "refused"); a range or address
+     * says itself which answers it means. */
+    bool listing = (addr >> 24) == 127 && (addr >> 8) != 0x7fffffu;
     for (size_t i = 0; i < n; i++) {
-        if (codes[i].mask ? (addr & codes[i].mask) != 0
+        if (codes[i].mask ? listing && (addr & codes[i].mask) != 0
                           : addr >= codes[i].lo && addr <= codes[i].hi)
             return true;
     }
@@ -332,6 +337,10 @@ int dnsq_first(enum dnsq_kind kind, const char *zone, const char *subject, size_
         q->type = kind == DNSQ_RDNS ? DNS_T_PTR : kind == DNSQ_COUNTRY_TXT ? DNS_T_TXT : DNS_T_A;
         return 1;
     case DNSQ_LIST_NAME:
+        /* Postfix's placeholder for a client without a name
+         * (client_name, reverse_client_name): nothing to ask. */
+        if (len == 7 && strncasecmp(subject, "unknown", 7) == 0)
+            return dnsq_done(ans, DNS_NOTASKED);
         n = dnsname_normalize(subject, len, name, sizeof name);
         if (n < 0 || dnsname_join(name, (size_t)n, zone, q->name, sizeof q->name) < 0)
             return dnsq_done(ans, DNS_NOTASKED);
@@ -401,7 +410,8 @@ int dnsq_next(enum dnsq_kind kind, const struct dnscode *codes, size_t n_codes,
     case DNSQ_COUNTRY_A:
         if (!found || rr->addr[0].family != AF_INET)
             return dnsq_done(ans, DNS_NOTFOUND);
-        snprintf(ans->text, sizeof ans->text, "%u",
+        /* Three digits, as ISO 3166 writes them (036 is Australia). */
+        snprintf(ans->text, sizeof ans->text, "%03u",
                  (unsigned)rr->addr[0].bytes[2] << 8 | rr->addr[0].bytes[3]);
         return dnsq_done(ans, DNS_FOUND);
     case DNSQ_RDNS:

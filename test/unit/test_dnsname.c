@@ -124,6 +124,10 @@ static void test_dnsname_codes(void **state)
         {"mask bit set", "&4", 0x7f000006, true},
         {"mask bit clear", "&4", 0x7f000002, false},
         {"hex mask", "&0x08", 0x7f00000a, true},
+        /* A mask tests listings only: not the lists' "refused" answer
+         * 127.255.255.x, nor what a resolver that rewrites NXDOMAIN gives. */
+        {"mask on refused", "&2", 0x7ffffffe, false},
+        {"mask on a non-127 answer", "&2", 0xc6336406, false},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         struct dnscode c;
@@ -301,6 +305,9 @@ static void test_dnsname_check_lists(void **state)
     assert_int_equal(ans.status, DNS_NOTASKED);
     assert_int_equal(dnsq_first(DNSQ_LIST_NAME, "rhs.example", NULL, 0, &st, &q, &ans), 0);
     assert_int_equal(ans.status, DNS_NOTASKED);
+    /* of: client_name: Postfix's "unknown" is no name to ask about. */
+    assert_int_equal(dnsq_first(DNSQ_LIST_NAME, "rhs.example", "unknown", 7, &st, &q, &ans), 0);
+    assert_int_equal(ans.status, DNS_NOTASKED);
     assert_int_equal(dnsq_first(DNSQ_LIST_NAME, "rhs.example", "b\xc3\xbc.example", 10, &st, &q, &ans), 0);
     assert_int_equal(ans.status, DNS_NOTASKED);
     assert_int_equal(dnsq_first(DNSQ_LIST_NAME, "rhs.example", "Spam.Example.", 13, &st, &q, &ans), 1);
@@ -420,6 +427,11 @@ static void test_dnsname_check_helo_and_country(void **state)
     rr = rr_addr("127.0.3.72"); /* 3 * 256 + 72 = 840, the USA */
     dnsq_next(DNSQ_COUNTRY_A, NULL, 0, &st, &rr, &q, &ans);
     assert_string_equal(ans.text, "840");
+    /* Three digits, as ISO 3166 writes them: 036 is Australia. */
+    dnsq_first(DNSQ_COUNTRY_A, "cc.example", "192.0.2.7", 9, &st, &q, &ans);
+    rr = rr_addr("127.0.0.36");
+    dnsq_next(DNSQ_COUNTRY_A, NULL, 0, &st, &rr, &q, &ans);
+    assert_string_equal(ans.text, "036");
 }
 
 int main(void)
