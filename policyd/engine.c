@@ -161,7 +161,8 @@ static void engine_dns_done(struct engine_req *er)
     const struct rules *r = er->cfg->rules;
     for (size_t i = 0; i < r->n_dnsqs; i++) {
         if (!er->ev.dns_need[i] || er->ev.dns[i].status != DNS_TEMPFAIL ||
-            !r->dnsqs[i].defer_on_error)
+            !r->dnsqs[i].defer_on_error ||
+            !rules_dns_failure_matters(r, &er->req, &er->ev, i))
             continue;
         /* on_error: defer - better a retry later than a wrong verdict. */
         er->dns_failed = true;

@@ -576,16 +576,41 @@ static bool rules_cond_is_dns(const struct cond *c)
     }
 }
 
+/* rules_dns_leaf_failed - a DNS leaf of c whose answer has not come, or
+ * came as a failure: its value is unknown. */
+static bool rules_dns_leaf_failed(const struct cond *c, const struct eval *ev)
+{
+    if (c->kind == COND_DNSLIST) {
+        for (size_t i = 0; i < c->n_members; i++)
+            if (ev->dns[c->members[i].dnsq].status == DNS_TEMPFAIL)
+                return true;
+        return false;
+    }
+    return c->dnsq >= 0 && ev->dns[c->dnsq].status == DNS_TEMPFAIL;
+}
+
+/* rules_cond_tri_with - c before the scores are known: with ev, the DNS
+ * answers in it are known except those that failed; without, every DNS
+ * leaf is unknown. */
+static enum rules_tri rules_cond_tri_with(const struct rules *r, const struct cond *c,
+                                          struct request *req, const struct eval *ev);
+
 /* rules_cond_tri - c before DNS and scores are known. */
 static enum rules_tri rules_cond_tri(const struct rules *r, const struct cond *c,
                                      struct request *req)
+{
+    return rules_cond_tri_with(r, c, req, NULL);
+}
+
+static enum rules_tri rules_cond_tri_with(const struct rules *r, const struct cond *c,
+                                          struct request *req, const struct eval *ev)
 {
     enum rules_tri res, t;
     switch (c->kind) {
     case COND_ALL:
         res = TRI_TRUE;
         for (size_t i = 0; i < c->n_children; i++) {
-            t = rules_cond_tri(r, c->children[i], req);
+            t = rules_cond_tri_with(r, c->children[i], req, ev);
             if (t == TRI_FALSE)
                 return TRI_FALSE;
             if (t == TRI_UNKNOWN)
@@ -595,7 +620,7 @@ static enum rules_tri rules_cond_tri(const struct rules *r, const struct cond *c
     case COND_ANY:
         res = TRI_FALSE;
         for (size_t i = 0; i < c->n_children; i++) {
-            t = rules_cond_tri(r, c->children[i], req);
+            t = rules_cond_tri_with(r, c->children[i], req, ev);
             if (t == TRI_TRUE)
                 return TRI_TRUE;
             if (t == TRI_UNKNOWN)
@@ -603,9 +628,11 @@ static enum rules_tri rules_cond_tri(const struct rules *r, const struct cond *c
         }
         return res;
     case COND_NOT:
-        t = rules_cond_tri(r, c->children[0], req);
+        t = rules_cond_tri_with(r, c->children[0], req, ev);
         return t == TRI_UNKNOWN ? TRI_UNKNOWN : t == TRI_TRUE ? TRI_FALSE : TRI_TRUE;
     default:
+        if (rules_cond_is_dns(c) && ev && !rules_dns_leaf_failed(c, ev))
+            return rules_cond_match(r, c, req, ev) ? TRI_TRUE : TRI_FALSE;
         if (rules_cond_is_dns(c) || c->subject.is_counter)
             return TRI_UNKNOWN;
         return rules_cond_match(r, c, req, NULL) ? TRI_TRUE : TRI_FALSE;
@@ -682,6 +709,49 @@ size_t rules_dns_needed(const struct rules *r, struct request *req, struct eval 
     for (size_t i = 0; i < r->n_dnsqs; i++)
         n += ev->dns_need[i];
     return n;
+}
+
+/* rules_cond_uses - c (or a condition under it) reads question q. */
+static bool rules_cond_uses(const struct cond *c, size_t q)
+{
+    if (c->kind == COND_DNSLIST) {
+        for (size_t i = 0; i < c->n_members; i++)
+            if ((size_t)c->members[i].dnsq == q)
+                return true;
+        return false;
+    }
+    if (rules_cond_is_dns(c))
+        return (size_t)c->dnsq == q;
+    for (size_t i = 0; i < c->n_children; i++)
+        if (rules_cond_uses(c->children[i], q))
+            return true;
+    return false;
+}
+
+bool rules_dns_failure_matters(const struct rules *r, struct request *req, const struct eval *ev,
+                               size_t q)
+{
+    /* The walk of rules_dns_needed, with the answers that came: a rule
+     * whose value still hangs on q, or whose weights would, is reached
+     * before counting stops or an action decides, or it is not. */
+    for (size_t i = 0; i < r->n_points; i++) {
+        const struct points_rule *pr = &r->points[i];
+        enum rules_tri t = pr->when ? rules_cond_tri_with(r, pr->when, req, ev) : TRI_TRUE;
+        if (pr->when && rules_cond_uses(pr->when, q) &&
+            (t == TRI_UNKNOWN || (t == TRI_TRUE && pr->adds_weight)))
+            return true;
+        if (t == TRI_TRUE && pr->then_set && !pr->log_only)
+            return false;
+    }
+    for (size_t i = 0; i < r->n_actions; i++) {
+        const struct action_rule *ar = &r->actions[i];
+        enum rules_tri t = ar->when ? rules_cond_tri_with(r, ar->when, req, ev) : TRI_TRUE;
+        if (t == TRI_UNKNOWN && rules_cond_uses(ar->when, q))
+            return true;
+        if (t == TRI_TRUE && !ar->log_only)
+            return false;
+    }
+    return false;
 }
 
 const struct action_rule *rules_decide(const struct rules *r, struct request *req, struct eval *ev)

@@ -272,6 +272,13 @@ size_t rules_dns_needed(const struct rules *r, struct request *req, struct eval 
  * `then:` rule (ev->stopped_by), in which case actions are not tested. */
 bool rules_eval_points(const struct rules *r, struct request *req, struct eval *ev);
 
+/* rules_dns_failure_matters - question q failed: can that change this
+ * request's answer? Not when counting stops (then:) or an action rule
+ * decides, on what is known, before any rule that reads q. ev holds the
+ * answers that came (rules_dns_needed's, filled in). */
+bool rules_dns_failure_matters(const struct rules *r, struct request *req, const struct eval *ev,
+                               size_t q);
+
 /* rules_eval_points_dns - the same, keeping the DNS answers put in
  * ev->dns[] since rules_dns_needed (and marking them ready). Plain
  * rules_eval_points starts from a blank ev: every DNS check not asked. */

@@ -269,12 +269,77 @@ static void test_rules_dns_weight_asks_every_zone(void **state)
     config_unref(c);
 }
 
+/* A failed question with on_error: defer defers only when its answer
+ * could change the verdict: not behind an allow-list that matched (then:
+ * ok), nor behind an action rule that decided first. */
+static void test_rules_dns_failure_matters(void **state)
+{
+    (void)state;
+    static const char *yaml =
+        "dns: { servers: [\"127.0.0.1:5353\"], timeout: 500ms }\n"
+        "counters:\n"
+        "  ip: { key: client_address, half_life: 10m }\n"
+        "points:\n"
+        "  - { name: allow, when: { dnswl: [wl.example] }, then: ok }\n"
+        "  - { name: bl, when: { dnsbl: { zones: [bl.example], on_error: defer } }, add: { ip: 5 } }\n"
+        "actions:\n"
+        "  - { name: first, when: { dnsbl: [bl0.example] }, do: reject }\n"
+        "  - { name: late, when: { dnsbl: { zones: [bl2.example], on_error: defer } }, do: reject }\n";
+    struct config_errors errs = {0};
+    struct config *c = config_load_string("fail.yaml", yaml, strlen(yaml), &errs);
+    for (size_t i = 0; i < errs.n; i++)
+        print_error("unexpected: %s\n", errs.msgs[i]);
+    config_errors_fini(&errs);
+    assert_non_null(c);
+    const struct rules *r = c->rules;
+    int wl = -1, bl = -1, bl0 = -1, bl2 = -1;
+    for (size_t i = 0; i < r->n_dnsqs; i++) {
+        const char *z = r->dnsqs[i].zone;
+        if (!strcmp(z, "wl.example")) wl = (int)i;
+        if (!strcmp(z, "bl.example")) bl = (int)i;
+        if (!strcmp(z, "bl0.example")) bl0 = (int)i;
+        if (!strcmp(z, "bl2.example")) bl2 = (int)i;
+    }
+    assert_true(wl >= 0 && bl >= 0 && bl0 >= 0 && bl2 >= 0);
+    struct request req;
+    struct eval ev;
+    request_init(&req);
+    static const struct {
+        const char *label;
+        uint32_t wl, bl0;   /* 0: not listed */
+        int failed;         /* 0: bl, 1: bl2 */
+        bool matters;
+    } cases[] = {
+        {"bl failed, not allow-listed", 0, 0, 0, true},
+        {"bl failed, allow-listed", 0x7f000a01, 0, 0, false},
+        {"bl2 failed, nothing decided before it", 0, 0, 1, true},
+        {"bl2 failed, the first action decided", 0, 0x7f000002, 1, false},
+        {"bl2 failed, allow-listed", 0x7f000a01, 0, 1, false},
+    };
+    for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+        request(&req, "RCPT", "192.0.2.7", NULL);
+        rules_dns_needed(r, &req, &ev);
+        ev.dns[wl].status = cases[k].wl ? DNS_FOUND : DNS_NOTFOUND;
+        ev.dns[wl].code = cases[k].wl;
+        ev.dns[bl0].status = cases[k].bl0 ? DNS_FOUND : DNS_NOTFOUND;
+        ev.dns[bl0].code = cases[k].bl0;
+        ev.dns[bl].status = cases[k].failed == 0 ? DNS_TEMPFAIL : DNS_NOTFOUND;
+        ev.dns[bl2].status = cases[k].failed == 1 ? DNS_TEMPFAIL : DNS_NOTFOUND;
+        int q = cases[k].failed == 0 ? bl : bl2;
+        if (rules_dns_failure_matters(r, &req, &ev, (size_t)q) != cases[k].matters)
+            fail_msg("%s: got %d, want %d", cases[k].label, !cases[k].matters, cases[k].matters);
+    }
+    request_fini(&req);
+    config_unref(c);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_rules_dns_needed_is_lazy),
         cmocka_unit_test(test_rules_dns_weights_min_and_templates),
         cmocka_unit_test(test_rules_dns_weight_asks_every_zone),
+        cmocka_unit_test(test_rules_dns_failure_matters),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
