@@ -485,6 +485,16 @@ int explain_main(int argc, char **argv)
         return 1;
     }
 
+    if (!x.fresh && x.cfg->store.backend == STORE_BACKEND_MEMORY) {
+        /* The daemon's memory store lives in the daemon: a private empty
+         * one here would explain every request as a client's first. */
+        fprintf(stderr, "smtpguard explain: the configured store is the daemon's own memory: "
+                        "its scores cannot be read from here; use --fresh (an empty store of "
+                        "explain's own), or a Redis store\n");
+        free(input);
+        config_unref(x.cfg);
+        return 3;
+    }
     uv_loop_init(&x.loop);
     struct store_config sc = x.cfg->store;
     if (x.fresh) {

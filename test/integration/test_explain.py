@@ -154,6 +154,16 @@ class ExplainStoreTest(h.SGTestCase):
         self.assertEqual(rc, 3, out + err)
         self.assertIn("did not answer (try --fresh)", err)
 
+    def test_memory_store_without_fresh_is_refused(self):
+        # The memory store's scores live in the daemon: explain read an
+        # empty private one and showed every request as a first, exit 0.
+        conf = self.tmp.write("mem.yaml", h.yaml_dump(h.base_config(h.free_port())))
+        rc, out, err = explain(["-c", conf], wire(h.policy_request()), self.tmp.path)
+        self.assertEqual(rc, 3, out + err)
+        self.assertIn("use --fresh", err)
+        rc, out, err = explain(["-c", conf, "--fresh"], wire(h.policy_request()), self.tmp.path)
+        self.assertEqual(rc, 0, err)
+
 
 class ExplainInputTest(h.SGTestCase):
 
