@@ -100,15 +100,21 @@ static void rb_redacted(struct recbuf *b, const char *v, size_t n, enum record_r
     } else if (redact == RECORD_REDACT_LOCALPART) {
         rb_str(b, "*");
     } else {
+        /* The whole local part, folded, in pieces: two that differ only
+         * past any fixed buffer must stay two keys. */
         char lower[512], hex[SHA1_HEX_LEN + 1];
-        size_t m = local < sizeof lower ? local : sizeof lower;
-        for (size_t i = 0; i < m; i++)
-            lower[i] = (v[i] >= 'A' && v[i] <= 'Z') ? (char)(v[i] - 'A' + 'a') : v[i];
         struct sha1 h;
         unsigned char dig[SHA1_DIGEST_LEN];
         sha1_init(&h);
         sha1_update(&h, "smtpguard-record:", 17);
-        sha1_update(&h, lower, m);
+        for (size_t off = 0; off < local; off += sizeof lower) {
+            size_t m = local - off < sizeof lower ? local - off : sizeof lower;
+            for (size_t i = 0; i < m; i++) {
+                char ch = v[off + i];
+                lower[i] = (ch >= 'A' && ch <= 'Z') ? (char)(ch - 'A' + 'a') : ch;
+            }
+            sha1_update(&h, lower, m);
+        }
         sha1_final(&h, dig);
         for (int i = 0; i < 8; i++)
             snprintf(hex + 2 * i, 3, "%02x", dig[i]);
