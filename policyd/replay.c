@@ -372,6 +372,26 @@ static void replay_decide(struct side *s, uv_loop_t *loop, unsigned long lineno,
     replay_account(s, t);
 }
 
+/* replay_read_line - the next line of in into buf (cap bytes), its
+ * length in *len; a line that does not fit is read to its end and
+ * dropped, *too_long set. False at the end of the input. */
+static bool replay_read_line(FILE *in, char *buf, size_t cap, size_t *len, bool *too_long)
+{
+    *len = 0;
+    *too_long = false;
+    int ch;
+    while ((ch = getc_unlocked(in)) != EOF) {
+        if (*len + 1 < cap)
+            buf[(*len)++] = (char)ch;
+        else
+            *too_long = true;
+        if (ch == '\n')
+            break;
+    }
+    buf[*len] = '\0';
+    return ch != EOF || *len > 0 || *too_long;
+}
+
 int replay_main(int argc, char **argv)
 {
     static const struct option opts[] = {
@@ -439,20 +459,21 @@ int replay_main(int argc, char **argv)
     struct rtable transitions = {0}, changed_keys = {0};
     uint64_t requests = 0, bad = 0, changed = 0;
     double t0 = 0, t_last = 0;
-    char *line = NULL;
-    size_t line_cap = 0;
+    /* A line longer than any the daemon writes is skipped as it is read,
+     * not held: memory stays bounded whatever the file holds. */
+    char *line = xmalloc(RECORD_MAX_LINE + 2);
     unsigned long lineno = 0;
-    ssize_t got;
-    while (status == 0 && (got = getline(&line, &line_cap, in)) >= 0) {
+    size_t len;
+    bool too_long;
+    while (status == 0 && replay_read_line(in, line, RECORD_MAX_LINE + 2, &len, &too_long)) {
         lineno++;
-        size_t len = (size_t)got;
         while (len && (line[len - 1] == '\n' || line[len - 1] == '\r'))
             len--;
-        if (len == 0)
+        if (len == 0 && !too_long)
             continue;
         double t;
         const char *why = NULL;
-        if (len > RECORD_MAX_LINE)
+        if (too_long)
             why = "line too long";
         else if (record_parse(line, len, &t, &sides[0].er.req, &why) < 0)
             ;

@@ -167,6 +167,26 @@ class ReplayTest(h.SGTestCase):
         self.assertEqual(rc, 2)
         self.assertIn("usage: smtpguard replay", err)
 
+    def test_long_line_skipped_without_holding_it(self):
+        # A line longer than any the daemon writes was read whole before
+        # it was refused: memory grew with it (100 MB for a 100 MB line).
+        good = '{"t":1700000000.000,"a":{"protocol_state":"RCPT","client_address":"192.0.2.1"}}\n'
+        p = subprocess.Popen([h.daemon_bin(), "replay", "-c", self.a, "-"], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.tmp.path)
+        chunk = b"x" * (1 << 20)
+        p.stdin.write(good.encode())
+        for _ in range(96):
+            p.stdin.write(chunk)
+        p.stdin.write(b"\n" + good.encode())
+        p.stdin.flush()
+        time.sleep(0.5)
+        with open("/proc/%d/status" % p.pid) as f:
+            hwm_kb = int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1))
+        out, err = p.communicate(timeout=60 * h.SLOW)
+        self.assertEqual(p.returncode, 0, err)
+        self.assertIn(b"line too long", err)
+        self.assertLess(hwm_kb, 64 * 1024, "replay held %d kB for a 96 MB line" % hwm_kb)
+
 
 class RecordTest(h.SGTestCase):
 
