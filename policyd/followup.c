@@ -149,6 +149,7 @@ static void followup_apply(const struct config *cfg)
     else if (cfg->tracking.enabled)
         track_configure(fu.track, &tc, now);
     else if (fu.track) {
+        track_close_all(fu.track);
         track_free(fu.track);
         fu.track = NULL;
     }
@@ -220,6 +221,9 @@ void followup_stop(void)
     if (!fu.started)
         return;
     fu.started = false;
+    /* Open transactions become records while the log and the stream
+     * can still take them. */
+    track_close_all(fu.track);
     actions_set_sink(NULL, NULL);
     if (fu.aux) {
         redisaux_close(fu.aux); /* before the alerts: it answers their questions */

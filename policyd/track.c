@@ -433,6 +433,16 @@ size_t track_expire(struct track *t, double now, size_t max)
     return n;
 }
 
+size_t track_close_all(struct track *t)
+{
+    size_t n = 0;
+    while (t && t->lru_head) {
+        track_close(t, t->lru_head, TRACK_ABORTED);
+        n++;
+    }
+    return n;
+}
+
 static bool track_has_key(const struct track_msg *m, const char *key, size_t len)
 {
     for (size_t i = 0; i < m->n_keys; i++)

@@ -129,6 +129,11 @@ bool track_note(struct track *t, const struct track_event *ev);
  * max of them (bounded work per call). Returns how many were closed. */
 size_t track_expire(struct track *t, double now, size_t max);
 
+/* track_close_all - close every open record as aborted (they are
+ * emitted): at stop, or when tracking is switched off, a transaction
+ * that never ended is still a record. Returns how many. */
+size_t track_close_all(struct track *t);
+
 /* track_recent - the newest records (open ones first, then the history,
  * newest first) that touched counter key; at most max into out.
  * Returns how many. */

@@ -436,6 +436,26 @@ class TrackingTest(h.SGTestCase):
         self.assertTrue(all(r["status"] == "aborted" for r in recs))
         self.assertEqual(len({r["instance"] for r in recs}), 152, "one record per transaction")
 
+    def test_open_transactions_recorded_at_stop(self):
+        # At SIGTERM the open transactions were freed without a record,
+        # and so when a reload switched tracking off.
+        d = self.start_daemon(self.config(tracking={"idle": "1h"}))
+        c = self.client(d)
+        message(c, "198.51.100.23", ["w1@example.net"], "S.1", data=False)
+        self.assertEqual(d.stop(), 0)
+        recs = json_records(self.tmp.join("events.jsonl"), "message")
+        self.assertEqual([(r["instance"], r["status"], r["recipients"]) for r in recs],
+                         [("S.1", "aborted", ["w1@example.net"])])
+        cfg = self.config(tracking={"idle": "1h"})
+        d2 = self.start_daemon(cfg, name="sg2")
+        c2 = self.client(d2)
+        message(c2, "198.51.100.24", ["w2@example.net"], "S.2", data=False)
+        cfg.pop("tracking")
+        ok, _ = d2.reload(cfg)
+        self.assertTrue(ok)
+        recs = json_records(self.tmp.join("events.jsonl"), "message")
+        self.assertIn(("S.2", "aborted"), [(r["instance"], r["status"]) for r in recs])
+
     def test_tracking_rule_chooses_messages(self):
         d = self.start_daemon(self.config(tracking={"when": {"sender": {"re": "@customer-x\\.example$"}}}))
         c = self.client(d)
