@@ -58,6 +58,8 @@ struct dns {
     struct dns_stats stats;
     char *zone_names[DNS_MAX_ZONE_STATS]; /* owned copies for stats */
     struct log_limiter error_limiter;     /* "SERVFAIL ..." */
+    struct log_limiter cap_limiter;       /* "queries in flight, not asking": its own, so
+                                           * that neither kind hides the other */
     struct log_limiter timeout_limiter;   /* "no answer within ..." */
 };
 
@@ -376,7 +378,7 @@ enum dns_ask_result dns_ask(struct dns *d, struct dnscache_waiter *w, uint16_t t
     }
     if (d->stats.inflight >= d->cfg.max_inflight) {
         d->stats.dropped++;
-        log_warn_every(&d->error_limiter, 60, "dns: %u queries in flight, not asking %s %s",
+        log_warn_every(&d->cap_limiter, 60, "dns: %u queries in flight, not asking %s %s",
                        d->stats.inflight, dns_type_name(type), name);
         dnscache_complete(d->cache, ref, &dns_tempfail, -1, dns_clock_ms(d->loop));
         *rr = &dns_tempfail;

@@ -550,8 +550,9 @@ class SlowDns:
     A question with that IPv4 address instead (and any other question
     with no record)."""
 
-    def __init__(self, delay, bind=("127.0.0.1", 0), a_record=None):
+    def __init__(self, delay, bind=("127.0.0.1", 0), a_record=None, rcode=3):
         self.delay = delay
+        self.rcode = rcode
         self.a_record = socket.inet_aton(a_record) if a_record else None
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(bind)
@@ -567,8 +568,8 @@ class SlowDns:
 
     def _answer(self, q, addr):
         time.sleep(self.delay)
-        # Same id and question; QR, RD, RA; rcode 3 (NXDOMAIN); no records.
-        reply = q[:2] + bytes([0x81, 0x83]) + q[4:6] + b"\0\0\0\0\0\0" + q[12:]
+        # Same id and question; QR, RD, RA; rcode (3: NXDOMAIN); no records.
+        reply = q[:2] + bytes([0x81, 0x80 | self.rcode]) + q[4:6] + b"\0\0\0\0\0\0" + q[12:]
         if self.a_record:
             end = 12
             while end < len(q) and q[end] != 0:

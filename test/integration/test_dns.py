@@ -346,6 +346,22 @@ class DnsTest(h.SGTestCase):
         st = self.stats()
         self.assertEqual((st["queries"], st["dropped"]), ("1", "1"))
 
+    def test_cap_and_failure_warnings_do_not_hide_each_other(self):
+        # One rate limiter served both warnings: the cap's line hid the
+        # SERVFAIL's for a minute (or the other way round).
+        slow = h.SlowDns(0.3, rcode=2)
+        self.addCleanup(slow.close)
+        self.start(slow.address, dns={"timeout": "1s", "max_inflight": 1}, actions=[
+            {"name": "bl", "when": {"dnsbl": ["bl.test"]}, "do": "reject", "message": "550 5.7.1 bl"}])
+        c1, c2 = self.client(self.d), self.client(self.d)
+        c1.send_raw(c1.encode(h.policy_request(client_address="198.51.100.64")))
+        h.wait_until(lambda: slow.queries >= 1, 2 * h.SLOW, what="the first question")
+        self.assertEqual(self.ask("198.51.100.65", client=c2), "DUNNO")   # over the cap
+        self.assertEqual(c1.read_action(timeout=3), "DUNNO")             # its SERVFAIL
+        log = self.d.log()
+        self.assertIn("queries in flight, not asking", log)
+        self.assertIn("(counted as not listed)", log)
+
     # ---- laziness
 
     def test_lazy_whitelisted_or_decided_requests_ask_nothing(self):
