@@ -86,7 +86,7 @@ struct dns_stats {
     unsigned long long errors;      /* SERVFAIL, refused, c-ares timeout */
     unsigned long long cache_hits;  /* questions answered from the cache */
     unsigned long long coalesced;   /* questions that joined one in flight */
-    unsigned long long timeouts;    /* requests whose deadline passed first */
+    unsigned long long timeouts;    /* questions unanswered at their request's deadline */
     unsigned long long dropped;     /* questions not asked: cap reached */
     unsigned inflight;              /* queries out now */
     size_t cached;                  /* cache entries now */

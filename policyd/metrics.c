@@ -237,7 +237,7 @@ static void metrics_format_dns(struct textbuf *b, const struct dns_stats *s)
     mb_plain(b, "smtpguard_dns_coalesced_total", "counter",
              "DNS questions that joined an identical one in flight.", s->coalesced);
     mb_plain(b, "smtpguard_dns_timeouts_total", "counter",
-             "Requests whose DNS deadline passed before every answer came.", s->timeouts);
+             "DNS questions still unanswered when their request's deadline passed.", s->timeouts);
     mb_plain(b, "smtpguard_dns_dropped_total", "counter",
              "DNS questions not asked because max_inflight was reached.", s->dropped);
     mb_plain(b, "smtpguard_dns_inflight", "gauge", "DNS queries out now.", s->inflight);
