@@ -78,6 +78,8 @@
 #define MEM_MOVE_ENTRIES 64     /* no new chain moved in an apply past this many entries */
 #define MEM_BUCKETS_MIN 1024    /* the array never shrinks below this (8 kB) */
 #define MEM_SWEEP_ENTRIES 64    /* no new chain swept in an apply past this many entries */
+#define MEM_IDLE_MS 1000        /* a second without applies: housekeeping on its own */
+#define MEM_IDLE_STEPS 64       /* housekeeping steps per idle second */
 #define MEM_EVICT_SAMPLE 5      /* entries compared to pick a victim */
 #define MEM_EVICT_PROBES 64     /* buckets tried to fill the sample */
 #define MEM_KEY_MAX 0xffffu     /* bytes; longer keys are refused */
@@ -139,6 +141,8 @@ struct store {
     double loop_epoch;          /* wall-clock seconds at loop time 0 (see mem_now) */
     uv_check_t check;           /* runs the completions */
     uv_idle_t idle;             /* keeps poll from blocking while some are queued */
+    uv_timer_t idle_timer;      /* housekeeping while no request comes */
+    bool applied;               /* an apply since the last idle tick */
     int handles_open;           /* handles not yet closed */
     bool closing;               /* close() was called */
     struct mem_table tab;       /* the table; while resizing, the one being emptied */
@@ -812,6 +816,33 @@ static void mem_check_cb(uv_check_t *h)
     }
 }
 
+/*
+ * The sweep and the shrink run inside applies; with no traffic they would
+ * never run, and a burst's expired keys would hold their memory (and the
+ * keys gauge) until requests came back. A timer does the same steps in
+ * a second without applies: MEM_IDLE_STEPS of them, each a resize step or
+ * a sweep of MEM_SWEEP_MAX buckets, so an idle store of a million keys is
+ * swept in under a minute, in small slices of the loop.
+ */
+static void mem_on_idle_timer(uv_timer_t *t)
+{
+    struct store *st = t->data;
+    if (st->applied) {
+        st->applied = false;
+        return;
+    }
+    double now = mem_now(st);
+    for (int i = 0; i < MEM_IDLE_STEPS; i++) {
+        if (st->next.buckets) {
+            mem_resize_step(st, now);
+            continue;
+        }
+        mem_sweep(st, now, MEM_SWEEP_MAX);
+        if (st->tab.n > st->min_buckets && st->count < st->tab.n / 8)
+            mem_resize_start(st, st->tab.n / 2);
+    }
+}
+
 static int mem_open(struct store **out, const struct store_config *cfg, uv_loop_t *loop, char *err,
                     size_t errlen)
 {
@@ -848,9 +879,13 @@ static int mem_open(struct store **out, const struct store_config *cfg, uv_loop_
     }
     uv_check_init(loop, &st->check);
     uv_idle_init(loop, &st->idle);
+    uv_timer_init(loop, &st->idle_timer);
     st->check.data = st;
     st->idle.data = st;
-    st->handles_open = 2;
+    st->idle_timer.data = st;
+    uv_timer_start(&st->idle_timer, mem_on_idle_timer, MEM_IDLE_MS, MEM_IDLE_MS);
+    uv_unref((uv_handle_t *)&st->idle_timer);
+    st->handles_open = 3;
     *out = st;
     return 0;
 }
@@ -881,6 +916,7 @@ static void mem_apply(struct store *st, const struct store_update *u, size_t n, 
             uint64_t h[STORE_MAX_UPDATES];
             mem_hash_all(st, u, n, h);
             mem_housekeep(st, now);
+            st->applied = true;
             mem_prefetch_entries(st, u, h, n);
             for (size_t i = 0; i < n; i++)
                 d->scores[i] = mem_update(st, &u[i], h[i], now);
@@ -1036,6 +1072,7 @@ static void mem_close(struct store *st)
     st->closing = true;
     uv_close((uv_handle_t *)&st->check, mem_close_cb);
     uv_close((uv_handle_t *)&st->idle, mem_close_cb);
+    uv_close((uv_handle_t *)&st->idle_timer, mem_close_cb);
 }
 
 void store_memory_stats(const struct store *st, size_t *keys, unsigned long long *evictions)

@@ -609,6 +609,25 @@ class MetricsTest(h.SGTestCase):
         self.assertEqual(sample(m, "smtpguard_store_keys"), 100)
         self.assertEqual(sample(m, "smtpguard_store_evictions_total"), 2 * 80 - 100)
 
+    def test_memory_store_frees_expired_keys_without_traffic(self):
+        # Expired keys were freed only by the sweep inside requests: after
+        # a burst and no traffic, memory and the keys gauge stayed up.
+        port, aport = h.free_port(), h.free_port()
+        admin = "127.0.0.1:%d" % aport
+        cfg = h.base_config(port, admin={"listen": admin})
+        cfg["counters"] = {"ip": {"key": "client_address", "half_life": "100ms"}}
+        cfg["points"] = [{"name": "p", "when": {"protocol_state": "RCPT"}, "add": {"ip": 1}}]
+        cfg["actions"] = []
+        d = self.start_daemon(cfg)
+        c = self.client(d)
+        for i in range(3000):
+            c.request(h.policy_request(client_address="10.%d.%d.%d" % (1 + i // 65536,
+                                                                     (i // 256) % 256, i % 256)))
+        self.assertGreater(sample(scrape(admin), "smtpguard_store_keys"), 1000)
+        # Each key lives a second; a few idle seconds later none is held.
+        h.wait_until(lambda: sample(scrape(admin), "smtpguard_store_keys") == 0, 8 * h.SLOW,
+                     interval=0.5, what="the expired keys freed without traffic")
+
     def test_counters_survive_a_reload_that_replaces_store_and_resolver(self):
         # A reload that changed store: or dns: replaced the memory store or
         # the resolver, and their counters in /metrics started over at 0.
