@@ -258,18 +258,30 @@ static int rules_update_slot(const struct rules *r, struct request *req, struct 
 }
 
 /* rules_weight - the weights of the listing zones of c's DNS lists. */
-static double rules_weight(const struct cond *c, const struct eval *ev)
+static double rules_weight_once(const struct cond *c, const struct eval *ev, bool *counted)
 {
     double w = 0;
     if (c->kind == COND_DNSLIST) {
-        for (size_t i = 0; i < c->n_members; i++)
-            if (ev->dns[c->members[i].dnsq].status == DNS_FOUND)
+        for (size_t i = 0; i < c->n_members; i++) {
+            int q = c->members[i].dnsq;
+            if (ev->dns[q].status == DNS_FOUND && !counted[q]) {
+                counted[q] = true;
                 w += c->members[i].weight;
+            }
+        }
         return w;
     }
     for (size_t i = 0; i < c->n_children; i++)
-        w += rules_weight(c->children[i], ev);
+        w += rules_weight_once(c->children[i], ev, counted);
     return w;
+}
+
+/* ... each listing zone once, whatever number of c's conditions name it
+ * (the first one's weight): "the weights of the zones that list". */
+static double rules_weight(const struct cond *c, const struct eval *ev)
+{
+    bool counted[RULES_MAX_DNS] = {false};
+    return rules_weight_once(c, ev, counted);
 }
 
 static double rules_add_amount(const struct points_rule *pr, const struct add *a,

@@ -269,6 +269,41 @@ static void test_rules_dns_weight_asks_every_zone(void **state)
     config_unref(c);
 }
 
+/* A zone named in two conditions of one rule adds its weight once: the
+ * weights are those of the zones that list the client. */
+static void test_rules_dns_weight_of_a_zone_once(void **state)
+{
+    (void)state;
+    static const char *yaml =
+        "dns: { servers: [\"127.0.0.1:5353\"], timeout: 500ms }\n"
+        "counters:\n"
+        "  s: { key: client_address, half_life: 10m }\n"
+        "points:\n"
+        "  - name: twice\n"
+        "    when: { dnsbl: { zones: { c.example: 3 } }, any: [ { dnsbl: { zones: { c.example: 3 } } }, { dnsbl: d.example } ] }\n"
+        "    add: { s: weight }\n";
+    struct config_errors errs = {0};
+    struct config *c = config_load_string("once.yaml", yaml, strlen(yaml), &errs);
+    for (size_t i = 0; i < errs.n; i++)
+        print_error("unexpected: %s\n", errs.msgs[i]);
+    config_errors_fini(&errs);
+    assert_non_null(c);
+    const struct rules *r = c->rules;
+    struct request req;
+    struct eval ev;
+    request_init(&req);
+    request(&req, "RCPT", "192.0.2.7", NULL);
+    rules_dns_needed(r, &req, &ev);
+    for (size_t i = 0; i < r->n_dnsqs; i++)
+        listed(&ev, (int)i, 0x7f000002);
+    rules_eval_points_dns(r, &req, &ev);
+    assert_int_equal(ev.n_updates, 1);
+    if (ev.updates[0].points != 4.0)
+        fail_msg("weights got %g points, want 3 + 1", ev.updates[0].points);
+    request_fini(&req);
+    config_unref(c);
+}
+
 /* A failed question with on_error: defer defers only when its answer
  * could change the verdict: not behind an allow-list that matched (then:
  * ok), nor behind an action rule that decided first. */
@@ -340,6 +375,7 @@ int main(void)
         cmocka_unit_test(test_rules_dns_weights_min_and_templates),
         cmocka_unit_test(test_rules_dns_weight_asks_every_zone),
         cmocka_unit_test(test_rules_dns_failure_matters),
+        cmocka_unit_test(test_rules_dns_weight_of_a_zone_once),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }
