@@ -55,6 +55,7 @@ struct dns {
     struct dns_job *jobs_head, *jobs_tail; /* FIFO = deadline order */
     unsigned handles;           /* open uv handles; freed when 0 after close */
     bool closing;
+    bool retiring;              /* replaced by a reload: closes once its jobs are done */
     struct dns_stats stats;
     char *zone_names[DNS_MAX_ZONE_STATS]; /* owned copies for stats */
     struct log_limiter error_limiter;     /* "SERVFAIL ..." */
@@ -413,10 +414,22 @@ void dns_cancel(struct dns *d, struct dnscache_waiter *w)
 
 static void dns_on_job_timer(uv_timer_t *t);
 
+static void dns_on_retired_idle(uv_timer_t *t)
+{
+    struct dns *d = t->data;
+    if (d->retiring && !d->jobs_head && !d->closing)
+        dns_close(d);
+}
+
 static void dns_job_timer_arm(struct dns *d)
 {
     if (!d->jobs_head) {
-        uv_timer_stop(&d->job_timer);
+        /* A retired resolver goes once its last request is done: from
+         * the loop, not from inside the answer that ended it. */
+        if (d->retiring && !d->closing)
+            uv_timer_start(&d->job_timer, dns_on_retired_idle, 0, 0);
+        else
+            uv_timer_stop(&d->job_timer);
         return;
     }
     uint64_t now = uv_now(d->loop);
@@ -624,6 +637,17 @@ int dns_open(struct dns **out, const struct dns_config *cfg, uv_loop_t *loop, ch
     d->handles = 2;
     *out = d;
     return 0;
+}
+
+void dns_retire(struct dns *d)
+{
+    if (!d || d->closing)
+        return;
+    if (!d->jobs_head) {
+        dns_close(d);
+        return;
+    }
+    d->retiring = true;
 }
 
 void dns_close(struct dns *d)

@@ -103,6 +103,12 @@ int dns_open(struct dns **out, const struct dns_config *cfg, uv_loop_t *loop, ch
              size_t errlen);
 void dns_close(struct dns *d);
 
+/* dns_retire - a reload replaced d: the requests that asked it keep it
+ * until their checks are answered or their deadline passes (they finish
+ * on the rules and resolver they started with), then it closes itself.
+ * New requests must use its successor. */
+void dns_retire(struct dns *d);
+
 enum dns_ask_result dns_ask(struct dns *d, struct dnscache_waiter *w, uint16_t type,
                             const char *name, const struct dns_rrset **rr);
 /* dns_cancel - w will not be called (safe if it was called already). */

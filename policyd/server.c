@@ -214,10 +214,11 @@ int server_reload(struct server *srv)
              * rather than fail half a reload. */
             log_error("reload: cannot start the new DNS resolver, keeping the old one: %s", err);
         } else {
-            /* Requests waiting on the old one get their answers now
-             * (missing ones count as failed). */
+            /* Requests waiting on the old one keep it until they have
+             * their answers (they finish on what they started with);
+             * what it counts from now on is not carried over. */
             dns_stats_carry(d, srv->dns);
-            dns_close(srv->dns);
+            dns_retire(srv->dns);
             srv->dns = d;
             log_info("dns resolver settings changed");
         }

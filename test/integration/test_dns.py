@@ -346,6 +346,24 @@ class DnsTest(h.SGTestCase):
         st = self.stats()
         self.assertEqual((st["queries"], st["dropped"]), ("1", "1"))
 
+    def test_reload_lets_checks_in_flight_finish(self):
+        # A reload that changed dns: closed the resolver under the requests
+        # waiting on it: a listed client's check was cut short (DUNNO).
+        slow = h.SlowDns(0.4, a_record="127.0.0.2")
+        self.addCleanup(slow.close)
+        self.start(slow.address, dns={"timeout": "2s"}, actions=[
+            {"name": "bl", "when": {"dnsbl": ["bl.test"]}, "do": "reject", "message": "550 5.7.1 bl"}])
+        self.c.send_raw(self.c.encode(h.policy_request(client_address="198.51.100.66")))
+        h.wait_until(lambda: slow.queries >= 1, 2 * h.SLOW, what="the question")
+        cfg = dict(self.d.config)
+        cfg["dns"] = dict(cfg["dns"], timeout="1900ms")
+        ok, _ = self.d.reload(cfg)
+        self.assertTrue(ok)
+        self.assertEqual(self.c.read_action(timeout=3), "550 5.7.1 bl")
+        # New requests use the new resolver, and the old one is gone.
+        self.assertEqual(self.ask("198.51.100.67"), "550 5.7.1 bl")
+        self.assertEqual(self.d.stop(), 0)
+
     def test_cap_and_failure_warnings_do_not_hide_each_other(self):
         # One rate limiter served both warnings: the cap's line hid the
         # SERVFAIL's for a minute (or the other way round).
