@@ -73,7 +73,7 @@ static void engine_done(struct engine_req *er)
      * order and the time the requests were counted in, which replay
      * follows (recorded at the answer, a held request came after those
      * answered meanwhile, and replay counted it late). */
-    record_write(&er->req);
+    record_write(&er->req, er->store_now);
     er->cb(er, er->cb_arg);
 }
 
@@ -99,8 +99,8 @@ static void engine_on_error(struct engine_req *er)
 
 static void engine_on_scores(void *arg, int status, const double *scores, size_t n, double now)
 {
-    (void)now;
     struct engine_req *er = arg;
+    er->store_now = status == STORE_OK ? now : 0;
     metrics_observe(&metrics_own->store, (double)(engine_now_ns() - er->store_ns) / 1e9);
     if (status != STORE_OK) {
         metrics_own->store_errors++;
@@ -290,6 +290,7 @@ void engine_start(struct engine_req *er, struct config *cfg, struct store *const
     er->store_failed = false;
     er->dns_failed = false;
     er->wait = 0;
+    er->store_now = 0;
     er->started_ns = engine_now_ns();
     /* Lazy: only questions that can still change the answer are asked. */
     if (rules_dns_needed(cfg->rules, &er->req, &er->ev) > 0 && er->dns) {

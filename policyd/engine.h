@@ -53,6 +53,7 @@ struct engine_req {
     bool busy;                  /* between start and finish */
     uint64_t started_ns;        /* monotonic, for elapsed_ms */
     uint64_t store_ns;          /* monotonic, when the store round trip began (metrics) */
+    double store_now;           /* the store's clock at this request's update, 0 if none */
     char answer[ACTIONS_MAX_ANSWER]; /* the Postfix action text */
     double wait;                /* seconds the answer is to be held back */
     engine_done_cb cb;

@@ -130,7 +130,7 @@ size_t record_format(struct request *req, double t, enum record_redact redact, c
 {
     struct recbuf b = {out, 0, cap, false};
     char head[64];
-    snprintf(head, sizeof head, "{\"t\":%.3f,\"a\":{", t);
+    snprintf(head, sizeof head, "{\"t\":%.6f,\"a\":{", t);
     rb_str(&b, head);
     bool first = true;
     for (int a = 0; a < ATTR_WIRE_COUNT; a++) {
@@ -522,13 +522,15 @@ static void record_rotate(void)
                        strerror(-rc));
 }
 
-void record_write(struct request *req)
+void record_write(struct request *req, double t)
 {
     if (!rec.fp)
         return;
-    struct timespec ts;
-    clock_gettime(CLOCK_REALTIME, &ts);
-    double t = (double)ts.tv_sec + (double)(ts.tv_nsec / 1000000) / 1000.0;
+    if (!(t > 0)) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        t = (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+    }
     size_t n = record_format(req, t, rec.s.redact, rec.line, RECORD_MAX_LINE);
     if (n == 0) {
         log_warn_every(&rec.lim, 60, "record %s: a request too large to record was left out",

@@ -74,7 +74,7 @@ int record_open(const struct record_settings *s);
 int record_reopen(void);
 /* record_write - append req, decided now (an answer held by `wait` goes
  * out later); no-op when not recording. */
-void record_write(struct request *req);
+void record_write(struct request *req, double t);
 /* record_active - whether a file is being written. */
 bool record_active(void);
 void record_close(void);

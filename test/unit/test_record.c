@@ -33,7 +33,7 @@ static void test_record_round_trip(void **state)
     size_t n = record_format(&in, 1700000000.25, RECORD_REDACT_NONE, line, sizeof line);
     assert_true(n > 0 && line[n - 1] == '\n');
     line[n - 1] = '\0';
-    if (!strstr(line, "{\"t\":1700000000.250,\"a\":{"))
+    if (!strstr(line, "{\"t\":1700000000.250000,\"a\":{"))
         fail_msg("got %s", line);
     double t = 0;
     const char *why = NULL;
