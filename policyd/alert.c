@@ -73,6 +73,7 @@ struct alert_mail {
     char *what;                 /* "rule=R key=K" for logs */
     unsigned tries;             /* attempts made */
     uint64_t not_before_ms;     /* loop time of the next attempt */
+    bool *temp_refused;         /* n_to: refused for now by the relay at the last try */
 };
 
 /* A sendmail run. */
@@ -154,6 +155,7 @@ static void alert_mail_free(struct alert_mail *m)
     free(m->to);
     free(m->data);
     free(m->what);
+    free(m->temp_refused);
     free(m);
 }
 
@@ -255,6 +257,21 @@ bool alert_check(struct alert *a, const char *rule, const char *key, double now,
 
 /* ---- delivery ---- */
 
+/* alert_keep_refused - after a delivery that some recipients refused
+ * for now (4xx): m keeps only those, to be tried again. Returns how many. */
+static size_t alert_keep_refused(struct alert_mail *m)
+{
+    size_t k = 0;
+    for (size_t i = 0; i < m->n_to; i++) {
+        if (m->temp_refused && m->temp_refused[i])
+            m->to[k++] = m->to[i];
+        else
+            free(m->to[i]);
+    }
+    m->n_to = k;
+    return k;
+}
+
 static void alert_done(struct alert *a, int status, const char *detail)
 {
     struct alert_mail *m = a->sending;
@@ -263,10 +280,23 @@ static void alert_done(struct alert *a, int status, const char *detail)
     const char *via = a->smtp ? a->smtp : a->sendmail ? a->sendmail : "-";
     if (status == 0) {
         a->stats.sent++;
-        log_info("alert %s sent to %s via %s: %s", m->what, m->to[0], via,
+        size_t first = 0; /* a recipient that took it */
+        while (m->temp_refused && first + 1 < m->n_to && m->temp_refused[first])
+            first++;
+        log_info("alert %s sent to %s via %s: %s", m->what, m->to[first], via,
                  log_quote(detail, strlen(detail), q, sizeof q));
-        alert_mail_free(m);
-    } else if (status == -ECANCELED || a->closing) {
+        /* Taken for some recipients, refused for now for others: those
+         * are tried again, as a mail refused for now would be. */
+        if (!a->closing && alert_keep_refused(m) > 0) {
+            status = -EAGAIN;
+            detail = "refused for now by some recipients";
+        } else {
+            alert_mail_free(m);
+            alert_kick(a);
+            return;
+        }
+    }
+    if (status == -ECANCELED || a->closing) {
         alert_mail_free(m);
     } else if (status == -EAGAIN && m->tries <= a->retries) {
         double delay = a->retry_delay * pow(2, m->tries - 1);
@@ -470,9 +500,11 @@ static void alert_kick(struct alert *a)
     m->tries++;
     a->sending = m;
     if (a->smtp) {
+        free(m->temp_refused);
+        m->temp_refused = xcalloc(m->n_to ? m->n_to : 1, sizeof *m->temp_refused);
         struct smtpc_job job = {
             .helo = a->helo, .from = m->from, .to = m->to, .n_to = m->n_to,
-            .data = m->data, .len = m->len,
+            .data = m->data, .len = m->len, .temp_refused = m->temp_refused,
         };
         a->smtpc = smtpc_start(a->loop, (const struct sockaddr *)&a->smtp_addr, &job,
                                a->timeout_ms, alert_on_smtp, a);

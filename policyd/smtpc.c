@@ -51,6 +51,7 @@ struct smtpc {
     size_t next_rcpt;           /* RCPT being asked */
     size_t accepted;            /* recipients the relay took */
     bool rcpt_temp;             /* a recipient was refused with 4xx */
+    bool *temp_refused;         /* the job's, or NULL */
     struct textbuf data;        /* dot-stuffed message */
     char rbuf[SMTPC_MAX_REPLY];
     size_t rlen;                /* bytes in rbuf */
@@ -328,10 +329,13 @@ static void smtpc_reply(struct smtpc *c, int code, const char *text, size_t len)
             smtpc_fail(c, status, NULL);
         break;
     case SMTPC_RCPT:
-        if (ok)
+        if (ok) {
             c->accepted++;
-        else if (code < 500)
+        } else if (code < 500) {
             c->rcpt_temp = true;
+            if (c->temp_refused)
+                c->temp_refused[c->next_rcpt - 1] = true;
+        }
         smtpc_next_rcpt(c);
         break;
     case SMTPC_DATA:
@@ -449,6 +453,7 @@ struct smtpc *smtpc_start(uv_loop_t *loop, const struct sockaddr *addr, const st
     for (size_t i = 0; i < job->n_to; i++)
         c->to[i] = xstrdup(job->to[i]);
     c->n_to = job->n_to;
+    c->temp_refused = job->temp_refused;
     c->result = -EAGAIN;
     snprintf(c->detail, sizeof c->detail, "no reply");
     textbuf_init(&c->data, job->len * 2 + 8);

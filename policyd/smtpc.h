@@ -25,6 +25,7 @@
 #ifndef SMTPGUARD_SMTPC_H
 #define SMTPGUARD_SMTPC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <sys/socket.h>
 #include <uv.h>
@@ -40,6 +41,8 @@ struct smtpc_job {
     size_t n_to;
     const char *data;           /* the message, CRLF line ends, not dot-stuffed */
     size_t len;                 /* bytes */
+    bool *temp_refused;         /* optional, n_to entries: set for each recipient the
+                                 * relay refused for now (4xx), to be tried again */
 };
 
 typedef void (*smtpc_done_cb)(void *arg, int status, const char *detail);

@@ -1354,10 +1354,12 @@ class SMTPCatcher:
     before the reply to the data's final dot. Every session has a
     deadline; stop() closes the socket and joins the threads."""
 
-    def __init__(self, mode="accept", port=None, dot_delay=0):
+    def __init__(self, mode="accept", port=None, dot_delay=0, refuse_once=()):
         import threading
         self.mode = mode
         self.dot_delay = dot_delay
+        # Recipients answered 451 the first time they are given, then 250.
+        self.refuse_once = set(refuse_once)
         self.port = port or free_port()
         self.mails = []
         self.sessions = 0
@@ -1414,7 +1416,14 @@ class SMTPCatcher:
                     rcpts = []
                     conn.sendall(b"250 ok\r\n")
                 elif verb == "RCPT":
-                    rcpts.append(cmd[8:].strip().strip("<>"))
+                    rcpt = cmd[8:].strip().strip("<>")
+                    with self.lock:
+                        refuse = rcpt in self.refuse_once
+                        self.refuse_once.discard(rcpt)
+                    if refuse:
+                        conn.sendall(b"451 4.2.0 mailbox temporarily unavailable\r\n")
+                        continue
+                    rcpts.append(rcpt)
                     conn.sendall(b"250 ok\r\n")
                 elif verb == "DATA":
                     conn.sendall(b"354 go ahead\r\n")

@@ -221,6 +221,19 @@ class AlertTest(h.SGTestCase):
         mails = ok.wait_mails(1, timeout=10)
         self.assertIn("ip:198.51.100.44", mails[0].message()["Subject"])
 
+    def test_recipient_refused_for_now_gets_a_retry(self):
+        # One recipient refused with 4xx while another took the mail: the
+        # mail counted as sent, and the refused one never got it.
+        relay = h.SMTPCatcher(refuse_once=["abuse@isp.example"])
+        self.addCleanup(relay.stop)
+        d = self.start_daemon(alert_config(h.free_port(), relay.port))
+        c = self.client(d)
+        for _ in range(5):
+            c.request(h.policy_request(client_address="198.51.100.69"))
+        mails = relay.wait_mails(2)
+        self.assertEqual([m.rcpts for m in mails], [["noc@isp.example"], ["abuse@isp.example"]])
+        self.assertEqual(relay.sessions, 2)
+
     def test_slow_final_dot_reply_is_waited_for(self):
         # The step timeout covered the reply to the data's final dot too: a
         # relay that took 3 s to queue the mail got it three times.
