@@ -291,6 +291,7 @@ void engine_start(struct engine_req *er, struct config *cfg, struct store *const
     er->dns_failed = false;
     er->wait = 0;
     er->store_now = 0;
+    er->delete_later = false;
     er->started_ns = engine_now_ns();
     /* Lazy: only questions that can still change the answer are asked. */
     if (rules_dns_needed(cfg->rules, &er->req, &er->ev) > 0 && er->dns) {
@@ -308,13 +309,11 @@ static void engine_ignore_reset(void *arg, int status)
 
 /* engine_delete - the `delete` side effect: reset the rule's counters
  * for this request's keys. */
-static void engine_delete(struct engine_req *er, struct store *st)
+size_t engine_delete_keys(const struct engine_req *er, const char **keys, size_t *lens)
 {
     const struct action_rule *ar = er->ev.decided;
-    if (!ar || !ar->side_delete || er->store_failed || !st)
-        return;
-    const char *keys[RULES_MAX_COUNTERS];
-    size_t lens[RULES_MAX_COUNTERS];
+    if (!ar || !ar->side_delete || er->store_failed)
+        return 0;
     size_t n = 0;
     for (size_t i = 0; i < ar->n_delete; i++) {
         int u = er->ev.slot[ar->delete_counters[i]];
@@ -324,6 +323,14 @@ static void engine_delete(struct engine_req *er, struct store *st)
         lens[n] = er->ev.updates[u].key_len;
         n++;
     }
+    return n;
+}
+
+static void engine_delete(struct engine_req *er, struct store *st)
+{
+    const char *keys[RULES_MAX_COUNTERS];
+    size_t lens[RULES_MAX_COUNTERS];
+    size_t n = st && !er->delete_later ? engine_delete_keys(er, keys, lens) : 0;
     if (n)
         store_reset(st, keys, lens, n, engine_ignore_reset, NULL);
 }

@@ -54,6 +54,7 @@ struct engine_req {
     uint64_t started_ns;        /* monotonic, for elapsed_ms */
     uint64_t store_ns;          /* monotonic, when the store round trip began (metrics) */
     double store_now;           /* the store's clock at this request's update, 0 if none */
+    bool delete_later;          /* engine_finish leaves the delete to the caller (replay) */
     char answer[ACTIONS_MAX_ANSWER]; /* the Postfix action text */
     double wait;                /* seconds the answer is to be held back */
     engine_done_cb cb;
@@ -73,6 +74,10 @@ void engine_req_fini(struct engine_req *er);
  * a reload may have replaced it); NULL there answers on_error. */
 void engine_start(struct engine_req *er, struct config *cfg, struct store *const *store_ref,
                   engine_done_cb cb, void *arg);
+
+/* engine_delete_keys - the keys the decision's `delete` resets (into
+ * keys/lens, RULES_MAX_COUNTERS at most); 0 when there is none. */
+size_t engine_delete_keys(const struct engine_req *er, const char **keys, size_t *lens);
 
 /* engine_finish - after the answer went out: record the decision
  * (conn_id and req_no name it in logs), start side effects on st (the

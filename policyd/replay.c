@@ -157,6 +157,73 @@ struct side {
 
 static double replay_now;       /* the simulated clock */
 
+/* A `delete` held back with its answer by `wait`: the daemon runs it
+ * when the answer goes out, so requests counted meanwhile still see the
+ * scores it resets. Replay runs it at the same simulated moment. */
+struct replay_delete {
+    struct replay_delete *next;
+    double due;                 /* decision time + wait */
+    struct store *st;           /* the side's */
+    size_t n;
+    char *keys[RULES_MAX_COUNTERS];
+    size_t lens[RULES_MAX_COUNTERS];
+};
+
+static struct replay_delete *replay_deletes; /* by due, earliest first */
+
+static void replay_ignore_reset(void *arg, int status)
+{
+    (void)arg;
+    (void)status;
+}
+
+/* replay_delete_later - s's decision has a delete that the daemon would
+ * run after its wait: queue it, and keep engine_finish from running it. */
+static void replay_delete_later(struct side *s, double t)
+{
+    const char *keys[RULES_MAX_COUNTERS];
+    size_t lens[RULES_MAX_COUNTERS];
+    if (!(s->er.wait > 0))
+        return;
+    size_t n = engine_delete_keys(&s->er, keys, lens);
+    if (n == 0)
+        return;
+    struct replay_delete *d = xcalloc(1, sizeof *d);
+    d->due = t + s->er.wait;
+    d->st = s->st;
+    d->n = n;
+    for (size_t i = 0; i < n; i++) {
+        d->keys[i] = xstrndup(keys[i], lens[i]);
+        d->lens[i] = lens[i];
+    }
+    struct replay_delete **p = &replay_deletes;
+    while (*p && (*p)->due <= d->due)
+        p = &(*p)->next;
+    d->next = *p;
+    *p = d;
+    s->er.delete_later = true;
+}
+
+/* replay_run_deletes - those due by t (all with t < 0), in order. */
+static void replay_run_deletes(double t, uv_loop_t *loop)
+{
+    while (replay_deletes && (t < 0 || replay_deletes->due <= t)) {
+        struct replay_delete *d = replay_deletes;
+        replay_deletes = d->next;
+        if (t >= 0) {
+            double saved = replay_now;
+            replay_now = d->due;
+            store_reset(d->st, (const char *const *)d->keys, d->lens, d->n, replay_ignore_reset,
+                        NULL);
+            uv_run(loop, UV_RUN_NOWAIT);
+            replay_now = saved;
+        }
+        for (size_t i = 0; i < d->n; i++)
+            free(d->keys[i]);
+        free(d);
+    }
+}
+
 static double replay_clock(void)
 {
     return replay_now;
@@ -488,6 +555,7 @@ int replay_main(int argc, char **argv)
         if (requests++ == 0)
             t0 = t;
         t_last = t;
+        replay_run_deletes(t, &loop);
         replay_now = t;
         if (n_sides == 2) {
             /* Same request for the other rule set: the values point into
@@ -522,9 +590,12 @@ int replay_main(int argc, char **argv)
             else if (e->count++ == 0)
                 e->first_t = t;
         }
-        for (size_t i = 0; i < n_sides; i++)
+        for (size_t i = 0; i < n_sides; i++) {
+            replay_delete_later(&sides[i], t);
             engine_finish(&sides[i].er, sides[i].st, 0, lineno);
+        }
     }
+    replay_run_deletes(-1, &loop); /* the rest never came due: freed */
     if (status == 0 && ferror(in)) {
         fprintf(stderr, "smtpguard replay: %s: read error: %s\n", recpath, strerror(errno));
         status = 1;

@@ -190,6 +190,37 @@ class ReplayTest(h.SGTestCase):
 
 class RecordTest(h.SGTestCase):
 
+    def test_delete_held_by_wait_replays_as_the_daemon_ran_it(self):
+        # The daemon resets a `delete`d counter when the answer held by
+        # `wait` goes out; replay reset it at once, so a request counted
+        # meanwhile scored from 0 there and not in the daemon.
+        port = h.free_port()
+        rec = self.tmp.join("rec.jsonl")
+        cfg = h.base_config(port, record={"file": rec})
+        cfg["counters"] = {"ip": {"key": "client_address", "half_life": "1h"}}
+        cfg["points"] = [{"name": "p", "when": {"protocol_state": "RCPT"}, "add": {"ip": 1}}]
+        cfg["actions"] = [{"name": "ban", "when": {"ip": ">= 3"},
+                           "do": ["defer", "wait 2s", "delete ip"],
+                           "message": "450 4.7.1 held (%{score.ip})"}]
+        conf = self.tmp.write("replay.yaml", h.yaml_dump({k: v for k, v in cfg.items()
+                                                          if k != "record"}))
+        d = self.start_daemon(cfg)
+        a, b = self.client(d), self.client(d)
+        ask = h.policy_request
+        self.assertEqual([a.request(ask(client_address="192.0.2.9")) for _ in range(2)],
+                         ["DUNNO"] * 2)
+        a.send_raw(a.encode(ask(client_address="192.0.2.9")))     # held 2 s
+        time.sleep(0.4)
+        daemon = [b.request(ask(client_address="192.0.2.9"), timeout=10) for _ in range(2)]
+        daemon.append(a.read_action(timeout=5))
+        d.stop()
+        # B's first: 4, held, deferred; its second comes after both deletes.
+        self.assertEqual(daemon, ["450 4.7.1 held (4)", "DUNNO", "450 4.7.1 held (3)"])
+        rc, out, err = replay(["-c", conf, rec], self.tmp.path)
+        self.assertEqual(rc, 0, err)
+        self.assertEqual(verdict_counts(out, conf), {("ban", "defer"): 2, ("(none)", "dunno"): 3},
+                         out)
+
     def test_daemon_records_and_replay_agrees(self):
         port = h.free_port()
         rec = self.tmp.join("rec.jsonl")
