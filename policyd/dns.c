@@ -56,6 +56,7 @@ struct dns {
     unsigned handles;           /* open uv handles; freed when 0 after close */
     bool closing;
     bool retiring;              /* replaced by a reload: closes once its jobs are done */
+    struct dns *retired_next;   /* in dns_retired, while retiring */
     struct dns_stats stats;
     char *zone_names[DNS_MAX_ZONE_STATS]; /* owned copies for stats */
     struct log_limiter error_limiter;     /* "SERVFAIL ..." */
@@ -639,6 +640,10 @@ int dns_open(struct dns **out, const struct dns_config *cfg, uv_loop_t *loop, ch
     return 0;
 }
 
+/* The resolvers retiring (a process has few: one per reload that
+ * changed dns: within a timeout), so that a stop can close them too. */
+static struct dns *dns_retired;
+
 void dns_retire(struct dns *d)
 {
     if (!d || d->closing)
@@ -648,6 +653,14 @@ void dns_retire(struct dns *d)
         return;
     }
     d->retiring = true;
+    d->retired_next = dns_retired;
+    dns_retired = d;
+}
+
+void dns_close_retired(void)
+{
+    while (dns_retired)
+        dns_close(dns_retired); /* unlinks it */
 }
 
 void dns_close(struct dns *d)
@@ -655,6 +668,13 @@ void dns_close(struct dns *d)
     if (!d || d->closing)
         return;
     d->closing = true;
+    if (d->retiring) {
+        struct dns **p = &dns_retired;
+        while (*p && *p != d)
+            p = &(*p)->retired_next;
+        if (*p)
+            *p = d->retired_next;
+    }
     /* Requests still waiting are answered now, as if their deadline had
      * passed; they cancel their waiters in the callback. */
     while (d->jobs_head) {

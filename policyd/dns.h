@@ -109,6 +109,10 @@ void dns_close(struct dns *d);
  * New requests must use its successor. */
 void dns_retire(struct dns *d);
 
+/* dns_close_retired - at stop: close every retiring resolver now (their
+ * requests get their deadline at once, as dns_close gives them). */
+void dns_close_retired(void);
+
 enum dns_ask_result dns_ask(struct dns *d, struct dnscache_waiter *w, uint16_t type,
                             const char *name, const struct dns_rrset **rr);
 /* dns_cancel - w will not be called (safe if it was called already). */

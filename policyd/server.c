@@ -253,7 +253,9 @@ static void server_close_handles(struct server *srv)
     for (size_t i = 0; i < sizeof hs / sizeof hs[0]; i++)
         if (hs[i]->loop && !uv_is_closing(hs[i]))
             uv_close(hs[i], NULL);
-    /* DNS first: requests it still holds go on to the store. */
+    /* DNS first: requests it still holds go on to the store (those of a
+     * resolver a reload replaced too). */
+    dns_close_retired();
     if (srv->dns) {
         dns_close(srv->dns);
         srv->dns = NULL;

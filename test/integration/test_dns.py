@@ -364,6 +364,24 @@ class DnsTest(h.SGTestCase):
         self.assertEqual(self.ask("198.51.100.67"), "550 5.7.1 bl")
         self.assertEqual(self.d.stop(), 0)
 
+    def test_stop_while_a_replaced_resolver_still_waits(self):
+        # A stop right after such a reload is still bounded by its 5-s
+        # drain: the old resolver, still waiting, was left to its own
+        # timeout (here an answer 8 s away) instead of being closed.
+        slow = h.SlowDns(8.0, a_record="127.0.0.2")
+        self.addCleanup(slow.close)
+        self.start(slow.address, dns={"timeout": "12s"}, actions=[
+            {"name": "bl", "when": {"dnsbl": ["bl.test"]}, "do": "reject", "message": "550 5.7.1 bl"}])
+        self.c.send_raw(self.c.encode(h.policy_request(client_address="198.51.100.68")))
+        h.wait_until(lambda: slow.queries >= 1, 2 * h.SLOW, what="the question")
+        cfg = dict(self.d.config)
+        cfg["dns"] = dict(cfg["dns"], timeout="11900ms")
+        ok, _ = self.d.reload(cfg)
+        self.assertTrue(ok)
+        t0 = time.monotonic()
+        self.assertEqual(self.d.stop(timeout=20), 0)
+        self.assertLess(time.monotonic() - t0, 7.0, "the stop waited for the old resolver")
+
     def test_cap_and_failure_warnings_do_not_hide_each_other(self):
         # One rate limiter served both warnings: the cap's line hid the
         # SERVFAIL's for a minute (or the other way round).
