@@ -545,8 +545,9 @@ static void mem_sweep(struct store *st, double now, size_t max_buckets)
 }
 
 /*
- * mem_housekeep - once per apply: a resize step while resizing, else a
- * sweep step, then a shrink if the array is 8 times the keys held.
+ * mem_housekeep_step - a resize step while resizing, else a sweep step,
+ * then a shrink if the array is 8 times the keys held. mem_housekeep runs
+ * one per apply (the idle timer runs them between requests, below).
  * The sweep looks at 8 more buckets for every key created since the last
  * step, so while applies create up to 31 keys each it goes round an
  * array of n buckets before n/8 keys are created: the expired keys still
@@ -559,17 +560,22 @@ static void mem_sweep(struct store *st, double now, size_t max_buckets)
  * round a 32,768-bucket array every 4,096 applies, and a quarter of the
  * sequential reads.
  */
-static void mem_housekeep(struct store *st, double now)
+static void mem_housekeep_step(struct store *st, double now, size_t sweep_buckets)
 {
     if (st->next.buckets) {
         mem_resize_step(st, now);
         return;
     }
-    size_t budget = MEM_SWEEP_BASE + MEM_SWEEP_PER_NEW * st->created;
-    st->created = 0;
-    mem_sweep(st, now, budget < MEM_SWEEP_MAX ? budget : MEM_SWEEP_MAX);
+    mem_sweep(st, now, sweep_buckets);
     if (st->tab.n > st->min_buckets && st->count < st->tab.n / 8)
         mem_resize_start(st, st->tab.n / 2);
+}
+
+static void mem_housekeep(struct store *st, double now)
+{
+    size_t budget = MEM_SWEEP_BASE + MEM_SWEEP_PER_NEW * st->created;
+    st->created = 0;
+    mem_housekeep_step(st, now, budget < MEM_SWEEP_MAX ? budget : MEM_SWEEP_MAX);
 }
 
 /* mem_evict - make room for one key: drop the entry expiring first among
@@ -832,15 +838,8 @@ static void mem_on_idle_timer(uv_timer_t *t)
         return;
     }
     double now = mem_now(st);
-    for (int i = 0; i < MEM_IDLE_STEPS; i++) {
-        if (st->next.buckets) {
-            mem_resize_step(st, now);
-            continue;
-        }
-        mem_sweep(st, now, MEM_SWEEP_MAX);
-        if (st->tab.n > st->min_buckets && st->count < st->tab.n / 8)
-            mem_resize_start(st, st->tab.n / 2);
-    }
+    for (int i = 0; i < MEM_IDLE_STEPS; i++)
+        mem_housekeep_step(st, now, MEM_SWEEP_MAX);
 }
 
 static int mem_open(struct store **out, const struct store_config *cfg, uv_loop_t *loop, char *err,
