@@ -601,28 +601,18 @@ static bool rules_dns_leaf_failed(const struct cond *c, const struct eval *ev)
     return c->dnsq >= 0 && ev->dns[c->dnsq].status == DNS_TEMPFAIL;
 }
 
-/* rules_cond_tri_with - c before the scores are known: with ev, the DNS
- * answers in it are known except those that failed; without, every DNS
- * leaf is unknown. */
-static enum rules_tri rules_cond_tri_with(const struct rules *r, const struct cond *c,
-                                          struct request *req, const struct eval *ev);
-
-/* rules_cond_tri - c before DNS and scores are known. */
+/* rules_cond_tri - c before the scores are known: with ev, the DNS
+ * answers in it are known except those that failed; with NULL (before
+ * any is asked), every DNS leaf is unknown. */
 static enum rules_tri rules_cond_tri(const struct rules *r, const struct cond *c,
-                                     struct request *req)
-{
-    return rules_cond_tri_with(r, c, req, NULL);
-}
-
-static enum rules_tri rules_cond_tri_with(const struct rules *r, const struct cond *c,
-                                          struct request *req, const struct eval *ev)
+                                     struct request *req, const struct eval *ev)
 {
     enum rules_tri res, t;
     switch (c->kind) {
     case COND_ALL:
         res = TRI_TRUE;
         for (size_t i = 0; i < c->n_children; i++) {
-            t = rules_cond_tri_with(r, c->children[i], req, ev);
+            t = rules_cond_tri(r, c->children[i], req, ev);
             if (t == TRI_FALSE)
                 return TRI_FALSE;
             if (t == TRI_UNKNOWN)
@@ -632,7 +622,7 @@ static enum rules_tri rules_cond_tri_with(const struct rules *r, const struct co
     case COND_ANY:
         res = TRI_FALSE;
         for (size_t i = 0; i < c->n_children; i++) {
-            t = rules_cond_tri_with(r, c->children[i], req, ev);
+            t = rules_cond_tri(r, c->children[i], req, ev);
             if (t == TRI_TRUE)
                 return TRI_TRUE;
             if (t == TRI_UNKNOWN)
@@ -640,7 +630,7 @@ static enum rules_tri rules_cond_tri_with(const struct rules *r, const struct co
         }
         return res;
     case COND_NOT:
-        t = rules_cond_tri_with(r, c->children[0], req, ev);
+        t = rules_cond_tri(r, c->children[0], req, ev);
         return t == TRI_UNKNOWN ? TRI_UNKNOWN : t == TRI_TRUE ? TRI_FALSE : TRI_TRUE;
     default:
         if (rules_cond_is_dns(c) && ev && !rules_dns_leaf_failed(c, ev))
@@ -677,7 +667,7 @@ static void rules_cond_collect_lists(const struct cond *c, struct eval *ev)
 static void rules_cond_collect(const struct rules *r, const struct cond *c, struct request *req,
                                struct eval *ev)
 {
-    if (rules_cond_tri(r, c, req) != TRI_UNKNOWN)
+    if (rules_cond_tri(r, c, req, NULL) != TRI_UNKNOWN)
         return;
     if (c->kind == COND_DNSLIST) {
         rules_need_list(c, ev);
@@ -691,6 +681,56 @@ static void rules_cond_collect(const struct rules *r, const struct cond *c, stru
         rules_cond_collect(r, c->children[i], req, ev);
 }
 
+/*
+ * rules_walk - the rules a request reaches, in order, until counting
+ * stops (a `then:` rule that surely matches) or an action rule surely
+ * decides: visit(c, t, weighs, arg) for each rule's when: (t its value
+ * on what is known: the attributes, and with ev the DNS answers that
+ * came; weighs: a points rule that adds weights), until visit returns
+ * true, which rules_walk then returns. rules_dns_needed and
+ * rules_dns_failure_matters walk the same way, so that "can still change
+ * the answer" means the same thing before and after the answers.
+ */
+typedef bool (*rules_visit_fn)(const struct cond *c, enum rules_tri t, bool weighs, void *arg);
+
+static bool rules_walk(const struct rules *r, struct request *req, const struct eval *ev,
+                       rules_visit_fn visit, void *arg)
+{
+    for (size_t i = 0; i < r->n_points; i++) {
+        const struct points_rule *pr = &r->points[i];
+        enum rules_tri t = pr->when ? rules_cond_tri(r, pr->when, req, ev) : TRI_TRUE;
+        if (pr->when && visit(pr->when, t, pr->adds_weight, arg))
+            return true;
+        if (t == TRI_TRUE && pr->then_set && !pr->log_only)
+            return false; /* whitelisted: nothing after this rule matters */
+    }
+    for (size_t i = 0; i < r->n_actions; i++) {
+        const struct action_rule *ar = &r->actions[i];
+        enum rules_tri t = ar->when ? rules_cond_tri(r, ar->when, req, ev) : TRI_TRUE;
+        if (ar->when && visit(ar->when, t, false, arg))
+            return true;
+        if (t == TRI_TRUE && !ar->log_only)
+            return false; /* decided: later rules are never tested */
+    }
+    return false;
+}
+
+struct rules_need_walk {
+    const struct rules *r;
+    struct request *req;
+    struct eval *ev;
+};
+
+static bool rules_need_visit(const struct cond *c, enum rules_tri t, bool weighs, void *arg)
+{
+    struct rules_need_walk *w = arg;
+    if (t != TRI_FALSE && weighs)
+        rules_cond_collect_lists(c, w->ev);
+    if (t == TRI_UNKNOWN)
+        rules_cond_collect(w->r, c, w->req, w->ev);
+    return false;
+}
+
 size_t rules_dns_needed(const struct rules *r, struct request *req, struct eval *ev)
 {
     /* Without DNS questions nothing is asked and ev is not read before
@@ -698,25 +738,8 @@ size_t rules_dns_needed(const struct rules *r, struct request *req, struct eval 
     if (r->n_dnsqs == 0)
         return 0;
     rules_eval_reset(ev, r);
-    bool stopped = false;
-    for (size_t i = 0; i < r->n_points && !stopped; i++) {
-        const struct points_rule *pr = &r->points[i];
-        enum rules_tri t = pr->when ? rules_cond_tri(r, pr->when, req) : TRI_TRUE;
-        if (t != TRI_FALSE && pr->when && pr->adds_weight)
-            rules_cond_collect_lists(pr->when, ev);
-        if (t == TRI_UNKNOWN)
-            rules_cond_collect(r, pr->when, req, ev);
-        else if (t == TRI_TRUE && pr->then_set && !pr->log_only)
-            stopped = true; /* whitelisted: nothing after this rule matters */
-    }
-    for (size_t i = 0; i < r->n_actions && !stopped; i++) {
-        const struct action_rule *ar = &r->actions[i];
-        enum rules_tri t = ar->when ? rules_cond_tri(r, ar->when, req) : TRI_TRUE;
-        if (t == TRI_UNKNOWN)
-            rules_cond_collect(r, ar->when, req, ev);
-        else if (t == TRI_TRUE && !ar->log_only)
-            break; /* decided: later rules are never tested */
-    }
+    struct rules_need_walk w = {r, req, ev};
+    rules_walk(r, req, NULL, rules_need_visit, &w);
     size_t n = 0;
     for (size_t i = 0; i < r->n_dnsqs; i++)
         n += ev->dns_need[i];
@@ -740,30 +763,23 @@ static bool rules_cond_uses(const struct cond *c, size_t q)
     return false;
 }
 
+struct rules_uses_walk {
+    size_t q;
+};
+
+static bool rules_uses_visit(const struct cond *c, enum rules_tri t, bool weighs, void *arg)
+{
+    const struct rules_uses_walk *w = arg;
+    return (t == TRI_UNKNOWN || (t == TRI_TRUE && weighs)) && rules_cond_uses(c, w->q);
+}
+
 bool rules_dns_failure_matters(const struct rules *r, struct request *req, const struct eval *ev,
                                size_t q)
 {
-    /* The walk of rules_dns_needed, with the answers that came: a rule
-     * whose value still hangs on q, or whose weights would, is reached
-     * before counting stops or an action decides, or it is not. */
-    for (size_t i = 0; i < r->n_points; i++) {
-        const struct points_rule *pr = &r->points[i];
-        enum rules_tri t = pr->when ? rules_cond_tri_with(r, pr->when, req, ev) : TRI_TRUE;
-        if (pr->when && rules_cond_uses(pr->when, q) &&
-            (t == TRI_UNKNOWN || (t == TRI_TRUE && pr->adds_weight)))
-            return true;
-        if (t == TRI_TRUE && pr->then_set && !pr->log_only)
-            return false;
-    }
-    for (size_t i = 0; i < r->n_actions; i++) {
-        const struct action_rule *ar = &r->actions[i];
-        enum rules_tri t = ar->when ? rules_cond_tri_with(r, ar->when, req, ev) : TRI_TRUE;
-        if (t == TRI_UNKNOWN && rules_cond_uses(ar->when, q))
-            return true;
-        if (t == TRI_TRUE && !ar->log_only)
-            return false;
-    }
-    return false;
+    /* A rule reached whose value still hangs on q, or whose weights
+     * would: q's answer could change the request's. */
+    struct rules_uses_walk w = {q};
+    return rules_walk(r, req, ev, rules_uses_visit, &w);
 }
 
 const struct action_rule *rules_decide(const struct rules *r, struct request *req, struct eval *ev)
