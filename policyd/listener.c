@@ -178,7 +178,8 @@ int listener_open(struct server *srv, const char *address)
     if (rc < 0) {
         log_error("cannot listen on %s: %s", address,
                   l->is_pipe && rc == UV_EADDRINUSE
-                      ? "a running process listens on that socket (another smtpguard?)"
+                      ? "a running process listens on that socket (another smtpguard?): "
+                        "stop it, or give this one another path"
                       : uv_strerror(rc));
         uv_close(&l->h.handle, listener_on_close);
         return rc;

@@ -346,19 +346,24 @@ class DnsTest(h.SGTestCase):
         st = self.stats()
         self.assertEqual((st["queries"], st["dropped"]), ("1", "1"))
 
+    def reload_while_asking(self, delay, timeout_s, ip):
+        """A request whose DNSBL answer (listed) comes after delay s, and a
+        reload that changes dns: (timeout_s, then 0.1 s less) meanwhile."""
+        slow = h.SlowDns(delay, a_record="127.0.0.2")
+        self.addCleanup(slow.close)
+        self.start(slow.address, dns={"timeout": "%gs" % timeout_s}, actions=[
+            {"name": "bl", "when": {"dnsbl": ["bl.test"]}, "do": "reject", "message": "550 5.7.1 bl"}])
+        self.c.send_raw(self.c.encode(h.policy_request(client_address=ip)))
+        h.wait_until(lambda: slow.queries >= 1, 2 * h.SLOW, what="the question")
+        cfg = dict(self.d.config)
+        cfg["dns"] = dict(cfg["dns"], timeout="%dms" % (timeout_s * 1000 - 100))
+        ok, _ = self.d.reload(cfg)
+        self.assertTrue(ok)
+
     def test_reload_lets_checks_in_flight_finish(self):
         # A reload that changed dns: closed the resolver under the requests
         # waiting on it: a listed client's check was cut short (DUNNO).
-        slow = h.SlowDns(0.4, a_record="127.0.0.2")
-        self.addCleanup(slow.close)
-        self.start(slow.address, dns={"timeout": "2s"}, actions=[
-            {"name": "bl", "when": {"dnsbl": ["bl.test"]}, "do": "reject", "message": "550 5.7.1 bl"}])
-        self.c.send_raw(self.c.encode(h.policy_request(client_address="198.51.100.66")))
-        h.wait_until(lambda: slow.queries >= 1, 2 * h.SLOW, what="the question")
-        cfg = dict(self.d.config)
-        cfg["dns"] = dict(cfg["dns"], timeout="1900ms")
-        ok, _ = self.d.reload(cfg)
-        self.assertTrue(ok)
+        self.reload_while_asking(0.4, 2, "198.51.100.66")
         self.assertEqual(self.c.read_action(timeout=3), "550 5.7.1 bl")
         # New requests use the new resolver, and the old one is gone.
         self.assertEqual(self.ask("198.51.100.67"), "550 5.7.1 bl")
@@ -368,16 +373,7 @@ class DnsTest(h.SGTestCase):
         # A stop right after such a reload is still bounded by its 5-s
         # drain: the old resolver, still waiting, was left to its own
         # timeout (here an answer 8 s away) instead of being closed.
-        slow = h.SlowDns(8.0, a_record="127.0.0.2")
-        self.addCleanup(slow.close)
-        self.start(slow.address, dns={"timeout": "12s"}, actions=[
-            {"name": "bl", "when": {"dnsbl": ["bl.test"]}, "do": "reject", "message": "550 5.7.1 bl"}])
-        self.c.send_raw(self.c.encode(h.policy_request(client_address="198.51.100.68")))
-        h.wait_until(lambda: slow.queries >= 1, 2 * h.SLOW, what="the question")
-        cfg = dict(self.d.config)
-        cfg["dns"] = dict(cfg["dns"], timeout="11900ms")
-        ok, _ = self.d.reload(cfg)
-        self.assertTrue(ok)
+        self.reload_while_asking(8.0, 12, "198.51.100.68")
         t0 = time.monotonic()
         self.assertEqual(self.d.stop(timeout=20), 0)
         self.assertLess(time.monotonic() - t0, 7.0, "the stop waited for the old resolver")

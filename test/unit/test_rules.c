@@ -14,6 +14,7 @@
 
 #include "actions.h"
 #include "config.h"
+#include "config_yaml.h"
 #include "rules.h"
 
 static const char *rules_yaml =
@@ -64,18 +65,6 @@ static int teardown(void **state)
     (void)state;
     config_unref(cfg);
     return 0;
-}
-
-/* load_yaml - a config of the test's own; fails the test on any error. */
-static struct config *load_yaml(const char *name, const char *yaml)
-{
-    struct config_errors errs = {0};
-    struct config *c = config_load_string(name, yaml, strlen(yaml), &errs);
-    for (size_t i = 0; i < errs.n; i++)
-        print_error("unexpected: %s\n", errs.msgs[i]);
-    config_errors_fini(&errs);
-    assert_non_null(c);
-    return c;
 }
 
 static void set(struct request *req, enum attr a, const char *v)
@@ -390,7 +379,7 @@ static void test_rules_long_answer_stays_utf8(void **state)
         "  ip: { key: client_address, half_life: 10m }\n"
         "actions:\n"
         "  - { name: r, do: reject, message: \"over limit %{helo_name}\" }\n";
-    struct config *c = load_yaml("utf8.yaml", yaml);
+    struct config *c = config_from_yaml("utf8.yaml", yaml);
     struct request req;
     struct eval ev;
     char helo[1201], answer[ACTIONS_MAX_ANSWER];
@@ -526,7 +515,7 @@ static void test_rules_cond_plan(void **state)
         "      client_address: \"192.0.2.0/24\"\n"
         "      any: [ { helo_name: { re: \"x\" } }, { sasl_username: \"\" } ]\n"
         "      sasl_username: \"\"\n";
-    struct config *c2 = load_yaml("plan.yaml", yaml);
+    struct config *c2 = config_from_yaml("plan.yaml", yaml);
     struct cond *w = c2->rules->points[0].when;
     assert_int_equal(w->kind, COND_ALL);
     assert_int_equal(w->n_children, 5);
@@ -597,7 +586,7 @@ static void test_rules_answers_postfix_acts_on(void **state)
         "  - { name: pre, when: { recipient: pre@x.example }, do: prepend, message: \"%{sasl_username}\" }\n"
         "  - { name: pre2, when: { recipient: pre2@x.example }, do: \"prepend X-User: %{sasl_username}\" }\n"
         "  - { name: etrn, when: { etrn_domain: example.com }, do: reject }\n";
-    struct config *c = load_yaml("answers.yaml", yaml);
+    struct config *c = config_from_yaml("answers.yaml", yaml);
     static const struct {
         const char *rcpt, *user, *want;
     } cases[] = {

@@ -14,6 +14,7 @@
 
 #include "actions.h"
 #include "config.h"
+#include "config_yaml.h"
 #include "rules.h"
 
 static const char *rules_yaml =
@@ -53,18 +54,6 @@ static int teardown(void **state)
     (void)state;
     config_unref(cfg);
     return 0;
-}
-
-/* load - a config from yaml that must load without an error. */
-static struct config *load(const char *name, const char *yaml)
-{
-    struct config_errors errs = {0};
-    struct config *c = config_load_string(name, yaml, strlen(yaml), &errs);
-    for (size_t i = 0; i < errs.n; i++)
-        print_error("unexpected: %s\n", errs.msgs[i]);
-    config_errors_fini(&errs);
-    assert_non_null(c);
-    return c;
 }
 
 static void request(struct request *req, const char *state_name, const char *client,
@@ -246,7 +235,7 @@ static void test_rules_dns_weight_asks_every_zone(void **state)
         "  - name: rcpt-only\n"
         "    when: { protocol_state: RCPT, any: [ { helo_name: localhost }, { dnsbl: { zones: { d.example: 2 } } } ] }\n"
         "    add: { ip: weight }\n";
-    struct config *c = load("weight.yaml", yaml);
+    struct config *c = config_from_yaml("weight.yaml", yaml);
     const struct rules *r = c->rules;
     struct request req;
     struct eval ev;
@@ -289,7 +278,7 @@ static void test_rules_dns_weight_of_a_zone_once(void **state)
         "  - name: twice\n"
         "    when: { dnsbl: { zones: { c.example: 3 } }, any: [ { dnsbl: { zones: { c.example: 3 } } }, { dnsbl: d.example } ] }\n"
         "    add: { s: weight }\n";
-    struct config *c = load("once.yaml", yaml);
+    struct config *c = config_from_yaml("once.yaml", yaml);
     const struct rules *r = c->rules;
     struct request req;
     struct eval ev;
@@ -322,7 +311,7 @@ static void test_rules_dns_failure_matters(void **state)
         "actions:\n"
         "  - { name: first, when: { dnsbl: [bl0.example] }, do: reject }\n"
         "  - { name: late, when: { dnsbl: { zones: [bl2.example], on_error: defer } }, do: reject }\n";
-    struct config *c = load("fail.yaml", yaml);
+    struct config *c = config_from_yaml("fail.yaml", yaml);
     const struct rules *r = c->rules;
     int wl = -1, bl = -1, bl0 = -1, bl2 = -1;
     for (size_t i = 0; i < r->n_dnsqs; i++) {
